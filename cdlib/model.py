@@ -1,0 +1,151 @@
+"""Values with no I/O: colors, names, instances, routes, backends, test results.
+
+Everything that ends up in a container name, a proxy configuration or a store key is checked here
+against a strict pattern, so a path or a host name can never inject a directive into nginx.conf or
+a key into another service's prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+COLORS = ("blue", "green")
+
+SERVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
+# an URL path prefix: unreserved characters and '/', nothing nginx or HAProxy would interpret
+PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
+HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_RE = re.compile(rf"^(?:\*\.)?{HOST_LABEL}(?:\.{HOST_LABEL})*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+TEST_TYPES = ("pre-deployment", "pre-integration", "post-integration")
+
+
+def other_color(color: str | None) -> str:
+    """The color a new release goes to: the one that is not live (blue when nothing is)."""
+    if color is None:
+        return COLORS[0]
+    if color not in COLORS:
+        raise ValueError(f"unknown color {color!r}")
+    return COLORS[1] if color == COLORS[0] else COLORS[0]
+
+
+def valid_service_name(name: object) -> bool:
+    return isinstance(name, str) and bool(SERVICE_RE.match(name))
+
+
+def instance_name(service: str, color: str, index: int) -> str:
+    return f"{service}-{color}-{index}"
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where the proxy sends traffic for one service: path prefixes and/or host names."""
+
+    paths: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"paths": list(self.paths), "hosts": list(self.hosts)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Routes:
+        return cls(tuple(data.get("paths", ())), tuple(data.get("hosts", ())))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One container (or Swarm task) of one color of one service."""
+
+    name: str
+    service: str
+    color: str
+    release: str
+    image: str
+    address: str
+    port: int
+    state: str = "running"  # running | exited | created | restarting | ...
+    id: str = ""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Instance:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the proxy needs to route one service: its routes and the servers of one color."""
+
+    service: str
+    color: str
+    release: str
+    routes: Routes
+    servers: tuple[tuple[str, int], ...]
+    health_path: str = "/"
+
+    @property
+    def upstream(self) -> str:
+        # nginx upstream / HAProxy backend name: both parts are validated names
+        return f"{self.service}_{self.color}"
+
+
+@dataclass(frozen=True)
+class TestResult:
+    __test__ = False
+
+    suite: str
+    passed: bool
+    exit_code: int
+    duration: float
+    target_url: str
+    output: str = ""  # the tail of what the suite printed
+    junit_path: str | None = None
+    skipped: bool = False
+    unstable_ok: bool = False  # the descriptor allows a failure to mark the build UNSTABLE only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepReport:
+    """One line of human output / one entry of the JSON result."""
+
+    name: str
+    status: str  # done | failed | undone | undo-failed | skipped
+    seconds: float = 0.0
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3),
+                "detail": self.detail}
+
+
+@dataclass
+class Outcome:
+    """What a verb returns: enough for the CLI to print, to write JSON, and to pick an exit code."""
+
+    verb: str
+    service: str
+    ok: bool = True
+    exit_code: int = 0
+    message: str = ""
+    steps: list[StepReport] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"verb": self.verb, "service": self.service, "ok": self.ok,
+                "exit_code": self.exit_code, "message": self.message,
+                "steps": [s.to_dict() for s in self.steps], **self.data}

@@ -1,0 +1,58 @@
+"""The proxy port.
+
+The core gives the proxy the backends to serve (every service's live color, with one override
+during a switch); the adapter renders its whole configuration from a Jinja2 template, writes it to
+a staged file, validates it, swaps it in by rename, reloads, and waits until the workers that ran
+before the reload have exited (stopping the old color earlier drops requests). Any failure restores
+the previous file byte for byte and reloads. The probe through the proxy is done by the core.
+
+Rendered configurations make the proxy answer a probe request (header ``X-Cdlib-Probe: 1``) with
+``X-Cdlib-Upstream: <address:port of the server that answered>``, so the core can prove that the
+new color, and not the old one, served the request. Normal clients never see the header.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from ..model import Backend
+
+PROBE_HEADER = "X-Cdlib-Probe"
+UPSTREAM_HEADER = "X-Cdlib-Upstream"
+
+
+class Proxy(ABC):
+    kind = "proxy"
+
+    @abstractmethod
+    def url(self) -> str:
+        """The base URL clients use, e.g. http://127.0.0.1:8880"""
+
+    @abstractmethod
+    def read_config(self) -> bytes | None:
+        """The exact bytes of the active configuration, None when there is none yet."""
+
+    @abstractmethod
+    def render(self, backends: Sequence[Backend]) -> str:
+        """The whole configuration for these backends. Pure: no I/O besides the template."""
+
+    @abstractmethod
+    def apply(self, text: str) -> dict:
+        """Validate, swap in, reload (starting the proxy when it is not running), wait for the
+        pre-reload workers to exit. On any failure the previous file is restored and reloaded and
+        ProxyError is raised. Returns timings: {"validate": s, "reload": s, "drain": s}."""
+
+    @abstractmethod
+    def restore(self, prior: bytes | None) -> None:
+        """Put exactly these bytes back as the active configuration and reload (None: the empty
+        configuration the proxy starts with). Idempotent."""
+
+    def ensure_running(self) -> None:
+        """Start the proxy when it is not running (private instances only)."""
+
+    def status(self) -> dict:
+        return {"kind": self.kind, "url": self.url()}
+
+    def describe(self) -> str:
+        return self.kind

@@ -1,0 +1,1 @@
+"""Runtime port and adapters: start, list, stop and remove the instances of one color."""

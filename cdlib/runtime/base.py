@@ -1,0 +1,135 @@
+"""The runtime port: containers (or Swarm tasks) of one color of one service.
+
+One color is N instances named ``<service>-<color>-<n>`` (n from 1), labelled with
+``cdlib.service``, ``cdlib.color`` and ``cdlib.release``, so an adapter finds by label what an
+earlier process started. Every method is idempotent where the journal needs it to be: undoing a
+step that was only half done (the process was killed) must work.
+
+A color's old instances can be *set aside* (renamed ``<name>.aside-<release>``, kept as they are)
+so that a new release can take the names; rollback puts them back, cleanup removes them.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..errors import Unhealthy
+from ..model import Instance
+
+LABEL_SERVICE = "cdlib.service"
+LABEL_COLOR = "cdlib.color"
+LABEL_RELEASE = "cdlib.release"
+LABEL_INDEX = "cdlib.index"
+ASIDE = ".aside-"
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Everything needed to start one color; built by the core from the descriptor."""
+
+    service: str
+    color: str
+    release: str
+    image: str  # full reference repository:tag
+    port: int  # the container port
+    replicas: int
+    env: tuple[tuple[str, str], ...] = ()
+    bind: str = "127.0.0.1"
+    address: str = "127.0.0.1"  # what clients use to reach a published port
+    init: bool = True
+    stop_timeout: int = 10
+    network: str | None = None
+    first_index: int = 1
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+
+class Runtime(ABC):
+    kind = "runtime"
+
+    @abstractmethod
+    def start(self, req: StartRequest) -> list[Instance]:
+        """Create and start req.replicas instances (indices first_index..). Instances whose name
+        already exists with the same release label are reused (so a retried step converges)."""
+
+    @abstractmethod
+    def instances(self, service: str, color: str | None = None, release: str | None = None,
+                  include_aside: bool = False) -> list[Instance]:
+        """Every instance (running or not) of the service found by label, sorted by name."""
+
+    @abstractmethod
+    def stop(self, service: str, color: str, release: str | None = None) -> list[str]:
+        """Stop (keep) the running instances; return their names."""
+
+    @abstractmethod
+    def resume(self, service: str, color: str, release: str | None = None) -> list[Instance]:
+        """Start stopped instances again (quick rollback); return them, running."""
+
+    @abstractmethod
+    def remove(self, service: str, color: str, release: str | None = None,
+               aside: bool = False) -> list[str]:
+        """Remove instances of the color (only those of release when given; only the set-aside
+        ones when aside). Return their names."""
+
+    @abstractmethod
+    def set_aside(self, service: str, color: str, release: str) -> list[str]:
+        """Rename the color's current instances out of the way, tagged with release."""
+
+    @abstractmethod
+    def restore_aside(self, service: str, color: str, release: str) -> list[str]:
+        """Undo set_aside: give the set-aside instances their names back."""
+
+    # -- images (build and push belong to the host that runs them) --------------------------------
+    def build_image(self, context: str, dockerfile: str, tags: Sequence[str],
+                    buildargs: dict | None = None) -> str:
+        raise NotImplementedError(f"{self.kind} runtime cannot build images")
+
+    def push_image(self, ref: str) -> str:
+        raise NotImplementedError(f"{self.kind} runtime cannot push images")
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.kind
+
+    # -- health --------------------------------------------------------------------------------------
+    def check_health(self, instance: Instance, path: str, timeout: float = 2.0) -> bool:
+        """One health probe over HTTP: a 2xx or 3xx answer on path."""
+        return http_ok(instance.url + path, timeout)
+
+    def wait_healthy(self, instances: Sequence[Instance], path: str, timeout: float,
+                     interval: float = 0.2) -> float:
+        """Wait until every instance answers its health path; return the seconds it took.
+        Raise Unhealthy naming the instances that did not answer in time."""
+        t0 = time.monotonic()
+        pending = list(instances)
+        while True:
+            pending = [i for i in pending if not self.check_health(i, path, timeout=min(2.0, timeout))]
+            if not pending:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 >= timeout:
+                names = ", ".join(f"{i.name} ({i.url}{path})" for i in pending)
+                raise Unhealthy(f"not healthy after {timeout:g}s: {names}; check the container logs "
+                                f"and health.path/health.timeout", instances=[i.name for i in pending])
+            time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as resp:
+            return 200 <= resp.status < 400
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def aside_name(name: str, release: str) -> str:
+    return f"{name}{ASIDE}{release}"
+
+
+def is_aside(name: str) -> bool:
+    return ASIDE in name

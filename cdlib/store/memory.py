@@ -1,0 +1,65 @@
+"""In-memory store: the reference implementation of the store contract, for unit tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ..errors import ConflictError
+from .base import Entry, Store
+
+
+class MemoryStore(Store):
+    kind = "memory"
+
+    def __init__(self):
+        self._data: dict[str, tuple[str, int, float | None]] = {}
+        self._rev = 0
+        self._mutex = threading.RLock()
+        self.ops = 0  # round trips, for benchmarks and tests
+
+    def _alive(self, key: str):
+        item = self._data.get(key)
+        if item is not None and item[2] is not None and item[2] <= time.time():
+            del self._data[key]
+            return None
+        return item
+
+    def get(self, key):
+        with self._mutex:
+            self.ops += 1
+            item = self._alive(key)
+            return None if item is None else Entry(key, item[0], item[1])
+
+    def list(self, prefix):
+        with self._mutex:
+            self.ops += 1
+            out = []
+            for key in sorted(k for k in self._data if k.startswith(prefix)):
+                item = self._alive(key)
+                if item is not None:
+                    out.append(Entry(key, item[0], item[1]))
+            return out
+
+    def put(self, key, value, *, expect=None, ttl=None):
+        with self._mutex:
+            self.ops += 1
+            item = self._alive(key)
+            version = item[1] if item else 0
+            if expect is not None and version != expect:
+                raise ConflictError(f"memory store: {key} changed concurrently", key=key)
+            self._rev += 1
+            self._data[key] = (str(value), self._rev, time.time() + ttl if ttl else None)
+            return self._rev
+
+    def delete(self, key, *, expect=None):
+        with self._mutex:
+            self.ops += 1
+            item = self._alive(key)
+            if expect is not None and (item[1] if item else 0) != expect:
+                raise ConflictError(f"memory store: {key} changed concurrently", key=key)
+            return self._data.pop(key, None) is not None
+
+    def snapshot(self) -> dict[str, str]:
+        """Every live key and value: what tests compare before and after a failed release."""
+        return {e.key: e.value for e in self.list("")}

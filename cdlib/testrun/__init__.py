@@ -1,0 +1,1 @@
+"""Test runner port and adapters: run a suite against a URL, write JUnit XML."""
