@@ -75,6 +75,7 @@ class SuiteSpec:
     unstable: bool = False  # a failure marks the build UNSTABLE instead of failing the release
     env: tuple[tuple[str, str], ...] = ()
     workdir: Path | None = None
+    pass_env: tuple[str, ...] = ()  # host environment variables forwarded to the suite (e.g. secrets)
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,7 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
             s = {"command": s}
         if not isinstance(s, dict):
             raise r.fail(key, "a command or a mapping with command and/or image", s)
-        r.only(s, key, {"command", "image", "timeout", "unstable", "env", "workdir"})
+        r.only(s, key, {"command", "image", "timeout", "unstable", "env", "workdir", "pass_env"})
         command = s.get("command")
         if command is not None:
             if isinstance(command, list):
@@ -351,6 +352,7 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
             unstable=r.boolean(s, key, "unstable", False),
             env=r.env(s, key, "env"),
             workdir=r.path(s, key, "workdir", base, default=base),
+            pass_env=r.str_list(s, key, "pass_env", ENV_NAME_RE, "environment variable names"),
         )
 
     tg = r.section(data, "", "target", {"kind", "docker_host", "bind", "address", "init", "stop_timeout",

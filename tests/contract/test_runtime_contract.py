@@ -1,0 +1,457 @@
+"""One behavioural suite for every runtime adapter, so the in-memory fake stays honest.
+
+Each test runs against MemoryRuntime and DockerRuntime (the Docker run needs dockerd and is marked
+integration). A test works on its own service name (``cdlibt-rt-<random>``) and removes every
+container of it afterwards, through the Docker SDK directly rather than through the code under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from cdlib.errors import RuntimeBackendError, Unhealthy
+from cdlib.runtime.base import LABEL_COLOR, LABEL_INDEX, LABEL_RELEASE, LABEL_SERVICE, StartRequest, is_aside
+from cdlib.runtime.docker import DockerRuntime, _auth_config, redact_host
+from cdlib.runtime.memory import MemoryRuntime
+from tests.support.images import PORT, build_busybox_web_image, write_context
+from tests.support.registry import free_port, private_registry
+
+
+@dataclass
+class Harness:
+    kind: str
+    runtime: object
+    image: str
+    service: str
+
+    def request(self, color: str = "blue", release: str = "r1", replicas: int = 2, **kw) -> StartRequest:
+        return StartRequest(service=self.service, color=color, release=release, image=self.image, port=PORT,
+                            replicas=replicas, stop_timeout=2, **kw)
+
+    def make_unhealthy(self, instances) -> str:
+        """Arrange for instances to fail their health check; return the path to probe."""
+        if self.kind == "memory":
+            for i in instances:
+                self.runtime.healthy[i.name] = False
+            return "/health"
+        return "/no-such-page"  # busybox httpd answers 404
+
+
+def _docker_client():
+    return docker.from_env()
+
+
+def _remove_service_containers(service: str) -> None:
+    client = _docker_client()
+    try:
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_SERVICE}={service}"}):
+            c.remove(force=True, v=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_web_image():
+    """A busybox web image built once for the session through the adapter under test."""
+    tag = f"cdlibt-web:{secrets.token_hex(4)}"
+    runtime = DockerRuntime()
+    build_busybox_web_image(runtime, tag, "v1")
+    runtime.close()
+    yield tag
+    client = _docker_client()
+    try:
+        client.images.remove(tag, force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.integration)])
+def harness(request):
+    service = f"cdlibt-rt-{secrets.token_hex(3)}"
+    if request.param == "memory":
+        yield Harness("memory", MemoryRuntime(), "cdlibt-web:memory", service)
+        return
+    image = request.getfixturevalue("docker_web_image")
+    runtime = DockerRuntime()
+    try:
+        yield Harness("docker", runtime, image, service)
+    finally:
+        runtime.close()
+        _remove_service_containers(service)
+
+
+# -- start and list --------------------------------------------------------------------------------
+def test_start_creates_named_labelled_replicas(harness):
+    rt = harness.runtime
+    started = rt.start(harness.request(replicas=2))
+    svc = harness.service
+    assert [i.name for i in started] == [f"{svc}-blue-1", f"{svc}-blue-2"]
+    for i in started:
+        assert (i.service, i.color, i.release, i.image) == (svc, "blue", "r1", harness.image)
+        assert i.running and i.address == "127.0.0.1" and i.port > 0 and i.id
+    assert len({i.port for i in started}) == 2
+    assert rt.instances(svc) == started
+    rt.wait_healthy(started, "/health", timeout=10)
+
+
+def test_instances_filter_by_color_and_release(harness):
+    rt, svc = harness.runtime, harness.service
+    blue = rt.start(harness.request("blue", "r1", replicas=2))
+    green = rt.start(harness.request("green", "r2", replicas=1))
+    assert [i.name for i in rt.instances(svc, "blue")] == [i.name for i in blue]
+    assert [i.name for i in rt.instances(svc, release="r2")] == [i.name for i in green]
+    assert rt.instances(svc, "green", "r1") == []
+    assert [i.name for i in rt.instances(svc)] == sorted(i.name for i in blue + green)
+    assert rt.instances(f"{svc}x") == []
+
+
+def test_start_is_idempotent_for_the_same_release(harness):
+    rt = harness.runtime
+    first = rt.start(harness.request(replicas=2))
+    again = rt.start(harness.request(replicas=2))
+    assert [(i.name, i.id, i.port) for i in again] == [(i.name, i.id, i.port) for i in first]
+    assert len(rt.instances(harness.service)) == 2
+
+
+def test_start_refuses_a_name_held_by_another_release(harness):
+    rt = harness.runtime
+    first = rt.start(harness.request(release="r1", replicas=1))
+    with pytest.raises(RuntimeBackendError, match="set aside"):
+        rt.start(harness.request(release="r2", replicas=1))
+    assert [(i.id, i.release, i.running) for i in rt.instances(harness.service)] == [(first[0].id, "r1", True)]
+
+
+def test_start_honours_first_index(harness):
+    rt = harness.runtime
+    started = rt.start(harness.request(replicas=2, first_index=3))
+    assert [i.name for i in started] == [f"{harness.service}-blue-3", f"{harness.service}-blue-4"]
+
+
+# -- stop, resume, remove --------------------------------------------------------------------------
+def test_stop_and_resume(harness):
+    rt, svc = harness.runtime, harness.service
+    started = rt.start(harness.request(replicas=2))
+    assert rt.stop(svc, "blue") == [i.name for i in started]
+    stopped = rt.instances(svc, "blue")
+    assert [i.running for i in stopped] == [False, False]
+    assert [i.port for i in stopped] == [0, 0]
+    assert rt.stop(svc, "blue") == []
+    resumed = rt.resume(svc, "blue")
+    assert [i.name for i in resumed] == [i.name for i in started]
+    assert all(i.running and i.port > 0 for i in resumed)
+    assert [i.id for i in resumed] == [i.id for i in started]
+    rt.wait_healthy(resumed, "/health", timeout=10)
+
+
+def test_stop_only_touches_the_given_release(harness):
+    rt, svc = harness.runtime, harness.service
+    rt.start(harness.request("blue", "r1", replicas=1))
+    assert rt.stop(svc, "blue", release="r0") == []
+    assert rt.instances(svc)[0].running
+
+
+def test_remove_by_release(harness):
+    rt, svc = harness.runtime, harness.service
+    blue = rt.start(harness.request("blue", "r1", replicas=2))
+    green = rt.start(harness.request("green", "r2", replicas=1))
+    assert rt.remove(svc, "green", release="r1") == []
+    assert rt.remove(svc, "blue", release="r1") == [i.name for i in blue]
+    assert rt.instances(svc, "blue", include_aside=True) == []
+    assert [i.name for i in rt.instances(svc)] == [i.name for i in green]
+    assert rt.remove(svc, "blue", release="r1") == []
+
+
+# -- set aside ---------------------------------------------------------------------------------------
+def test_set_aside_and_restore_round_trip(harness):
+    rt, svc = harness.runtime, harness.service
+    old = rt.start(harness.request("blue", "r1", replicas=2))
+    aside = rt.set_aside(svc, "blue", "r2")
+    assert aside == [f"{i.name}.aside-r2" for i in old]
+    assert rt.set_aside(svc, "blue", "r2") == []  # a second call is a no-op
+    assert rt.instances(svc, "blue") == []
+    listed = rt.instances(svc, "blue", include_aside=True)
+    assert [(i.name, i.release, i.id) for i in listed] == [(n, "r1", i.id) for n, i in zip(aside, old, strict=True)]
+
+    new = rt.start(harness.request("blue", "r2", replicas=2))  # the names are free again
+    assert [i.name for i in new] == [i.name for i in old]
+    assert rt.set_aside(svc, "blue", "r2") == []  # the release's own instances stay put
+    with pytest.raises(RuntimeBackendError, match="taken"):
+        rt.restore_aside(svc, "blue", "r2")
+
+    assert rt.remove(svc, "blue", release="r2") == [i.name for i in new]
+    assert rt.restore_aside(svc, "blue", "r2") == [i.name for i in old]
+    assert rt.restore_aside(svc, "blue", "r2") == []
+    back = rt.instances(svc, "blue", include_aside=True)
+    assert [(i.name, i.release, i.id) for i in back] == [(i.name, "r1", i.id) for i in old]
+
+
+def test_restore_aside_leaves_other_releases_alone(harness):
+    rt, svc = harness.runtime, harness.service
+    rt.start(harness.request("blue", "r1", replicas=1))
+    rt.set_aside(svc, "blue", "r2")
+    assert rt.restore_aside(svc, "blue", "r3") == []
+    assert [i.name for i in rt.instances(svc, include_aside=True)] == [f"{svc}-blue-1.aside-r2"]
+
+
+def test_remove_aside_only(harness):
+    rt, svc = harness.runtime, harness.service
+    rt.start(harness.request("blue", "r1", replicas=2))
+    aside = rt.set_aside(svc, "blue", "r2")
+    new = rt.start(harness.request("blue", "r2", replicas=2))
+    assert rt.remove(svc, "blue", release="r3", aside=True) == []
+    assert rt.remove(svc, "blue", aside=True) == aside
+    remaining = rt.instances(svc, "blue", include_aside=True)
+    assert [(i.name, i.release) for i in remaining] == [(i.name, "r2") for i in new]
+    assert not any(is_aside(i.name) for i in remaining)
+
+
+def test_stop_and_resume_ignore_set_aside_instances(harness):
+    rt, svc = harness.runtime, harness.service
+    rt.start(harness.request("blue", "r1", replicas=1))
+    rt.stop(svc, "blue")
+    rt.set_aside(svc, "blue", "r2")
+    assert rt.resume(svc, "blue") == []
+    assert [i.running for i in rt.instances(svc, include_aside=True)] == [False]
+
+
+# -- health --------------------------------------------------------------------------------------------
+def test_wait_healthy_succeeds_on_healthy_instances(harness):
+    started = harness.runtime.start(harness.request(replicas=2))
+    seconds = harness.runtime.wait_healthy(started, "/health", timeout=10)
+    assert 0 <= seconds < 10
+
+
+def test_wait_healthy_raises_unhealthy_after_the_timeout(harness):
+    started = harness.runtime.start(harness.request(replicas=2))
+    path = harness.make_unhealthy(started[1:])
+    t0 = time.monotonic()
+    with pytest.raises(Unhealthy) as err:
+        harness.runtime.wait_healthy(started, path, timeout=0.6, interval=0.1)
+    assert 0.5 <= time.monotonic() - t0 < 5
+    expected = [i.name for i in started[1:]] if harness.kind == "memory" else [i.name for i in started]
+    assert err.value.instances == expected
+
+
+def test_a_stopped_instance_is_not_healthy(harness):
+    rt, svc = harness.runtime, harness.service
+    started = rt.start(harness.request(replicas=1))
+    rt.stop(svc, "blue")
+    assert not rt.check_health(started[0], "/health", timeout=0.5)
+
+
+# -- the in-memory fake's own hooks --------------------------------------------------------------------
+def test_memory_fail_next_raises_once():
+    rt = MemoryRuntime()
+    rt.fail_next["start"] = RuntimeBackendError("boom")
+    req = StartRequest(service="cdlibt-m", color="blue", release="r1", image="x:1", port=80, replicas=1)
+    with pytest.raises(RuntimeBackendError, match="boom"):
+        rt.start(req)
+    assert rt.instances("cdlibt-m") == []
+    assert [i.name for i in rt.start(req)] == ["cdlibt-m-blue-1"]
+    assert [c[0] for c in rt.calls] == ["start", "instances", "start"]
+
+
+def test_memory_build_and_push():
+    rt = MemoryRuntime()
+    image_id = rt.build_image("/ctx", "Dockerfile", ["reg:5000/a:1", "reg:5000/a:latest"], {"CDLIB_TAG": "1"})
+    assert rt.images == {"reg:5000/a:1": image_id, "reg:5000/a:latest": image_id}
+    assert rt.push_image("reg:5000/a:1").startswith("sha256:")
+    with pytest.raises(RuntimeBackendError, match="no such image"):
+        rt.push_image("reg:5000/b:1")
+
+
+# -- Docker only: what the engine actually got ---------------------------------------------------------
+@pytest.fixture
+def docker_harness(docker_web_image):
+    service = f"cdlibt-rt-{secrets.token_hex(3)}"
+    runtime = DockerRuntime()
+    try:
+        yield Harness("docker", runtime, docker_web_image, service)
+    finally:
+        runtime.close()
+        _remove_service_containers(service)
+
+
+@pytest.mark.integration
+def test_docker_container_configuration(docker_harness):
+    h = docker_harness
+    started = h.runtime.start(h.request(replicas=1, env=(("GREETING", "hi"),), labels=(("team", "web"),)))
+    client = _docker_client()
+    try:
+        attrs = client.containers.get(started[0].name).attrs
+    finally:
+        client.close()
+    labels = attrs["Config"]["Labels"]
+    assert {k: labels[k] for k in (LABEL_SERVICE, LABEL_COLOR, LABEL_RELEASE, LABEL_INDEX, "team")} == {
+        LABEL_SERVICE: h.service, LABEL_COLOR: "blue", LABEL_RELEASE: "r1", LABEL_INDEX: "1", "team": "web"}
+    env = dict(e.split("=", 1) for e in attrs["Config"]["Env"])
+    assert (env["GREETING"], env["CDLIB_SERVICE"], env["CDLIB_COLOR"], env["CDLIB_RELEASE"]) == (
+        "hi", h.service, "blue", "r1")
+    host = attrs["HostConfig"]
+    assert host["Init"] is True
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert host["PortBindings"][f"{PORT}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
+    assert attrs["NetworkSettings"]["Ports"][f"{PORT}/tcp"][0]["HostPort"] == str(started[0].port)
+    with urllib.request.urlopen(f"{started[0].url}/version", timeout=5) as resp:
+        assert resp.read().decode().strip() == "v1"
+
+
+@pytest.mark.integration
+def test_docker_start_on_a_network(docker_harness):
+    h = docker_harness
+    client = _docker_client()
+    network = client.networks.create(f"cdlibt-net-{secrets.token_hex(3)}")
+    try:
+        started = h.runtime.start(h.request(replicas=1, network=network.name))
+        attrs = client.containers.get(started[0].name).attrs
+        assert list(attrs["NetworkSettings"]["Networks"]) == [network.name]
+        h.runtime.wait_healthy(started, "/health", timeout=10)
+    finally:
+        _remove_service_containers(h.service)
+        network.remove()
+        client.close()
+
+
+@pytest.mark.integration
+def test_docker_build_failure_reports_the_last_error_line():
+    tmp = Path(tempfile.mkdtemp(prefix="cdlibt-ctx-"))
+    try:
+        shutil.copy2("/bin/busybox", tmp / "busybox")
+        (tmp / "Dockerfile").write_text('FROM scratch\nCOPY busybox /bin/busybox\n'
+                                        'RUN ["/bin/busybox", "sh", "-c", "echo broken-step >&2; exit 3"]\n')
+        with pytest.raises(RuntimeBackendError, match="returned a non-zero code: 3") as err:
+            DockerRuntime().build_image(str(tmp), "Dockerfile", [f"cdlibt-broken:{secrets.token_hex(3)}"])
+        assert "\n" not in str(err.value)
+        with pytest.raises(RuntimeBackendError, match="not a directory"):
+            DockerRuntime().build_image(str(tmp / "missing"), "Dockerfile", ["cdlibt-broken:x"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_docker_build_tags_every_tag(docker_web_image):
+    client = _docker_client()
+    tags = [f"cdlibt-web:{secrets.token_hex(3)}", f"cdlibt-web-alias:{secrets.token_hex(3)}"]
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="cdlibt-ctx-"))
+        try:
+            write_context(tmp, "v2")
+            image_id = DockerRuntime().build_image(str(tmp), "Dockerfile", tags, {"CDLIB_TAG": "v2"})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        assert image_id.startswith("sha256:")
+        assert {client.images.get(t).id for t in tags} == {image_id}
+    finally:
+        for t in tags:
+            with contextlib.suppress(docker.errors.ImageNotFound):  # the build may not have made it
+                client.images.remove(t, force=True)
+        client.close()
+
+
+@pytest.mark.integration
+def test_docker_push_then_pull_when_missing(docker_harness):
+    h = docker_harness
+    client = _docker_client()
+    with private_registry() as registry:
+        ref = f"{registry}/cdlibt-web:{secrets.token_hex(3)}"
+        client.images.get(h.image).tag(ref)
+        try:
+            digest = h.runtime.push_image(ref)
+            repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+            manifest = urllib.request.Request(
+                f"http://{registry}/v2/{repo}/manifests/{tag}", method="HEAD",
+                headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+            with urllib.request.urlopen(manifest, timeout=5) as resp:
+                assert resp.headers["Docker-Content-Digest"] == digest
+            client.images.remove(ref)  # start must pull it back from the registry
+            started = h.runtime.start(StartRequest(service=h.service, color="blue", release="r1", image=ref,
+                                                   port=PORT, replicas=1, stop_timeout=2))
+            assert started[0].image == ref
+            h.runtime.wait_healthy(started, "/health", timeout=10)
+            missing = f"{registry}/cdlibt-nothing:{secrets.token_hex(3)}"
+            with pytest.raises(RuntimeBackendError, match=f"pull image {missing}"):
+                h.runtime.start(StartRequest(service=h.service, color="green", release="r1", image=missing,
+                                             port=PORT, replicas=1))
+        finally:
+            _remove_service_containers(h.service)
+            with contextlib.suppress(docker.errors.ImageNotFound):  # removed by the test already
+                client.images.remove(ref, force=True)
+            client.close()
+
+
+@pytest.mark.integration
+def test_docker_push_to_an_absent_registry_fails_clearly(docker_web_image):
+    client = _docker_client()
+    ref = f"127.0.0.1:{free_port()}/cdlibt-web:{secrets.token_hex(3)}"
+    client.images.get(docker_web_image).tag(ref)
+    try:
+        with pytest.raises(RuntimeBackendError, match=f"push of {ref} failed"):
+            DockerRuntime().push_image(ref)
+    finally:
+        client.images.remove(ref, force=True)
+        client.close()
+
+
+@pytest.mark.integration
+def test_docker_push_failure_with_registry_credentials_does_not_show_them(docker_web_image, monkeypatch):
+    monkeypatch.setenv("CDLIB_REGISTRY_USER", "cdlibt-user")
+    monkeypatch.setenv("CDLIB_REGISTRY_PASSWORD", "cdlibt-s3cret-pw")
+    client = _docker_client()
+    ref = f"127.0.0.1:{free_port()}/cdlibt-web:{secrets.token_hex(3)}"
+    client.images.get(docker_web_image).tag(ref)
+    try:
+        with pytest.raises(RuntimeBackendError) as err:
+            DockerRuntime().push_image(ref)
+        assert "cdlibt-s3cret-pw" not in str(err.value) and "cdlibt-s3cret-pw" not in json.dumps(err.value.data)
+    finally:
+        client.images.remove(ref, force=True)
+        client.close()
+
+
+# -- Docker: errors are translated ---------------------------------------------------------------------
+def test_docker_unreachable_engine_raises_runtime_backend_error():
+    rt = DockerRuntime(docker_host="unix:///nonexistent.sock", timeout=2)
+    with pytest.raises(RuntimeBackendError, match="cannot reach unix:///nonexistent.sock") as err:
+        rt.instances("cdlibt-x")
+    assert "check DOCKER_HOST" in str(err.value)
+    assert err.value.__cause__ is not None
+    assert not isinstance(err.value, docker.errors.DockerException)
+    for call in (lambda: rt.start(StartRequest("cdlibt-x", "blue", "r1", "cdlibt-web:1", PORT, 1)),
+                 lambda: rt.stop("cdlibt-x", "blue"), lambda: rt.push_image("cdlibt-web:1")):
+        with pytest.raises(RuntimeBackendError, match="cannot reach"):
+            call()
+
+
+def test_docker_unreachable_tcp_host_hides_the_password():
+    rt = DockerRuntime(docker_host=f"tcp://cdlibt:s3cret@127.0.0.1:{free_port()}", timeout=2)
+    assert rt.describe().startswith("tcp://cdlibt@127.0.0.1:")
+    with pytest.raises(RuntimeBackendError) as err:
+        rt.instances("cdlibt-x")
+    assert "s3cret" not in str(err.value)
+
+
+def test_registry_credentials_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CDLIB_REGISTRY_USER", raising=False)
+    monkeypatch.delenv("CDLIB_REGISTRY_PASSWORD", raising=False)
+    assert _auth_config() is None
+    monkeypatch.setenv("CDLIB_REGISTRY_USER", "ci")
+    assert _auth_config() is None  # a user without a password is not a credential
+    monkeypatch.setenv("CDLIB_REGISTRY_PASSWORD", "pw")
+    assert _auth_config() == {"username": "ci", "password": "pw"}
+
+
+def test_redact_host():
+    assert redact_host("ssh://deploy:pw@build-1:22") == "ssh://deploy@build-1:22"
+    assert redact_host("unix:///var/run/docker.sock") == "unix:///var/run/docker.sock"
+    assert redact_host("tcp://10.0.0.5:2376") == "tcp://10.0.0.5:2376"

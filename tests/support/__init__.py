@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: test images and a private registry."""

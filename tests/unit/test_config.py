@@ -1,0 +1,115 @@
+"""The descriptor: every field validated, one-line errors naming the file and the key."""
+
+import pytest
+
+from cdlib import config
+from cdlib.errors import ConfigError
+
+BASE = {"service": "shop", "image": {"repository": "127.0.0.1:5000/shop", "tag": "v1"}, "port": 8080}
+
+
+def parse(**over):
+    data = dict(BASE)
+    data.update(over)
+    return config.parse(data, "svc/cdlib.yml", env={})
+
+
+def error_of(**over) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(**over)
+    assert "\n" not in str(info.value)
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+def test_minimal_descriptor_gets_defaults():
+    spec = parse()
+    assert spec.name == "shop"
+    assert spec.image.ref == "127.0.0.1:5000/shop:v1"
+    assert spec.replicas == 1
+    assert spec.routes.paths == ("/shop/",)
+    assert spec.proxy.kind == "nginx" and spec.proxy.listen_port == 8880
+    assert spec.store.startswith("sqlite:///") and spec.store.endswith("state.db")
+
+
+def test_full_descriptor():
+    spec = parse(health={"path": "/health", "timeout": 5}, replicas=3, env={"A": 1, "B": "x"},
+                 routes={"paths": ["/api/shop/"], "hosts": ["shop.example.com"]},
+                 tests={"pre-integration": "make it", "post-integration": {"image": "reg:5000/t:1", "unstable": True}},
+                 target={"bind": "0.0.0.0"}, proxy={"listen": "127.0.0.1:9000"})
+    assert spec.env == (("A", "1"), ("B", "x"))
+    assert spec.tests["pre-integration"].command == "make it"
+    assert spec.tests["post-integration"].unstable is True
+    assert spec.target.reach_address == "127.0.0.1"
+    assert spec.proxy.url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"service": "Bad_Name"}, "service"),
+    ({"service": "a;b"}, "service"),
+    ({"port": 0}, "port"),
+    ({"port": "80"}, "port"),
+    ({"replicas": 0}, "replicas"),
+    ({"replicas": True}, "replicas"),
+    ({"routes": {"paths": ["/x; return 200"]}}, "routes.paths[0]"),
+    ({"routes": {"paths": ["/a/", "/a/"]}}, "routes.paths"),
+    ({"routes": {"hosts": ["evil.com;\n}"]}}, "routes.hosts[0]"),
+    ({"routes": {"hosts": ["UPPER.example.com"]}}, "routes.hosts[0]"),
+    ({"health": {"path": "health"}}, "health.path"),
+    ({"health": {"timeout": -1}}, "health.timeout"),
+    ({"env": {"1BAD": "x"}}, "env.1BAD"),
+    ({"env": {"A": ["list"]}}, "env.A"),
+    ({"tests": {"pre-integration": {}}}, "tests.pre-integration"),
+    ({"tests": {"smoke": "x"}}, "tests.smoke"),
+    ({"target": {"kind": "k8s"}}, "target.kind"),
+    ({"target": {"docker_host": "somewhere"}}, "target.docker_host"),
+    ({"proxy": {"listen": "127.0.0.1:99999"}}, "proxy.listen"),
+    ({"proxy": {"kind": "traefik"}}, "proxy.kind"),
+    ({"image": {"repository": "Has/Upper"}}, "image.repository"),
+    ({"image": {"repository": "r/x", "tag": "bad tag"}}, "image.tag"),
+    ({"store": "redis://x"}, "store"),
+    ({"unknown": 1}, "unknown"),
+])
+def test_bad_fields_name_the_file_and_key(over, key):
+    msg = error_of(**over)
+    assert msg.startswith(f"svc/cdlib.yml: {key}: expected"), msg
+
+
+def test_missing_required_keys():
+    with pytest.raises(ConfigError, match="cdlib.yml: service: expected"):
+        config.parse({"image": "r/x:1", "port": 1}, "cdlib.yml", env={})
+    with pytest.raises(ConfigError, match="port: expected the container port"):
+        config.parse({"service": "a", "image": "r/x:1"}, "cdlib.yml", env={})
+
+
+def test_environment_overrides_store_and_tag():
+    spec = config.parse(BASE, "f.yml", env={"CDLIB_STORE": "etcd://127.0.0.1:2379", "CDLIB_TAG": "abc123"})
+    assert spec.store == "etcd://127.0.0.1:2379"
+    assert spec.image.tag == "abc123"
+    with pytest.raises(ConfigError, match="CDLIB_STORE"):
+        config.parse(BASE, "f.yml", env={"CDLIB_STORE": "nope"})
+
+
+def test_load_reports_yaml_errors_with_position(tmp_path):
+    f = tmp_path / "cdlib.yml"
+    f.write_text("service: a\nimage: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        config.load(f, env={})
+    with pytest.raises(ConfigError, match="no such descriptor file"):
+        config.load(tmp_path / "missing.yml", env={})
+
+
+def test_relative_paths_resolve_against_the_descriptor(tmp_path):
+    f = tmp_path / "svc" / "cdlib.yml"
+    f.parent.mkdir()
+    f.write_text("service: a\nport: 80\nimage: {repository: r/a, build: {context: app}}\n")
+    spec = config.load(f, env={})
+    assert spec.image.build.context == tmp_path / "svc" / "app"
+
+
+def test_with_tag_and_image_validate():
+    spec = parse()
+    assert spec.with_tag("abc").image.ref.endswith(":abc")
+    assert spec.with_image("reg:5000/other:7").image.ref == "reg:5000/other:7"
+    with pytest.raises(ConfigError, match="--tag"):
+        spec.with_tag("no good")
