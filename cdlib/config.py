@@ -87,6 +87,7 @@ class TargetSpec:
     init: bool = True
     stop_timeout: int = 10
     network: str | None = None
+    host_ports: tuple[int, int] = (20000, 29999)  # instances are published on ports of this range
 
     @property
     def reach_address(self) -> str:
@@ -356,7 +357,12 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
         )
 
     tg = r.section(data, "", "target", {"kind", "docker_host", "bind", "address", "init", "stop_timeout",
-                                          "network"})
+                                          "network", "host_ports"})
+    ports_text = r.string(tg, "target", "host_ports", re.compile(r"^[0-9]{1,5}-[0-9]{1,5}$"), default="20000-29999",
+                          what="a port range LOW-HIGH, e.g. 20000-29999")
+    low, high = (int(x) for x in ports_text.split("-"))
+    if not 1024 <= low < high <= 65535:
+        raise r.fail("target.host_ports", "a port range LOW-HIGH with 1024 <= LOW < HIGH <= 65535", ports_text)
     kind = r.string(tg, "target", "kind", re.compile(r"^(docker|swarm)$"), default="docker",
                     what="docker or swarm")
     target = TargetSpec(
@@ -369,6 +375,7 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
         stop_timeout=int(r.number(tg, "target", "stop_timeout", 10, 0, 600, integer=True)),
         network=r.string(tg, "target", "network", re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
                          default=None, what="a Docker network name"),
+        host_ports=(low, high),
     )
 
     px = r.section(data, "", "proxy", {"kind", "listen", "dir", "template", "binary", "drain_timeout"})

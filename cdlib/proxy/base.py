@@ -13,6 +13,8 @@ new color, and not the old one, served the request. Normal clients never see the
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -47,6 +49,18 @@ class Proxy(ABC):
     def restore(self, prior: bytes | None) -> None:
         """Put exactly these bytes back as the active configuration and reload (None: the empty
         configuration the proxy starts with). Idempotent."""
+
+    def request(self, path: str, headers: dict | None = None, timeout: float = 3.0) -> tuple[int, dict, bytes]:
+        """One GET through the proxy: (status, headers, first 64 KiB of the body). Status 0 means no
+        answer at all. The switch's probe uses it; memory adapters answer from their own state."""
+        req = urllib.request.Request(self.url() + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers.items()), resp.read(65536)
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers.items()) if exc.headers else {}, b""
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, {}, b""
 
     def ensure_running(self) -> None:
         """Start the proxy when it is not running (private instances only)."""

@@ -46,6 +46,10 @@ class StartRequest:
     network: str | None = None
     first_index: int = 1
     labels: tuple[tuple[str, str], ...] = field(default=())
+    # host ports are chosen from this range and pinned at creation, so a stopped instance that is
+    # started again (quick rollback, undo of a cleanup) comes back on the same port and the proxy
+    # configuration that pointed at it is right again, byte for byte
+    host_ports: tuple[int, int] = (20000, 29999)
 
 
 class Runtime(ABC):

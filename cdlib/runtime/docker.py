@@ -1,9 +1,11 @@
 """The runtime port on one Docker engine, through the Docker SDK (``docker`` 7.x).
 
 Containers are found by label, never by remembering ids, so any later process (another Jenkins
-stage, a rollback after a crash) sees what an earlier one started. Ports are published on
-``(bind, None)``: Docker picks a free host port and we read it back, so two colors never fight
-over a port and the proxy is pointed at whatever was chosen.
+stage, a rollback after a crash) sees what an earlier one started. Host ports are picked from
+``StartRequest.host_ports`` and pinned in the container's port binding: Docker gives a dynamically
+published port a *new* number on every restart, which would make a resumed color unreachable through
+a proxy configuration restored byte for byte. A port that turns out to be taken is retried with
+another one (the engine is the judge, so this works against a remote DOCKER_HOST too).
 
 The SDK is imported on first use (the CLI must start fast), and nothing from ``docker`` or
 ``requests`` leaves this module: every failure becomes a one-line :class:`RuntimeBackendError`.
@@ -12,6 +14,7 @@ The SDK is imported on first use (the CLI must start fast), and nothing from ``d
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -177,7 +180,8 @@ class DockerRuntime(Runtime):
                 if not have_image:  # a retried start that reuses everything needs no registry
                     self._ensure_image(req.image)
                     have_image = True
-                container = self._create(req, name, index)
+                out.append(self._create_and_run(req, name, index))
+                continue
             else:
                 found = container.labels.get(LABEL_RELEASE)
                 if found != req.release or container.labels.get(LABEL_SERVICE) != req.service:
@@ -188,7 +192,39 @@ class DockerRuntime(Runtime):
             out.append(self._run(container))
         return out
 
-    def _create(self, req: StartRequest, name: str, index: int):
+    def _create_and_run(self, req: StartRequest, name: str, index: int, attempts: int = 20) -> Instance:
+        """Create the container on a free host port of req.host_ports and start it; when the engine
+        says the port is taken, remove it and try another port."""
+        low, high = req.host_ports
+        used = self._used_ports()
+        for _ in range(attempts):
+            free = [p for p in (random.randint(low, high) for _ in range(50)) if p not in used]
+            port = free[0] if free else random.randint(low, high)
+            used.add(port)
+            container = self._create(req, name, index, port)
+            try:
+                return self._run(container)
+            except RuntimeBackendError as exc:
+                if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
+                    raise
+                with self._translate(f"remove container {name} after a port clash"):
+                    container.remove(force=True, v=True)
+        raise RuntimeBackendError(f"docker runtime: no free host port for {name} in {low}-{high} after "
+                                  f"{attempts} attempts; widen target.host_ports", name=name)
+
+    def _used_ports(self) -> set[int]:
+        """Host ports pinned by cdlib's containers on this engine (running or stopped)."""
+        with self._translate("list the containers that cdlib started"):
+            found = self._client.containers.list(all=True, filters={"label": LABEL_SERVICE})
+        used = set()
+        for c in found:
+            for bindings in ((c.attrs.get("HostConfig") or {}).get("PortBindings") or {}).values():
+                for b in bindings or []:
+                    if str(b.get("HostPort") or "").isdigit():
+                        used.add(int(b["HostPort"]))
+        return used
+
+    def _create(self, req: StartRequest, name: str, index: int, host_port: int):
         labels = dict(req.labels)
         labels.update({LABEL_SERVICE: req.service, LABEL_COLOR: req.color, LABEL_RELEASE: req.release,
                        LABEL_INDEX: str(index), LABEL_PORT: str(req.port), LABEL_ADDRESS: req.address})
@@ -200,7 +236,7 @@ class DockerRuntime(Runtime):
             # container's own StopTimeout also makes a hand-typed `docker stop` wait long enough
             api = self._client.api
             host_config = api.create_host_config(
-                port_bindings={f"{req.port}/tcp": (req.bind, None)}, init=req.init,
+                port_bindings={f"{req.port}/tcp": (req.bind, host_port)}, init=req.init,
                 restart_policy={"Name": "unless-stopped"}, network_mode=req.network or None)
             networking = (api.create_networking_config({req.network: api.create_endpoint_config()})
                           if req.network else None)
@@ -387,8 +423,11 @@ def _auth_config() -> dict | None:
 
 
 def _host_port(container) -> int:
-    """The host port published for the instance's container port (the first one when unknown)."""
+    """The host port published for the instance's container port (the first one when unknown);
+    for a stopped container, the port pinned in its binding."""
     ports = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    if not any(ports.values()):
+        ports = (container.attrs.get("HostConfig") or {}).get("PortBindings") or {}
     wanted = container.labels.get(LABEL_PORT)
     keys = [f"{wanted}/tcp"] if wanted else sorted(ports)
     for key in keys:

@@ -151,6 +151,8 @@ def test_stop_and_resume(harness):
     assert [i.name for i in resumed] == [i.name for i in started]
     assert all(i.running and i.port > 0 for i in resumed)
     assert [i.id for i in resumed] == [i.id for i in started]
+    # the same ports as before the stop: a proxy config restored byte for byte still reaches them
+    assert [i.port for i in resumed] == [i.port for i in started]
     rt.wait_healthy(resumed, "/health", timeout=10)
 
 
@@ -301,7 +303,9 @@ def test_docker_container_configuration(docker_harness):
     host = attrs["HostConfig"]
     assert host["Init"] is True
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
-    assert host["PortBindings"][f"{PORT}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
+    # the host port is pinned in the binding (from the request's range), not left to the engine
+    assert host["PortBindings"][f"{PORT}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(started[0].port)}]
+    assert 20000 <= started[0].port <= 29999
     assert attrs["NetworkSettings"]["Ports"][f"{PORT}/tcp"][0]["HostPort"] == str(started[0].port)
     with urllib.request.urlopen(f"{started[0].url}/version", timeout=5) as resp:
         assert resp.read().decode().strip() == "v1"

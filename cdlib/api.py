@@ -1,0 +1,115 @@
+"""The Python API: the same verbs as the CLI and the Groovy steps, as functions.
+
+    import cdlib
+    outcome = cdlib.release("examples/demo/cdlib.yml", tag="v2")
+    if not outcome.ok: ...
+
+Each function loads the descriptor, opens the ports, runs the verb and closes the ports. Failures
+that were rolled back come back as an Outcome with ok False (exit_code 1); bad input, a held lock
+and an incomplete undo raise CdlibError subclasses (ConfigError, LockHeld, UndoIncomplete).
+Pass ``ports=`` (from ``cdlib.wiring.ports_for``) to use other adapters, e.g. memory ones in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from . import config, images
+from . import verbs as rel
+from .model import Outcome, StepReport
+from .wiring import Ports, ports_for
+
+Reporter = Callable[[StepReport], None]
+
+
+def load_spec(file=None, *, tag: str | None = None, image: str | None = None, store: str | None = None):
+    spec = config.load(file)
+    if image:
+        spec = spec.with_image(image)
+    elif tag:
+        spec = spec.with_tag(tag)
+    if store:
+        from dataclasses import replace
+
+        from .config import STORE_RE
+        from .errors import ConfigError
+
+        if not STORE_RE.match(store):
+            raise ConfigError(f"--store: expected sqlite:///path, etcd://host:port or consul://host:port, got {store!r}",
+                              key="--store")
+        spec = replace(spec, store=store)
+    return spec
+
+
+def _run(verb: Callable[[rel.Ctx], Outcome], file, report: Reporter | None, ports: Ports | None,
+         junit_dir=None, output=None, **spec_args) -> Outcome:
+    own = ports is None
+    if own:
+        spec = load_spec(file, **spec_args)
+        ports = ports_for(spec, junit_dir=Path(junit_dir) if junit_dir else None, on_output=output)
+    try:
+        return verb(rel.Ctx(ports.spec, ports, report or (lambda s: None)))
+    finally:
+        if own:
+            ports.close()
+
+
+def status(file=None, *, store=None, report=None, ports=None, check_health=True) -> Outcome:
+    return _run(lambda c: rel.status(c, check_health=check_health), file, report, ports, store=store)
+
+
+def color(file=None, *, next=False, store=None, ports=None) -> Outcome:  # noqa: A002 (the CLI flag)
+    return _run(lambda c: rel.color(c, next_color=next), file, None, ports, store=store)
+
+
+def history(file=None, *, limit=20, store=None, ports=None) -> Outcome:
+    return _run(lambda c: rel.history(c, limit=limit), file, None, ports, store=store)
+
+
+def deploy(file=None, *, tag=None, image=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,
+           report=None, ports=None) -> Outcome:
+    return _run(lambda c: rel.deploy(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
+                tag=tag, image=image, store=store)
+
+
+def test(test_type: str, file=None, *, tag=None, store=None, target_url=None, junit=None, junit_dir=None,
+         rollback_on_failure=True, report=None, output=None, ports=None) -> Outcome:
+    return _run(lambda c: rel.run_tests(c, test_type, target_url=target_url, junit=Path(junit) if junit else None,
+                                        rollback_on_failure=rollback_on_failure),
+                file, report, ports, junit_dir=junit_dir, output=output, tag=tag, store=store)
+
+
+test.__test__ = False  # not a pytest test function
+
+
+def switch(file=None, *, store=None, report=None, ports=None) -> Outcome:
+    return _run(rel.switch, file, report, ports, store=store)
+
+
+def cleanup(file=None, *, store=None, report=None, ports=None) -> Outcome:
+    return _run(rel.cleanup, file, report, ports, store=store)
+
+
+def rollback(file=None, *, to=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL, report=None,
+             ports=None) -> Outcome:
+    return _run(lambda c: rel.rollback(c, to=to, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
+                store=store)
+
+
+def release(file=None, *, tag=None, image=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,
+            junit_dir=None, report=None, output=None, ports=None) -> Outcome:
+    return _run(lambda c: rel.release(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
+                junit_dir=junit_dir, output=output, tag=tag, image=image, store=store)
+
+
+def build(file=None, *, tag=None, report=None, ports=None) -> Outcome:
+    return _run(lambda c: images.build(c.spec, c.ports.runtime, c.report), file, report, ports, tag=tag)
+
+
+def push(file=None, *, tag=None, report=None, ports=None) -> Outcome:
+    return _run(lambda c: images.push(c.spec, c.ports.runtime, c.report), file, report, ports, tag=tag)
+
+
+VERBS = ("status", "color", "history", "build", "push", "test", "deploy", "switch", "cleanup", "rollback",
+         "release")

@@ -1,0 +1,54 @@
+"""build and push: the service image and the test images, tagged with the commit."""
+
+from __future__ import annotations
+
+import time
+
+from .config import ImageSpec, ServiceSpec
+from .errors import ConfigError
+from .model import Outcome, StepReport
+from .runtime.base import Runtime
+
+
+def _targets(spec: ServiceSpec, build_only: bool) -> list[tuple[str, ImageSpec]]:
+    """(label, image) for the service image and every distinct test image, with the release tag."""
+    out = [("service", spec.image)]
+    seen = {spec.image.repository}
+    for ttype, suite in sorted(spec.tests.items()):
+        img = suite.image
+        if img is None or img.repository in seen or (build_only and img.build is None):
+            continue
+        seen.add(img.repository)
+        out.append((f"{ttype} tests", ImageSpec(img.repository, spec.image.tag, img.build)))
+    return out
+
+
+def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None) -> Outcome:
+    if spec.image.build is None:
+        raise ConfigError(f"{spec.source}: image.build: expected a build context to build "
+                          f"{spec.image.repository} (image.build.context)", key="image.build")
+    steps, built = [], []
+    for label, img in _targets(spec, build_only=True):
+        args = dict(img.build.args)
+        args.setdefault("CDLIB_TAG", spec.image.tag)
+        t0 = time.monotonic()
+        image_id = runtime.build_image(str(img.build.context), img.build.dockerfile, [img.ref], args)
+        step = StepReport(f"build {label}", "done", time.monotonic() - t0, f"{img.ref} ({image_id[:19]})")
+        steps.append(step)
+        report(step)
+        built.append({"image": img.ref, "id": image_id})
+    return Outcome("build", spec.name, True, 0, f"built {', '.join(b['image'] for b in built)}", steps,
+                   {"images": built, "tag": spec.image.tag})
+
+
+def push(spec: ServiceSpec, runtime: Runtime, report=lambda s: None) -> Outcome:
+    steps, pushed = [], []
+    for label, img in _targets(spec, build_only=False):
+        t0 = time.monotonic()
+        digest = runtime.push_image(img.ref)
+        step = StepReport(f"push {label}", "done", time.monotonic() - t0, f"{img.ref} {digest}")
+        steps.append(step)
+        report(step)
+        pushed.append({"image": img.ref, "digest": digest})
+    return Outcome("push", spec.name, True, 0, f"pushed {', '.join(p['image'] for p in pushed)}", steps,
+                   {"images": pushed, "tag": spec.image.tag})

@@ -1,0 +1,152 @@
+"""The release journal: the record of one open release, kept in the store.
+
+Separate processes (the Jenkins stages ``deploy``, ``test``, ``switch``, ``cleanup``) share one
+release through this record. Before a step acts, its intent (with everything its undo needs) is
+written; after it acted, its result. ``rollback`` undoes every step whose intent was written, in
+reverse, whichever process died and wherever it died. Every write is a compare-and-set against the
+version this process last saw, so two processes can never both think they drive the release.
+
+Closed releases move to ``history/<release-id>`` with their outcome.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from . import keys
+from .errors import ConflictError, UsageError
+from .store.base import Store
+
+# step states
+INTENT = "intent"  # written before acting: the action may or may not have happened
+DONE = "done"
+FAILED = "failed"  # the action raised; it may have happened in part, so it is undone like INTENT
+UNDONE = "undone"
+UNDO_FAILED = "undo-failed"
+NEEDS_UNDO = (INTENT, DONE, FAILED, UNDO_FAILED)
+
+# release phases
+DEPLOYING, DEPLOYED, SWITCHING, SWITCHED, CLEANING = "deploying", "deployed", "switching", "switched", "cleaning"
+ROLLING_BACK, STUCK = "rolling-back", "undo-incomplete"
+
+
+def new_release_id(now: float | None = None) -> str:
+    """Sortable, unique, and valid in container names, labels and store keys."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now or time.time()))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+class Journal:
+    def __init__(self, store: Store, service: str, record: dict, version: int):
+        self.store = store
+        self.service = service
+        self.record = record
+        self.version = version
+
+    # -- open / load / save ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, store: Store, service: str, record: dict) -> Journal:
+        record = dict(record, steps=[], tests=[], phase=DEPLOYING, created=time.time())
+        try:
+            version = store.put_json(keys.release(service), record, expect=0)
+        except ConflictError:
+            raise UsageError(f"{service} already has an open release; run 'cdlib status' or "
+                             "'cdlib rollback'", service=service) from None
+        return cls(store, service, record, version)
+
+    @classmethod
+    def load(cls, store: Store, service: str) -> Journal | None:
+        entry = store.get(keys.release(service))
+        if entry is None:
+            return None
+        return cls(store, service, entry.json(), entry.version)
+
+    def save(self) -> None:
+        try:
+            self.version = self.store.put_json(keys.release(self.service), self.record, expect=self.version)
+        except ConflictError:
+            raise ConflictError(f"the journal of {self.service} release {self.id} was changed by another "
+                                "process; run 'cdlib status'", service=self.service) from None
+
+    # -- accessors -----------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+    @property
+    def phase(self) -> str:
+        return self.record.get("phase", DEPLOYING)
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self.record["phase"] = value
+
+    @property
+    def steps(self) -> list[dict]:
+        return self.record["steps"]
+
+    def step(self, name: str) -> dict | None:
+        for step in reversed(self.steps):
+            if step["name"] == name:
+                return step
+        return None
+
+    def done(self, name: str) -> bool:
+        step = self.step(name)
+        return step is not None and step["state"] == DONE
+
+    # -- step records ---------------------------------------------------------------------------------
+    def intent(self, name: str, data: dict) -> dict:
+        step = {"name": name, "state": INTENT, "data": data, "started": time.time()}
+        self.steps.append(step)
+        self.save()
+        return step
+
+    def finish(self, step: dict, result: dict | None) -> None:
+        step["state"] = DONE
+        step["ended"] = time.time()
+        if result:
+            step["data"] = {**step["data"], **result}
+        self.save()
+
+    def fail(self, step: dict, error: str) -> None:
+        step["state"] = FAILED
+        step["ended"] = time.time()
+        step["error"] = error
+        self.save()
+
+    def mark(self, step: dict, state: str, error: str = "") -> None:
+        step["state"] = state
+        if error:
+            step["undo_error"] = error
+        else:
+            step.pop("undo_error", None)
+        self.save()
+
+    def add_test(self, result: dict) -> None:
+        self.record.setdefault("tests", []).append(result)
+        self.save()
+
+    # -- close ----------------------------------------------------------------------------------------
+    def close(self, outcome: str, message: str = "") -> dict:
+        """Move the record to history with its outcome and delete the open record."""
+        entry = {k: self.record.get(k) for k in ("id", "service", "image", "color", "previous", "created",
+                                                  "holder", "tests", "revert_of")}
+        entry.update(outcome=outcome, message=message, closed=time.time(),
+                     steps=[{k: s.get(k) for k in ("name", "state", "started", "ended", "error")}
+                            for s in self.steps])
+        self.store.put_json(keys.history(self.service, self.id), entry)
+        try:
+            self.store.delete(keys.release(self.service), expect=self.version)
+        except ConflictError:
+            raise ConflictError(f"the journal of {self.service} release {self.id} was changed by another "
+                                "process while it was closed", service=self.service) from None
+        return entry
+
+
+def history(store: Store, service: str, limit: int | None = None) -> list[dict]:
+    """Closed releases, newest first."""
+    entries = [e.json() for e in store.list(keys.history(service))]
+    entries.sort(key=lambda e: (e.get("created") or 0, e.get("id", "")), reverse=True)
+    return entries[:limit] if limit else entries

@@ -1,0 +1,101 @@
+"""A plan is a list of named steps, each with an undo; it runs in order and undoes in reverse.
+
+Undo functions are looked up by step name in a table, not kept as closures, so a process that
+never ran the step (``rollback`` in a later Jenkins stage, after a SIGKILL) can undo it from the
+journal alone. Every undo must be idempotent: a step whose intent was written may have acted in
+full, in part or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import CdlibError
+from .journal import DONE, FAILED, INTENT, NEEDS_UNDO, UNDO_FAILED, UNDONE, Journal
+from .model import StepReport
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    do: Callable[[object, dict], dict | None]  # (ctx, intent data) -> result data
+    intent: Callable[[object], dict] | None = None  # (ctx) -> data recorded before acting
+    describe: Callable[[dict], str] | None = None  # result data -> one line for humans
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT arrived (Jenkins aborted the build): roll back like any failure."""
+
+
+def failpoint(step: str, when: str) -> None:
+    """Crash rehearsal: CDLIB_FAILPOINTS="proxy:after=kill,start:before=fail" makes this process
+    SIGKILL itself (kill) or fail the step (fail) at that point. Used by the crash-safety tests and
+    by operators who want to watch a rollback; unset, it costs one environment lookup."""
+    spec = os.environ.get("CDLIB_FAILPOINTS")
+    if not spec:
+        return
+    for item in spec.split(","):
+        where, _, action = item.strip().partition("=")
+        if where == f"{step}:{when}":
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if action == "fail":
+                raise RuntimeError(f"failpoint {where} (CDLIB_FAILPOINTS)")
+
+
+def run(ctx, journal: Journal, steps: list[Step], report: Callable[[StepReport], None]) -> None:
+    for step in steps:
+        data = step.intent(ctx) if step.intent else {}
+        record = journal.intent(step.name, data)
+        t0 = time.monotonic()
+        try:
+            failpoint(step.name, "before")
+            result = step.do(ctx, data) or {}
+            failpoint(step.name, "after")
+        except (Exception, Interrupted) as exc:
+            journal.fail(record, _reason(exc))
+            report(StepReport(step.name, "failed", time.monotonic() - t0, _reason(exc)))
+            raise
+        journal.finish(record, result)
+        detail = step.describe({**data, **result}) if step.describe else ""
+        report(StepReport(step.name, "done", time.monotonic() - t0, detail))
+
+
+def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]],
+         report: Callable[[StepReport], None]) -> list[str]:
+    """Undo every recorded step that may have acted, newest first. Returns the names whose undo
+    failed (empty: the world is as it was before the release)."""
+    failed = []
+    for record in reversed(journal.steps):
+        if record["state"] not in NEEDS_UNDO:
+            continue
+        fn = undos.get(record["name"])
+        t0 = time.monotonic()
+        if fn is None:
+            journal.mark(record, UNDONE)
+            continue
+        try:
+            fn(ctx, record.get("data") or {})
+        except Exception as exc:  # an undo failing must not stop the other undos
+            journal.mark(record, UNDO_FAILED, _reason(exc))
+            report(StepReport(f"undo {record['name']}", "undo-failed", time.monotonic() - t0, _reason(exc)))
+            failed.append(record["name"])
+            continue
+        journal.mark(record, UNDONE)
+        report(StepReport(f"undo {record['name']}", "undone", time.monotonic() - t0))
+    return failed
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CdlibError):
+        return str(exc)
+    if isinstance(exc, Interrupted):
+        return "interrupted (SIGTERM/SIGINT)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+__all__ = ["Step", "Interrupted", "run", "undo", "INTENT", "DONE", "FAILED"]

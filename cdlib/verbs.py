@@ -1,0 +1,703 @@
+"""The verbs: deploy, test, switch, cleanup, rollback, release, status, color, history.
+
+Each verb that changes the world is a short plan of named steps (plan.Step) recorded in the release
+journal. The undo of every step is in UNDO, keyed by step name, so any later process can roll back.
+
+Failure classes:
+- before the switch: the new color is removed, what was set aside is put back: the world is as it was;
+- after the switch: the previous proxy configuration is restored byte for byte and reloaded, the
+  live color is restored, then the new color is removed;
+- during cleanup: the record stays open and the live color is never touched; re-run ``cleanup``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import journal as jr
+from . import keys, plan
+from .config import ServiceSpec
+from .errors import (
+    EXIT_UNDO_INCOMPLETE,
+    CdlibError,
+    ConfigError,
+    LockHeld,
+    NothingToRollBack,
+    ProxyError,
+    ReleaseFailed,
+    TestsFailed,
+    UndoIncomplete,
+    UsageError,
+)
+from .journal import Journal
+from .model import Backend, Instance, Outcome, Routes, StepReport, other_color
+from .proxy.base import PROBE_HEADER, UPSTREAM_HEADER
+from .runtime.base import StartRequest
+from .store.base import default_holder
+from .testrun.base import TestRun
+from .wiring import Ports
+
+DEFAULT_LOCK_TTL = 3600.0
+Reporter = Callable[[StepReport], None]
+
+
+def _quiet(_: StepReport) -> None:
+    pass
+
+
+@dataclass
+class Ctx:
+    spec: ServiceSpec
+    ports: Ports
+    report: Reporter = _quiet
+    journal: Journal | None = None
+    steps: list[StepReport] = field(default_factory=list)
+
+    def emit(self, step: StepReport) -> None:
+        self.steps.append(step)
+        self.report(step)
+
+    @property
+    def service(self) -> str:
+        return self.spec.name
+
+    @property
+    def rec(self) -> dict:
+        assert self.journal is not None
+        return self.journal.record
+
+
+# ================================================================================================
+# reading the world
+# ================================================================================================
+def live_record(store, service: str) -> dict | None:
+    return store.get_json(keys.live(service))
+
+
+def registered(store, service: str, color: str | None = None) -> list[dict]:
+    """Registered instances; color and name come from the key, whatever the value holds."""
+    out = []
+    for e in store.list(keys.instances(service, color)):
+        reg_color, name = e.key.rsplit("/", 2)[-2:]
+        out.append(dict(e.json(), color=reg_color, name=name))
+    return out
+
+
+def backends(store, override: Backend | None = None) -> list[Backend]:
+    """What the proxy serves: every service's live color and its registered instances, with one
+    service replaced by override (the color being switched to)."""
+    out = {}
+    for entry in store.list(keys.ROOT):
+        if not entry.key.endswith("/live"):
+            continue
+        name = keys.service_of(entry.key)
+        live = entry.json()
+        spec = store.get_json(keys.spec(name)) or {}
+        servers = tuple(sorted((i["address"], int(i["port"])) for i in registered(store, name, live["color"])))
+        if not servers:
+            continue
+        out[name] = Backend(name, live["color"], live.get("release", ""), Routes.from_dict(spec.get("routes", {})),
+                            servers, spec.get("health_path", "/"))
+    if override is not None:
+        out[override.service] = override
+    return [out[k] for k in sorted(out)]
+
+
+def _backend_for(ctx: Ctx, instances: list[Instance]) -> Backend:
+    return Backend(ctx.service, ctx.rec["color"], ctx.rec["id"], ctx.spec.routes,
+                   tuple(sorted((i.address, i.port) for i in instances)), ctx.spec.health.path)
+
+
+def _instances_from(data: list[dict]) -> list[Instance]:
+    return [Instance.from_dict(d) for d in data]
+
+
+# ================================================================================================
+# steps and their undos
+# ================================================================================================
+def _start_request(ctx: Ctx) -> StartRequest:
+    s = ctx.spec
+    return StartRequest(
+        service=s.name, color=ctx.rec["color"], release=ctx.rec["id"], image=ctx.rec["image"], port=s.port,
+        replicas=s.replicas, env=s.env, bind=s.target.bind, address=s.target.reach_address, init=s.target.init,
+        stop_timeout=s.target.stop_timeout, network=s.target.network, host_ports=s.target.host_ports,
+    )
+
+
+def do_set_aside(ctx: Ctx, data: dict) -> dict:
+    names = ctx.ports.runtime.set_aside(ctx.service, ctx.rec["color"], ctx.rec["id"])
+    return {"names": names}
+
+
+def undo_set_aside(ctx: Ctx, data: dict) -> None:
+    ctx.ports.runtime.restore_aside(ctx.service, ctx.rec["color"], ctx.rec["id"])
+
+
+def do_start(ctx: Ctx, data: dict) -> dict:
+    instances = ctx.ports.runtime.start(_start_request(ctx))
+    return {"instances": [i.to_dict() for i in instances]}
+
+
+def undo_start(ctx: Ctx, data: dict) -> None:
+    ctx.ports.runtime.remove(ctx.service, ctx.rec["color"], release=ctx.rec["id"])
+
+
+def do_resume(ctx: Ctx, data: dict) -> dict:
+    instances = ctx.ports.runtime.resume(ctx.service, ctx.rec["color"], release=data["release"])
+    if not instances:
+        raise ReleaseFailed(f"no stopped instances of {ctx.service} {ctx.rec['color']} release "
+                            f"{data['release']} to resume")
+    return {"instances": [i.to_dict() for i in instances]}
+
+
+def undo_resume(ctx: Ctx, data: dict) -> None:
+    ctx.ports.runtime.stop(ctx.service, ctx.rec["color"], release=data["release"])
+
+
+def do_health(ctx: Ctx, data: dict) -> dict:
+    instances = _instances_from(_started(ctx))
+    h = ctx.spec.health
+    seconds = ctx.ports.runtime.wait_healthy(instances, h.path, h.timeout, h.interval)
+    return {"seconds": round(seconds, 3)}
+
+
+def _started(ctx: Ctx) -> list[dict]:
+    for name in ("start", "resume"):
+        step = ctx.journal.step(name) if ctx.journal else None
+        if step is not None and step["state"] == jr.DONE:
+            return step["data"]["instances"]
+    raise UsageError(f"{ctx.service}: the open release has no started instances; run 'cdlib rollback'")
+
+
+def intent_register(ctx: Ctx) -> dict:
+    """Record the prior value of every key this step may write, so its undo restores them exactly."""
+    store = ctx.ports.store
+    touched = [keys.spec(ctx.service)] + [keys.instance(ctx.service, ctx.rec["color"], i["name"])
+                                          for i in _started(ctx)]
+    touched += [e.key for e in store.list(keys.instances(ctx.service, ctx.rec["color"]))]
+    return {"prior": {k: _raw(store, k) for k in sorted(set(touched))}}
+
+
+def do_register(ctx: Ctx, data: dict) -> dict:
+    store, s = ctx.ports.store, ctx.spec
+    for entry in store.list(keys.instances(ctx.service, ctx.rec["color"])):
+        store.delete(entry.key)  # stale registrations of this color (a killed earlier release)
+    store.put_json(keys.spec(ctx.service), {"routes": s.routes.to_dict(), "port": s.port,
+                                            "health_path": s.health.path})
+    for inst in _started(ctx):
+        store.put_json(keys.instance(ctx.service, ctx.rec["color"], inst["name"]),
+                       dict(inst, registered=time.time()))
+    return {}
+
+
+def undo_restore_keys(ctx: Ctx, data: dict) -> None:
+    store = ctx.ports.store
+    for key, value in (data.get("prior") or {}).items():
+        if value is None:
+            store.delete(key)
+        else:
+            store.put(key, value)
+
+
+def intent_proxy(ctx: Ctx) -> dict:
+    prior = ctx.ports.proxy.read_config()
+    return {"prior": None if prior is None else base64.b64encode(prior).decode("ascii")}
+
+
+def do_proxy(ctx: Ctx, data: dict) -> dict:
+    instances = _instances_from(_started(ctx))
+    backend = _backend_for(ctx, instances)
+    proxy = ctx.ports.proxy
+    text = proxy.render(backends(ctx.ports.store, override=backend))
+    timings = proxy.apply(text)
+    probe_seconds = probe(ctx.spec, proxy, backend)
+    return {"timings": {k: round(v, 3) for k, v in (timings or {}).items()}, "probe": round(probe_seconds, 3)}
+
+
+def undo_proxy(ctx: Ctx, data: dict) -> None:
+    prior = data.get("prior")
+    ctx.ports.proxy.restore(None if prior is None else base64.b64decode(prior))
+
+
+def intent_live(ctx: Ctx) -> dict:
+    return {"prior": _raw(ctx.ports.store, keys.live(ctx.service))}
+
+
+def do_live(ctx: Ctx, data: dict) -> dict:
+    store = ctx.ports.store
+    current = store.get(keys.live(ctx.service))
+    if (current.value if current else None) != ctx.rec["prior"]["live"]:
+        raise ReleaseFailed(f"the live color of {ctx.service} changed during the release (now "
+                            f"{current.json().get('color') if current else 'none'}); rolled back")
+    started = _started(ctx)
+    live = {"color": ctx.rec["color"], "release": started[0]["release"] if started else ctx.rec["id"],
+            "image": ctx.rec["image"], "since": time.time(), "via": ctx.rec["id"]}
+    store.put_json(keys.live(ctx.service), live, expect=current.version if current else 0)
+    return {"live": live}
+
+
+def undo_live(ctx: Ctx, data: dict) -> None:
+    undo_restore_keys(ctx, {"prior": {keys.live(ctx.service): data.get("prior")}})
+
+
+def intent_stop_old(ctx: Ctx) -> dict:
+    prev = ctx.rec.get("previous")
+    if not prev:
+        return {"color": None}
+    store = ctx.ports.store
+    regs = {e.key: e.value for e in store.list(keys.instances(ctx.service, prev["color"]))}
+    return {"color": prev["color"], "release": prev.get("release"), "prior": regs}
+
+
+def do_stop_old(ctx: Ctx, data: dict) -> dict:
+    if not data.get("color"):
+        return {"stopped": []}
+    for key in data["prior"]:
+        ctx.ports.store.delete(key)
+    stopped = ctx.ports.runtime.stop(ctx.service, data["color"], release=data.get("release"))
+    return {"stopped": stopped}
+
+
+def undo_stop_old(ctx: Ctx, data: dict) -> None:
+    if not data.get("color"):
+        return
+    ctx.ports.runtime.resume(ctx.service, data["color"], release=data.get("release"))
+    undo_restore_keys(ctx, data)
+
+
+UNDO = {
+    "set-aside": undo_set_aside,
+    "start": undo_start,
+    "resume": undo_resume,
+    "register": undo_restore_keys,
+    "proxy": undo_proxy,
+    "live": undo_live,
+    "stop-old": undo_stop_old,
+}
+
+
+def _names(key: str) -> Callable[[dict], str]:
+    def describe(data: dict) -> str:
+        items = data.get(key) or []
+        return ", ".join(i["name"] + (f" ({i['address']}:{i['port']})" if "port" in i else "") if isinstance(i, dict)
+                         else str(i) for i in items)
+    return describe
+
+
+DEPLOY_STEPS = [
+    plan.Step("set-aside", do_set_aside, describe=_names("names")),
+    plan.Step("start", do_start, describe=_names("instances")),
+    plan.Step("health", do_health, describe=lambda d: f"healthy after {d.get('seconds', 0):.2f}s"),
+    plan.Step("register", do_register, intent=intent_register),
+]
+REVERT_STEPS = [
+    plan.Step("resume", do_resume, describe=_names("instances")),
+    plan.Step("health", do_health, describe=lambda d: f"healthy after {d.get('seconds', 0):.2f}s"),
+    plan.Step("register", do_register, intent=intent_register),
+]
+SWITCH_STEPS = [
+    plan.Step("proxy", do_proxy, intent=intent_proxy,
+              describe=lambda d: "validated, swapped, reloaded, drained; new color answered through the proxy "
+                                 f"after {d.get('probe', 0):.2f}s"),
+    plan.Step("live", do_live, intent=intent_live, describe=lambda d: f"live color is {d['live']['color']}"),
+]
+CLEANUP_STEPS = [
+    plan.Step("stop-old", do_stop_old, intent=intent_stop_old,
+              describe=lambda d: ("stopped " + ", ".join(d["stopped"])) if d.get("stopped") else "nothing to stop"),
+]
+
+
+def _raw(store, key: str) -> str | None:
+    entry = store.get(key)
+    return None if entry is None else entry.value
+
+
+# ================================================================================================
+# the probe through the proxy
+# ================================================================================================
+def probe(spec: ServiceSpec, proxy, backend: Backend) -> float:
+    """Request the service through the proxy until the new color answers, consecutively, as many
+    times as it has instances (at least 3). Proven by the upstream address the proxy reports back;
+    with probe.expect, the body must contain that text too. Returns the seconds it took."""
+    path = spec.probe.path or spec.health.path
+    headers = {PROBE_HEADER: "1"}
+    if backend.routes.paths:
+        path = backend.routes.paths[0].rstrip("/") + path
+    else:
+        headers["Host"] = backend.routes.hosts[0].replace("*.", "probe.")
+    expected = {f"{a}:{p}" for a, p in backend.servers}
+    need = max(3, len(backend.servers))
+    t0 = time.monotonic()
+    streak, last = 0, "no answer"
+    while True:
+        ok, last = _probe_once(proxy, path, headers, expected, spec.probe.expect)
+        streak = streak + 1 if ok else 0
+        if streak >= need:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > spec.probe.timeout:
+            raise ProxyError(f"probe through the proxy failed for {spec.name} after {spec.probe.timeout:g}s: "
+                             f"{proxy.url()}{path} {last}; the previous configuration was restored", path=path)
+        if not ok:
+            time.sleep(0.1)
+
+
+def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str | None) -> tuple[bool, str]:
+    status, resp_headers, body = proxy.request(path, headers)
+    if status == 0:
+        return False, "did not answer"
+    upstream = next((v for k, v in resp_headers.items() if k.lower() == UPSTREAM_HEADER.lower()), "")
+    served_by = upstream.split(",")[-1].strip().split(" ")[-1] if upstream else ""
+    if not 200 <= status < 400:
+        return False, f"answered {status}" + (f" from {served_by}" if served_by else "")
+    if served_by not in expected:
+        return False, f"answered {status} from {served_by or 'an unknown upstream'}, not the new color"
+    if expect and expect.encode() not in body:
+        return False, f"answered {status} without {expect!r} in the body"
+    return True, f"answered {status} from {served_by}"
+
+
+# ================================================================================================
+# lock and journal helpers
+# ================================================================================================
+def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: str | None = None) -> None:
+    store, s = ctx.ports.store, ctx.spec
+    release_id = jr.new_release_id()
+    holder = default_holder(release=release_id, image=image)
+    lock = store.acquire_lock(keys.lock(s.name), holder, lock_ttl, wait=lock_wait)
+    try:
+        abandoned = Journal.load(store, s.name)
+        if abandoned is not None:
+            # the lock was free or expired, yet a release is open: its process died. Undo it first.
+            ctx.emit(StepReport("take-over", "done", 0.0,
+                                f"release {abandoned.id} was abandoned (lock expired); rolling it back first"))
+            ctx.journal = abandoned
+            failed = plan.undo(ctx, abandoned, UNDO, ctx.emit)
+            if failed:
+                abandoned.phase = jr.STUCK
+                abandoned.save()
+                raise UndoIncomplete(f"the abandoned release {abandoned.id} of {s.name} could not be fully "
+                                     f"rolled back ({', '.join(failed)}); fix that and run 'cdlib rollback'")
+            abandoned.close("rolled-back", "taken over after its lock expired")
+        live = store.get(keys.live(s.name))
+        prev = live.json() if live else None
+        color = other_color(prev["color"] if prev else None)
+        ctx.journal = Journal.create(store, s.name, {
+            "id": release_id, "service": s.name, "image": image, "color": color,
+            "previous": prev, "holder": holder, "lock_token": lock.token, "lock_ttl": lock_ttl,
+            "revert_of": revert_of, "prior": {"live": live.value if live else None},
+        })
+    except BaseException:
+        store.release_lock(keys.lock(s.name), lock.token)
+        raise
+    ctx.emit(StepReport("open", "done", 0.0, f"release {release_id}: {image} as {color}"
+                        + (f" beside {prev['color']} ({prev.get('image', '?')})" if prev else " (first release)")))
+
+
+def _require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
+    j = Journal.load(ctx.ports.store, ctx.service)
+    if j is None:
+        raise UsageError(f"{ctx.service} has no open release; run 'cdlib deploy' first")
+    if j.phase not in phases:
+        raise UsageError(f"{verb}: release {j.id} of {ctx.service} is {j.phase}; {verb} needs it to be "
+                         + " or ".join(phases))
+    ctx.journal = j
+    ctx.ports.store.refresh_lock(keys.lock(ctx.service), j.record["lock_token"],
+                                 j.record.get("lock_ttl", DEFAULT_LOCK_TTL))
+    return j
+
+
+def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
+    """Undo the open release in ctx.journal; close it; return the outcome (exit 1, or 4)."""
+    j = ctx.journal
+    j.phase = jr.ROLLING_BACK
+    j.save()
+    failed = plan.undo(ctx, j, UNDO, ctx.emit)
+    if failed:
+        j.phase = jr.STUCK
+        j.save()
+        msg = (f"release {j.id} of {ctx.service} failed ({reason}) and the undo of {', '.join(failed)} failed "
+               "too: a person is needed; fix the cause and run 'cdlib rollback' again")
+        return _outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE, msg)
+    j.close("rolled-back", reason)
+    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
+    prev = j.record.get("previous")
+    where = f"{prev['color']} ({prev.get('image')}) is live" if prev else "nothing is live"
+    return _outcome(ctx, "rollback", False, 1, f"release {j.id} of {ctx.service} failed: {reason}; rolled back, "
+                    f"{where} as before")
+
+
+def _close_success(ctx: Ctx) -> None:
+    j = ctx.journal
+    runtime = ctx.ports.runtime
+    j.close("released")
+    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
+    t0 = time.monotonic()
+    try:
+        removed = runtime.remove(ctx.service, j.record["color"], aside=True)
+    except CdlibError as exc:  # leftovers only cost disk; the release is done
+        ctx.emit(StepReport("close", "done", time.monotonic() - t0, f"warning: set-aside instances kept: {exc}"))
+        return
+    ctx.emit(StepReport("close", "done", time.monotonic() - t0,
+                        "release closed" + (f"; removed {', '.join(removed)}" if removed else "")))
+
+
+def _outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> Outcome:
+    rec = ctx.journal.record if ctx.journal else {}
+    base = {"release": rec.get("id"), "color": rec.get("color"), "image": rec.get("image"),
+            "previous_color": (rec.get("previous") or {}).get("color")} if rec else {}
+    base.update(data)
+    return Outcome(verb, ctx.service, ok, code, message, list(ctx.steps), base)
+
+
+def _guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure: bool = True) -> Outcome:
+    """Run body; on a failure inside an open release, roll the release back (exit 1, or 4)."""
+    try:
+        return body()
+    except (ConfigError, LockHeld, NothingToRollBack):
+        raise
+    except (Exception, plan.Interrupted) as exc:
+        if ctx.journal is None or not rollback_on_failure or ctx.journal.phase == jr.CLEANING:
+            raise
+        reason = plan._reason(exc)
+        if isinstance(exc, UndoIncomplete):
+            raise
+        outcome = _rollback_open(ctx, reason)
+        outcome.verb = verb
+        return outcome
+
+
+# ================================================================================================
+# the verbs
+# ================================================================================================
+def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
+    """Open a release; start the next color beside the live one; wait until healthy; register it."""
+    def body() -> Outcome:
+        _open(ctx, ctx.spec.image.ref, lock_wait, lock_ttl)
+        plan.run(ctx, ctx.journal, DEPLOY_STEPS, ctx.emit)
+        ctx.journal.phase = jr.DEPLOYED
+        ctx.journal.save()
+        return _outcome(ctx, "deploy", True, 0, f"{ctx.service} {ctx.rec['color']} is up and healthy beside the "
+                        "live color; next: 'cdlib test pre-integration', then 'cdlib switch'",
+                        instances=_started(ctx))
+    return _guard(ctx, "deploy", body)
+
+
+def switch(ctx: Ctx) -> Outcome:
+    """Point the proxy at the new color, prove it answers through the proxy, then store it as live."""
+    def body() -> Outcome:
+        j = _require_open(ctx, (jr.DEPLOYED,), "switch")
+        j.phase = jr.SWITCHING
+        j.save()
+        plan.run(ctx, j, SWITCH_STEPS, ctx.emit)
+        j.phase = jr.SWITCHED
+        j.save()
+        return _outcome(ctx, "switch", True, 0, f"{ctx.service} now serves {j.record['color']} through "
+                        f"{ctx.ports.proxy.url()}; next: 'cdlib test post-integration', then 'cdlib cleanup'")
+    return _guard(ctx, "switch", body)
+
+
+def cleanup(ctx: Ctx) -> Outcome:
+    """Stop and de-register the old color (kept stopped for a quick rollback); close the release."""
+    j = _require_open(ctx, (jr.SWITCHED, jr.CLEANING), "cleanup")
+    j.phase = jr.CLEANING
+    j.save()
+    try:
+        plan.run(ctx, j, CLEANUP_STEPS, ctx.emit)
+    except (Exception, plan.Interrupted) as exc:
+        return _outcome(ctx, "cleanup", False, EXIT_UNDO_INCOMPLETE,
+                        f"cleanup of {ctx.service} failed: {plan._reason(exc)}; {j.record['color']} is live and "
+                        "the release stays open: fix the cause and run 'cdlib cleanup' again")
+    _close_success(ctx)
+    return _outcome(ctx, "cleanup", True, 0, f"{ctx.service} release {j.id} is done: {j.record['color']} is live")
+
+
+def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit: Path | None = None,
+              rollback_on_failure: bool = True) -> Outcome:
+    """Run one suite. Inside an open release, a failure (unless the suite is marked unstable) rolls
+    the release back."""
+    spec = ctx.spec
+    if test_type not in ("pre-deployment", "pre-integration", "post-integration"):
+        raise ConfigError(f"test: TYPE must be pre-deployment, pre-integration or post-integration, "
+                          f"got {test_type!r}", key="TYPE")
+    suite = spec.tests.get(test_type)
+    if test_type != "pre-deployment":
+        phases = (jr.DEPLOYED,) if test_type == "pre-integration" else (jr.SWITCHED,)
+        _require_open(ctx, phases, f"test {test_type}")
+    if suite is None:
+        ctx.emit(StepReport(f"test {test_type}", "skipped", 0.0, f"no {test_type} suite in the descriptor"))
+        return _outcome(ctx, "test", True, 0, f"no {test_type} suite for {spec.name}", tests=[])
+
+    def body() -> Outcome:
+        env, url = _test_target(ctx, test_type)
+        env.update({n: os.environ[n] for n in suite.pass_env if n in os.environ})
+        url = target_url or url
+        image = f"{suite.image.repository}:{spec.image.tag}" if suite.image else None
+        path = junit or _junit_path(ctx, test_type)
+        t0 = time.monotonic()
+        result = ctx.ports.runner(suite).run(TestRun(spec.name, suite, url, tuple(env.items()), path, image))
+        status = "done" if result.passed else "failed"
+        ctx.emit(StepReport(f"test {test_type}", status, time.monotonic() - t0,
+                            f"exit {result.exit_code} against {url or '(no target)'}"))
+        if ctx.journal is not None:
+            ctx.journal.add_test(result.to_dict())
+        if result.passed or suite.unstable:
+            msg = f"{test_type} tests of {spec.name} " + ("passed" if result.passed else
+                                                          "failed; marked unstable, the release goes on")
+            return _outcome(ctx, "test", True, 0, msg, tests=[result.to_dict()])
+        error = TestsFailed(f"{test_type} tests failed (exit {result.exit_code})", result=result.to_dict())
+        if ctx.journal is None or not rollback_on_failure:
+            return _outcome(ctx, "test", False, 1, f"{spec.name}: {error}", tests=[result.to_dict()])
+        raise error
+
+    outcome = _guard(ctx, "test", body, rollback_on_failure)
+    if not outcome.ok and "tests" not in outcome.data and ctx.journal is not None:
+        outcome.data["tests"] = ctx.journal.record.get("tests", [])[-1:]
+    return outcome
+
+
+def _test_target(ctx: Ctx, test_type: str) -> tuple[dict, str]:
+    if test_type == "pre-deployment":
+        return {}, ""
+    if test_type == "pre-integration":
+        urls = [Instance.from_dict(i).url for i in _started(ctx)]
+        return {"TARGET_URLS": " ".join(urls), "CDLIB_COLOR": ctx.rec["color"]}, urls[0]
+    routes = ctx.spec.routes
+    base = ctx.ports.proxy.url()
+    env = {"CDLIB_COLOR": ctx.rec["color"], "PROXY_URL": base}
+    if routes.paths:
+        return env, base + routes.paths[0]
+    env["TARGET_HOST"] = routes.hosts[0]
+    return env, base + "/"
+
+
+def _junit_path(ctx: Ctx, test_type: str) -> Path | None:
+    d = ctx.ports.junit_dir
+    return None if d is None else Path(d) / f"cdlib-{ctx.service}-{test_type}.xml"
+
+
+def rollback(ctx: Ctx, *, to: str | None = None, lock_wait: float = 0.0,
+             lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
+    """With an open release: undo it from its journal. Without one: return to the previous release
+    (or the release ``to`` from history): resume its stopped color when it is still there, else
+    deploy its image again; then switch and clean up, without test suites."""
+    store = ctx.ports.store
+    j = Journal.load(store, ctx.service)
+    if j is not None:
+        if to is not None:
+            raise UsageError(f"{ctx.service} has an open release {j.id}; run 'cdlib rollback' without --to first")
+        ctx.journal = j
+        out = _rollback_open(ctx, "rollback requested")
+        if out.exit_code == 1:
+            out.ok, out.exit_code = True, 0
+            out.message = out.message.replace("failed: rollback requested; rolled back", "rolled back")
+        return out
+    return _revert(ctx, to, lock_wait, lock_ttl)
+
+
+def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outcome:
+    store = ctx.ports.store
+    live = live_record(store, ctx.service)
+    past = [h for h in jr.history(store, ctx.service) if h.get("outcome") == "released"]
+    if to is not None:
+        target = next((h for h in past if h["id"] == to), None)
+        if target is None:
+            raise NothingToRollBack(f"rollback --to: no successful release {to!r} of {ctx.service} in history; "
+                                    "see 'cdlib history'")
+    else:
+        current = live.get("via") if live else None
+        older = [h for h in past if h["id"] != current and h.get("image") != (live or {}).get("image")]
+        if not live or not older:
+            raise NothingToRollBack(f"{ctx.service} has no open release and no earlier release to return to")
+        target = older[0]
+
+    def body() -> Outcome:
+        _open(ctx, target["image"], lock_wait, lock_ttl, revert_of=target["id"])
+        color = ctx.rec["color"]
+        stopped = [i for i in ctx.ports.runtime.instances(ctx.service, color)
+                   if not i.running and i.image == target["image"]]
+        steps = DEPLOY_STEPS
+        if stopped and len({i.release for i in stopped}) == 1:
+            release = stopped[0].release
+            steps = [plan.Step(s.name, s.do, intent=(lambda c, r=release: {"release": r}) if s.name == "resume"
+                               else s.intent, describe=s.describe) for s in REVERT_STEPS]
+        plan.run(ctx, ctx.journal, steps, ctx.emit)
+        ctx.journal.phase = jr.DEPLOYED
+        plan.run(ctx, ctx.journal, SWITCH_STEPS, ctx.emit)
+        ctx.journal.phase = jr.SWITCHED
+        ctx.journal.save()
+        out = cleanup(ctx)
+        out.verb = "rollback"
+        if out.ok:
+            out.message = f"{ctx.service} is back on {target['image']} (release {target['id']}) as {color}"
+        return out
+    return _guard(ctx, "rollback", body)
+
+
+def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
+    """deploy -> pre-integration tests -> switch -> post-integration tests -> cleanup, in one process;
+    any failure rolls everything back."""
+    tests = []
+    for verb in (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
+                 lambda: run_tests(ctx, "pre-integration"),
+                 lambda: switch(ctx),
+                 lambda: run_tests(ctx, "post-integration"),
+                 lambda: cleanup(ctx)):
+        out = verb()
+        tests += out.data.get("tests", [])
+        if not out.ok:
+            out.verb = "release"
+            out.data["tests"] = tests
+            return out
+    out.verb = "release"
+    out.message = (f"released {ctx.spec.image.ref} as {ctx.rec['color']}: {ctx.service} answers through "
+                   f"{ctx.ports.proxy.url()}" + (ctx.spec.routes.paths[0] if ctx.spec.routes.paths else ""))
+    out.data["tests"] = tests
+    return out
+
+
+def status(ctx: Ctx, *, check_health: bool = True) -> Outcome:
+    store, s = ctx.ports.store, ctx.spec
+    live = live_record(store, s.name)
+    j = Journal.load(store, s.name)
+    lock = store.lock_info(keys.lock(s.name))
+    regs = registered(store, s.name)
+    data = {"live": live, "next_color": other_color(live["color"] if live else None),
+            "open_release": None, "lock": lock, "registered": regs}
+    if j is not None:
+        data["open_release"] = {"id": j.id, "phase": j.phase, "color": j.record["color"],
+                                "image": j.record["image"],
+                                "steps": [{"name": st["name"], "state": st["state"]} for st in j.steps]}
+    instances = ctx.ports.runtime.instances(s.name, include_aside=True)
+    reg_names = {(r["color"], r["name"]) for r in regs}
+    rows = []
+    for inst in instances:
+        healthy = ctx.ports.runtime.check_health(inst, s.health.path) if check_health and inst.running else None
+        rows.append(dict(inst.to_dict(), healthy=healthy, registered=(inst.color, inst.name) in reg_names))
+    running = {(i.color, i.name) for i in instances if i.running}
+    data["instances"] = rows
+    data["drift"] = {
+        "registered_not_running": sorted(f"{c}/{n}" for c, n in reg_names - running),
+        "running_not_registered": sorted(f"{c}/{n}" for c, n in running - reg_names
+                                         if live and c == live["color"]),
+    }
+    msg = (f"{s.name}: live {live['color']} ({live.get('image')})" if live else f"{s.name}: nothing live yet")
+    if j is not None:
+        msg += f"; open release {j.id} ({j.phase})"
+    return Outcome("status", s.name, True, 0, msg, [], data)
+
+
+def color(ctx: Ctx, *, next_color: bool = False) -> Outcome:
+    live = live_record(ctx.ports.store, ctx.service)
+    current = live["color"] if live else None
+    value = other_color(current) if next_color else current
+    return Outcome("color", ctx.service, True, 0, value or "", [], {"color": value, "live": current})
+
+
+def history(ctx: Ctx, *, limit: int | None = 20) -> Outcome:
+    entries = jr.history(ctx.ports.store, ctx.service, limit)
+    return Outcome("history", ctx.service, True, 0, f"{len(entries)} release(s)", [], {"history": entries})

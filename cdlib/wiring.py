@@ -1,0 +1,141 @@
+"""The only module that knows the adapters: settings in, a bundle of ports out.
+
+Adapters (and so their client libraries) are imported on first use, so a verb that only reads the
+store never pays for docker or jinja2, and ``cdlib --help`` imports none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from .config import ServiceSpec, SuiteSpec
+from .errors import ConfigError
+from .proxy.base import Proxy
+from .runtime.base import Runtime
+from .store.base import Store
+from .testrun.base import TestRunner
+
+
+def open_store(url: str) -> Store:
+    """sqlite:///abs/path, sqlite://rel/path, memory:, etcd://h:p[,h:p], etcds://…, consul://h:p, consuls://…"""
+    scheme = url.split(":", 1)[0]
+    if scheme == "memory":
+        from .store.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        # sqlite:///abs/path.db (absolute) or sqlite://rel/path.db (relative to the working directory)
+        path = unquote(url[len("sqlite://"):]) if url.startswith("sqlite://") else ""
+        if not path.strip("/"):
+            raise ConfigError(f"store: expected sqlite:///path/to/state.db, got {url!r}", key="store")
+        return _sqlite(path)
+    if scheme in ("etcd", "etcds"):
+        from .store.etcd import EtcdStore
+
+        return EtcdStore(url)
+    if scheme in ("consul", "consuls"):
+        from .store.consul import ConsulStore
+
+        return ConsulStore(url)
+    raise ConfigError(f"store: unknown store URL {_redact(url)!r}; expected sqlite:///path, etcd://host:port or "
+                      "consul://host:port", key="store")
+
+
+def _sqlite(path: str) -> Store:
+    from .store.sqlite import SqliteStore
+
+    return SqliteStore(path)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password or parts.username:
+        return url.replace(parts.netloc, parts.hostname or "", 1)
+    return url
+
+
+def open_runtime(spec: ServiceSpec) -> Runtime:
+    if spec.target.kind == "docker":
+        from .runtime.docker import DockerRuntime
+
+        return DockerRuntime(spec.target.docker_host)
+    raise ConfigError(f"target.kind: {spec.target.kind!r} is not supported yet; use docker", key="target.kind")
+
+
+def open_proxy(spec: ServiceSpec) -> Proxy:
+    p = spec.proxy
+    if p.kind == "nginx":
+        from .proxy.nginx import NginxProxy
+
+        return NginxProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
+                          drain_timeout=p.drain_timeout)
+    if p.kind == "haproxy":
+        from .proxy.haproxy import HaproxyProxy
+
+        return HaproxyProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
+                            drain_timeout=p.drain_timeout)
+    raise ConfigError(f"proxy.kind: unknown proxy {p.kind!r}", key="proxy.kind")
+
+
+def open_runner(spec: ServiceSpec, suite: SuiteSpec, on_output=None) -> TestRunner:
+    """A test image runs as a container on the host network (so TARGET_URL on 127.0.0.1 works);
+    a command runs on the host."""
+    if suite.image is not None:
+        from .testrun.container import ContainerRunner
+
+        return ContainerRunner(spec.target.docker_host, on_output=on_output)
+    from .testrun.command import CommandRunner
+
+    return CommandRunner(on_output=on_output)
+
+
+@dataclass
+class Ports:
+    """The adapters one verb works with. Each is built on first use unless given."""
+
+    spec: ServiceSpec
+    store_url: str | None = None
+    _store: Store | None = None
+    _runtime: Runtime | None = None
+    _proxy: Proxy | None = None
+    runners: dict = field(default_factory=dict)  # test type -> TestRunner (tests inject memory runners)
+    junit_dir: Path | None = None
+    on_output: object = None  # Callable[[str], None]: each line a test suite prints
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.store_url or self.spec.store)
+        return self._store
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = open_runtime(self.spec)
+        return self._runtime
+
+    @property
+    def proxy(self) -> Proxy:
+        if self._proxy is None:
+            self._proxy = open_proxy(self.spec)
+        return self._proxy
+
+    def runner(self, suite: SuiteSpec) -> TestRunner:
+        if suite.type not in self.runners:
+            self.runners[suite.type] = open_runner(self.spec, suite, self.on_output)
+        return self.runners[suite.type]
+
+    def close(self) -> None:
+        for port in (self._store, self._runtime, *self.runners.values()):
+            close = getattr(port, "close", None)
+            if close is not None:
+                close()
+
+
+def ports_for(spec: ServiceSpec, store: Store | None = None, runtime: Runtime | None = None,
+              proxy: Proxy | None = None, runners: dict | None = None, store_url: str | None = None,
+              junit_dir: Path | None = None, on_output=None) -> Ports:
+    return Ports(spec=spec, store_url=store_url, _store=store, _runtime=runtime, _proxy=proxy,
+                 runners=dict(runners or {}), junit_dir=junit_dir, on_output=on_output)

@@ -1,0 +1,89 @@
+"""The CLI door: parsing, exit codes, JSON results, secrets, start-up cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdlib import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args, env=None, cwd=None):
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "cdlib", *args], capture_output=True, text=True, env=full,
+                          cwd=cwd, timeout=60)
+
+
+def test_help_imports_no_client_library():
+    code = ("import sys, runpy; sys.argv=['cdlib','--help']\n"
+            "try:\n    runpy.run_module('cdlib', run_name='__main__')\nexcept SystemExit: pass\n"
+            "bad=[m for m in ('docker','jinja2','requests','yaml','etcd3gw','consul','jenkins') if m in sys.modules]\n"
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_verb_is_in_the_parser_and_the_api():
+    import cdlib
+    from cdlib.api import VERBS
+
+    parser = cli.build_parser()
+    verbs = set(parser._subparsers._group_actions[0].choices)
+    assert set(VERBS) <= verbs
+    for verb in VERBS:
+        assert callable(getattr(cdlib, verb))
+
+
+def test_common_options_work_before_and_after_the_verb():
+    p = cli.build_parser()
+    a = p.parse_args(["--json", "-f", "x.yml", "status"])
+    b = p.parse_args(["status", "--json", "-f", "x.yml"])
+    assert (a.json, a.file) == (b.json, b.file) == (True, "x.yml")
+
+
+@pytest.mark.parametrize("args", [["deploy", "--bogus"], ["test", "smoke"], ["nosuchverb"], ["deploy", "--lock-wait", "x"]])
+def test_bad_usage_exits_2_with_one_line(args):
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("cdlib: error:")
+
+
+def test_bad_descriptor_exits_2_names_the_key_and_writes_the_result_file(tmp_path):
+    f = tmp_path / "cdlib.yml"
+    f.write_text("service: shop\nport: 80\nimage: r/shop:1\nroutes: {paths: ['/x;}']}\n")
+    result = tmp_path / "out" / "result.json"
+    proc = run("deploy", "-f", str(f), "--result-file", str(result), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "routes.paths[0]: expected" in proc.stderr and str(f) in proc.stderr
+    doc = json.loads(result.read_text())
+    assert doc["ok"] is False and doc["exit_code"] == 2
+    assert not (tmp_path / ".cdlib").exists()  # nothing was touched
+
+
+def test_color_and_status_json_on_an_empty_store(tmp_path):
+    f = tmp_path / "cdlib.yml"
+    f.write_text("service: shop\nport: 80\nimage: r/shop:1\n")
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    proc = run("color", "--next", "-f", str(f), "--store", store, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["color"] == "blue"
+    proc = run("history", "-f", str(f), "--store", store, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == ""
+
+
+def test_secrets_from_the_environment_never_reach_the_output(tmp_path, monkeypatch):
+    secret = "s3cr3t-t0ken-value"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", secret)
+    assert cli._redact(f"failed with token {secret}") == "failed with token ***"
+    f = tmp_path / "cdlib.yml"
+    f.write_text(f"service: shop\nport: 80\nimage: r/shop:1\nenv: {{TOKEN: {secret}}}\nstore: nope\n")
+    proc = run("status", "-f", str(f), "--json", env={"CONSUL_HTTP_TOKEN": secret}, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert secret not in proc.stdout + proc.stderr

@@ -1,0 +1,364 @@
+"""The release core with the memory adapters: every step, every failure, every crash point.
+
+"Exactly the prior state" is checked on all three sides: the store (every key but history and the
+lock), the runtime (every container's name, state, release and image) and the proxy (config bytes).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cdlib import config, keys
+from cdlib import verbs as rel
+from cdlib.errors import LockHeld, RuntimeBackendError, StoreError, UndoIncomplete, UsageError
+from cdlib.proxy.memory import MemoryProxy
+from cdlib.runtime.memory import MemoryRuntime
+from cdlib.store.memory import MemoryStore
+from cdlib.testrun.memory import MemoryRunner
+from cdlib.wiring import ports_for
+
+DESCRIPTOR = {
+    "service": "shop",
+    "image": {"repository": "127.0.0.1:5000/shop", "tag": "v1"},
+    "port": 8080,
+    "health": {"path": "/health", "timeout": 1, "interval": 0.05},
+    "probe": {"path": "/version", "timeout": 1},
+    "replicas": 2,
+    "routes": {"paths": ["/shop/"]},
+    "tests": {"pre-deployment": "true", "pre-integration": "true", "post-integration": "true"},
+}
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in cdlib catches it, so the process 'dies' where it is raised."""
+
+
+class World:
+    def __init__(self, tmp_path):
+        self.store = MemoryStore()
+        self.runtime = MemoryRuntime()
+        self.proxy = MemoryProxy(tmp_path / "proxy")
+        self.runner = MemoryRunner()
+        self.tmp = tmp_path
+
+    def ctx(self, tag="v1", **descriptor):
+        data = dict(DESCRIPTOR, **descriptor)
+        spec = config.parse(data, "cdlib.yml", env={}).with_tag(tag)
+        ports = ports_for(spec, store=self.store, runtime=self.runtime, proxy=self.proxy,
+                          runners={t: self.runner for t in spec.tests}, junit_dir=self.tmp / "junit")
+        return rel.Ctx(spec, ports)
+
+    def snapshot(self):
+        store = {k: v for k, v in self.store.snapshot().items()
+                 if "/history/" not in k and not k.endswith("/lock")}
+        containers = sorted((c.instance.name, c.instance.state, c.instance.release, c.instance.image)
+                            for c in self.runtime.containers.values())
+        return store, containers, self.proxy.read_config()
+
+    def live(self):
+        return self.store.get_json(keys.live("shop"))
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+def released(world, tag):
+    out = rel.release(world.ctx(tag))
+    assert out.ok, out.message
+    return out
+
+
+def test_first_release_goes_blue_and_serves(world):
+    out = released(world, "v1")
+    assert out.exit_code == 0 and out.data["color"] == "blue"
+    assert world.live()["color"] == "blue" and world.live()["image"].endswith(":v1")
+    running = [i.name for i in world.runtime.instances("shop") if i.running]
+    assert running == ["shop-blue-1", "shop-blue-2"]
+    assert world.proxy.served == {"shop": "blue"}
+    assert [e.key.rsplit("/", 1)[1] for e in world.store.list(keys.instances("shop", "blue"))] == \
+        ["shop-blue-1", "shop-blue-2"]
+    assert world.store.get(keys.release("shop")) is None  # closed
+    assert world.store.get(keys.lock("shop")) is None  # released
+    [entry] = rel.history(world.ctx()).data["history"]
+    assert entry["outcome"] == "released"
+    names = [s.name for s in out.steps]
+    assert names == ["open", "set-aside", "start", "health", "register", "test pre-integration", "proxy", "live",
+                     "test post-integration", "stop-old", "close"]
+
+
+def test_second_release_goes_green_and_stops_blue(world):
+    released(world, "v1")
+    released(world, "v2")
+    assert world.live()["color"] == "green"
+    states = {i.name: i.state for i in world.runtime.instances("shop")}
+    assert states == {"shop-blue-1": "exited", "shop-blue-2": "exited",
+                      "shop-green-1": "running", "shop-green-2": "running"}
+    assert world.store.list(keys.instances("shop", "blue")) == []
+    assert world.proxy.served == {"shop": "green"}
+    # pre-integration saw the new color directly, post-integration the proxy
+    pre = world.runner.runs_of("pre-integration")[-1]
+    post = world.runner.runs_of("post-integration")[-1]
+    green = {i.url for i in world.runtime.instances("shop", "green")}
+    assert pre.target_url in green
+    assert post.target_url == world.proxy.url() + "/shop/"
+
+
+def test_third_release_sets_aside_and_then_removes_the_old_stopped_color(world):
+    for tag in ("v1", "v2", "v3"):
+        released(world, tag)
+    assert world.live()["color"] == "blue"
+    names = sorted(c for c in world.runtime.containers)
+    assert names == ["shop-blue-1", "shop-blue-2", "shop-green-1", "shop-green-2"]
+    assert {i.image.rsplit(":", 1)[1] for i in world.runtime.instances("shop", "blue")} == {"v3"}
+
+
+# -- failures at every step end in exactly the prior state ------------------------------------------
+FAILURES = {
+    "set-aside": lambda w: w.runtime.fail_next.__setitem__("set_aside", RuntimeBackendError("boom")),
+    "start": lambda w: w.runtime.fail_next.__setitem__("start", RuntimeBackendError("boom")),
+    "health": lambda w: [w.runtime.healthy.__setitem__(n, False) for n in ("shop-green-1", "shop-blue-1")],
+    "pre-integration": lambda w: w.runner.results.__setitem__("pre-integration", False),
+    "proxy": lambda w: setattr(w.proxy, "fail_next_apply", True),
+    "probe": lambda w: setattr(w.proxy, "answer_from_old", True),
+    "post-integration": lambda w: w.runner.results.__setitem__("post-integration", 3),
+}
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-release", "over-v1"])
+@pytest.mark.parametrize("where", sorted(FAILURES))
+def test_a_failure_at_any_step_rolls_back_to_exactly_the_prior_state(world, where, first):
+    if not first:
+        released(world, "v1")
+        released(world, "v2")  # blue is stopped, so set-aside has something to move
+    before = world.snapshot()
+    FAILURES[where](world)
+    out = rel.release(world.ctx("v9"))
+    assert not out.ok and out.exit_code == 1, out.message
+    assert "rolled back" in out.message
+    assert world.snapshot() == before
+    assert world.store.get(keys.lock("shop")) is None
+    assert rel.history(world.ctx()).data["history"][0]["outcome"] == "rolled-back"
+    # and the next release works
+    world.runner.results.clear()
+    world.runtime.healthy.clear()
+    world.proxy.answer_from_old = False
+    released(world, "v10")
+
+
+def test_store_failure_when_writing_the_live_color_is_undone(world):
+    released(world, "v1")
+    before = world.snapshot()
+    ctx = world.ctx("v2")
+    original = world.store.put
+    failures = []
+
+    def put(key, value, **kw):
+        if key == keys.live("shop") and not failures:  # fails once, like a store that hiccups
+            failures.append(key)
+            raise StoreError("sqlite store: disk full")
+        return original(key, value, **kw)
+
+    world.store.put = put
+    out = rel.release(ctx)
+    world.store.put = original
+    assert out.exit_code == 1
+    assert world.snapshot() == before
+
+
+# -- the process is killed at any point: 'rollback' in a new process restores everything ------------
+KILL_POINTS = [("runtime", "set_aside", "after"), ("runtime", "start", "before"), ("runtime", "start", "after"),
+               ("store", "register", "after"), ("proxy", "apply", "before"), ("proxy", "apply", "after"),
+               ("store", "live", "after"), ("runtime", "stop", "after")]
+
+
+def _kill_at(world, side, method, when):
+    target = getattr(world, side)
+    if side == "store":  # kill around the write of a particular key
+        original = world.store.put
+        key_part = "/instances/" if method == "register" else "/live"
+
+        def put(key, value, **kw):
+            if key_part in key:
+                if when == "after":
+                    original(key, value, **kw)
+                raise Killed()
+            return original(key, value, **kw)
+
+        world.store.put = put
+        return lambda: setattr(world.store, "put", original)
+    original = getattr(target, method)
+
+    def wrapped(*a, **kw):
+        if when == "after":
+            original(*a, **kw)
+        raise Killed()
+
+    setattr(target, method, wrapped)
+    return lambda: setattr(target, method, original)
+
+
+@pytest.mark.parametrize("side,method,when", KILL_POINTS, ids=["-".join(p) for p in KILL_POINTS])
+def test_sigkill_at_any_step_then_rollback_restores_the_prior_state(world, side, method, when):
+    released(world, "v1")
+    released(world, "v2")
+    before = world.snapshot()
+    restore = _kill_at(world, side, method, when)
+    with pytest.raises(Killed):
+        rel.release(world.ctx("v3"))
+    restore()
+    assert world.store.get(keys.release("shop")) is not None  # the journal survived the crash
+    with pytest.raises(LockHeld):  # and the lock keeps others out
+        rel.deploy(world.ctx("v4"))
+    out = rel.rollback(world.ctx())  # a new process
+    assert out.ok and out.exit_code == 0, out.message
+    assert world.snapshot() == before
+    released(world, "v5")
+
+
+def test_separate_stages_share_one_release_through_the_store(world):
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    assert world.live()["color"] == "blue"  # nothing switched yet
+    assert rel.run_tests(world.ctx("v2"), "pre-integration").ok
+    with pytest.raises(UsageError, match="cleanup needs"):
+        rel.cleanup(world.ctx())
+    assert rel.switch(world.ctx()).ok
+    assert world.live()["color"] == "green" and world.proxy.served == {"shop": "green"}
+    assert rel.run_tests(world.ctx(), "post-integration").ok
+    assert rel.cleanup(world.ctx()).ok
+    assert world.store.get(keys.release("shop")) is None
+
+
+def test_failed_stage_test_rolls_back_the_open_release(world):
+    released(world, "v1")
+    before = world.snapshot()
+    assert rel.deploy(world.ctx("v2")).ok
+    world.runner.results["pre-integration"] = False
+    out = rel.run_tests(world.ctx("v2"), "pre-integration")
+    assert out.exit_code == 1 and out.data["tests"][0]["passed"] is False
+    assert world.snapshot() == before
+
+
+def test_unstable_suite_failure_does_not_stop_the_release(world):
+    released(world, "v1")
+    world.runner.results["post-integration"] = False
+    ctx = world.ctx("v2", tests={"post-integration": {"command": "false", "unstable": True}})
+    out = rel.release(ctx)
+    assert out.ok and world.live()["color"] == "green"
+    [t] = [t for t in out.data["tests"] if t["suite"] == "post-integration"]
+    assert t["passed"] is False and t["unstable_ok"] is True
+
+
+def test_second_release_while_one_is_open_fails_with_the_holder(world):
+    assert rel.deploy(world.ctx("v1")).ok
+    with pytest.raises(LockHeld) as info:
+        rel.deploy(world.ctx("v2"), lock_wait=0.2)
+    assert info.value.exit_code == 3
+    assert "another release of shop is running" in str(info.value)
+    assert ":v1" in str(info.value) and "token" not in str(info.value.holder)
+
+
+def test_expired_lock_is_taken_over_and_the_abandoned_release_rolled_back(world):
+    before = world.snapshot()
+    restore = _kill_at(world, "runtime", "start", "after")
+    with pytest.raises(Killed):
+        rel.deploy(world.ctx("v1"), lock_ttl=0.01)
+    restore()
+    time.sleep(0.05)  # the lock expires
+    out = rel.deploy(world.ctx("v2"))
+    assert out.ok
+    assert out.steps[0].name == "take-over"
+    assert [i.image.rsplit(":", 1)[1] for i in world.runtime.instances("shop")] == ["v2", "v2"]
+    assert rel.history(world.ctx()).data["history"][0]["outcome"] == "rolled-back"
+    assert rel.rollback(world.ctx()).ok
+    assert world.snapshot() == before
+
+
+def test_cleanup_failure_keeps_the_release_open_and_the_new_color_live(world):
+    released(world, "v1")
+    world.runtime.fail_next["stop"] = RuntimeBackendError("docker: timeout")
+    out = rel.release(world.ctx("v2"))
+    assert out.exit_code == 4 and "run 'cdlib cleanup' again" in out.message
+    assert world.live()["color"] == "green"
+    assert world.store.get(keys.release("shop")) is not None
+    assert rel.cleanup(world.ctx()).ok
+    assert world.store.get(keys.release("shop")) is None
+
+
+def test_failed_undo_exits_4_and_a_later_rollback_completes(world):
+    released(world, "v1")
+    before = world.snapshot()
+    world.runner.results["pre-integration"] = False
+    world.runtime.fail_next["remove"] = RuntimeBackendError("docker: cannot remove")
+    out = rel.release(world.ctx("v2"))
+    assert out.exit_code == 4 and "a person is needed" in out.message
+    assert rel.status(world.ctx()).data["open_release"]["phase"] == "undo-incomplete"
+    out = rel.rollback(world.ctx())
+    assert out.ok, out.message
+    assert world.snapshot() == before
+
+
+def test_rollback_without_an_open_release_returns_to_the_previous_release(world):
+    released(world, "v1")
+    released(world, "v2")
+    out = rel.rollback(world.ctx())
+    assert out.ok, out.message
+    assert world.live()["color"] == "blue" and world.live()["image"].endswith(":v1")
+    # the stopped blue containers were resumed, not recreated
+    assert "resume" in [s.name for s in out.steps] and "start" not in [s.name for s in out.steps]
+    states = {i.name: i.state for i in world.runtime.instances("shop")}
+    assert states["shop-blue-1"] == "running" and states["shop-green-1"] == "exited"
+    hist = rel.history(world.ctx()).data["history"]
+    assert hist[0]["revert_of"] and hist[0]["outcome"] == "released"
+
+
+def test_rollback_to_a_release_from_history_redeploys_its_image(world):
+    first = released(world, "v1").data["release"]
+    released(world, "v2")
+    released(world, "v3")
+    out = rel.rollback(world.ctx(), to=first)
+    assert out.ok, out.message
+    assert world.live()["image"].endswith(":v1")
+    assert "start" in [s.name for s in out.steps]
+
+
+def test_nothing_to_roll_back(world):
+    from cdlib.errors import NothingToRollBack
+
+    with pytest.raises(NothingToRollBack):
+        rel.rollback(world.ctx())
+    released(world, "v1")
+    with pytest.raises(NothingToRollBack):
+        rel.rollback(world.ctx(), to="no-such-release")
+
+
+def test_switch_without_deploy_is_a_usage_error(world):
+    with pytest.raises(UsageError, match="no open release"):
+        rel.switch(world.ctx())
+
+
+def test_status_reports_live_open_release_lock_and_drift(world):
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    world.store.put_json(keys.instance("shop", "blue", "shop-blue-9"), {"name": "shop-blue-9"})
+    st = rel.status(world.ctx()).data
+    assert st["live"]["color"] == "blue"
+    assert st["open_release"]["phase"] == "deployed" and st["lock"]["who"]
+    assert "blue/shop-blue-9" in st["drift"]["registered_not_running"]
+    assert {i["name"] for i in st["instances"] if i["healthy"]} == {"shop-blue-1", "shop-blue-2",
+                                                                   "shop-green-1", "shop-green-2"}
+
+
+def test_color_verb(world):
+    assert rel.color(world.ctx()).data == {"color": None, "live": None}
+    released(world, "v1")
+    assert rel.color(world.ctx()).data["color"] == "blue"
+    assert rel.color(world.ctx(), next_color=True).data["color"] == "green"
+
+
+def test_undo_incomplete_error_is_exit_4():
+    assert UndoIncomplete("x").exit_code == 4
