@@ -106,3 +106,12 @@ def test_sigkill_at_any_step_then_rollback_restores_the_prior_state(two_releases
     assert code == 0, out
     assert svc.snapshot() == before
     assert svc.get() == (200, "v2")
+
+
+def test_failed_first_release_leaves_nothing_behind(service):
+    before = service.snapshot()
+    assert before == ([], {}, None)
+    code, out = service.cli_json("release", "--tag", "v1", env={"FAIL_TEST_TYPE": "post-integration"})
+    assert code == 1, out
+    assert service.snapshot() == before  # no containers, no keys, no nginx.conf
+    assert not (service.proxy_dir / "nginx.pid").exists() or service.get()[0] != 200

@@ -1,0 +1,460 @@
+"""The proxy contract, run against every adapter: MemoryProxy and a real private nginx.
+
+Traffic goes to tiny HTTP servers on free ports that answer with their own name and the path they
+saw, so each test can tell who answered. Every request goes through the port's ``request()``, the
+method the core's probe uses; the memory proxy runs with ``forward=True`` so it really forwards.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cdlib.errors import ProxyError
+from cdlib.model import Backend, Routes
+from cdlib.proxy.base import PROBE_HEADER, UPSTREAM_HEADER
+from cdlib.proxy.memory import MemoryProxy
+from cdlib.proxy.nginx import NginxProxy, children
+
+BROKEN_NGINX = """\
+{% extends "nginx.conf.j2" %}
+{% block http_extra %}
+    cdlibt_no_such_directive on;
+{% endblock %}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- backends -------------------------------------------------------------------------------------
+class Backends:
+    """Named HTTP servers in threads; each answers '<name> <path>'."""
+
+    def __init__(self):
+        self.servers: dict[str, ThreadingHTTPServer] = {}
+
+    def start(self, name: str) -> tuple[str, int]:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                body = f"{name} {self.path}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Cdlib-Upstream", "forged-by-the-backend")  # the proxy must hide it
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"cdlibt-{name}", daemon=True).start()
+        self.servers[name] = server
+        return server.server_address[:2]
+
+    def addr(self, name: str) -> str:
+        host, port = self.servers[name].server_address[:2]
+        return f"{host}:{port}"
+
+    def stop(self, name: str) -> None:
+        server = self.servers.pop(name)
+        server.shutdown()
+        server.server_close()
+
+    def stop_all(self) -> None:
+        for name in list(self.servers):
+            self.stop(name)
+
+
+@pytest.fixture
+def backends():
+    b = Backends()
+    yield b
+    b.stop_all()
+
+
+def backend(backends: Backends, *names: str, color: str = "blue", service: str = "cdlibt-demo",
+            paths=("/demo/",), hosts=()) -> Backend:
+    servers = tuple(sorted(backends.servers[n].server_address[:2] for n in names))
+    return Backend(service, color, f"r-{color}", Routes(tuple(paths), tuple(hosts)), servers)
+
+
+# -- adapters -------------------------------------------------------------------------------------
+class Harness:
+    def __init__(self, kind: str, tmp_path: Path):
+        self.kind = kind
+        self.tmp = tmp_path
+        self.dir = tmp_path / "proxy"
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.proxy = self.make()
+
+    def make(self, template: Path | None = None):
+        if self.kind == "memory":
+            return MemoryProxy(self.dir, forward=True)
+        return NginxProxy(self.dir, listen=self.listen, template=template, drain_timeout=10)
+
+    def running(self) -> bool:
+        if self.kind == "memory":
+            return self.proxy.running
+        return self.proxy.master_pid() is not None
+
+    def invalid_text(self, backends: list[Backend]) -> str:
+        """A whole configuration the adapter's validation must refuse."""
+        if self.kind == "memory":
+            return self.proxy.render(backends)[:-3]  # a truncated document
+        template = self.tmp / "broken.conf.j2"
+        template.write_text(BROKEN_NGINX)
+        return self.make(template).render(backends)
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, dict, str]:
+        status, hdrs, body = self.proxy.request(path, headers)
+        return status, {k.lower(): v for k, v in hdrs.items()}, body.decode()
+
+    def who(self, path: str = "/demo/x", headers: dict | None = None) -> str:
+        status, _, body = self.get(path, headers)
+        assert status == 200, (status, body)
+        return body.split(" ")[0]
+
+    def close(self) -> None:
+        if self.kind == "nginx":
+            self.proxy.stop()
+
+
+@pytest.fixture(params=["memory", pytest.param("nginx", marks=pytest.mark.integration)])
+def harness(request, tmp_path):
+    h = Harness(request.param, tmp_path)
+    yield h
+    h.close()
+
+
+# -- the contract -----------------------------------------------------------------------------------
+def test_apply_when_not_running_starts_it_and_routes_traffic(harness, backends):
+    backends.start("alpha")
+    p = harness.proxy
+    assert not harness.running()
+    assert harness.get("/demo/")[0] == 0  # nothing answers yet
+    timings = p.apply(p.render([backend(backends, "alpha")]))
+    assert set(timings) >= {"validate", "reload", "drain"}
+    assert harness.running()
+    status, _, body = harness.get("/demo/hello?x=1")
+    assert (status, body) == (200, "alpha /hello?x=1")  # the prefix is stripped, the query kept
+
+
+def test_bare_prefix_redirects_to_the_prefix(harness, backends):
+    backends.start("alpha")
+    harness.proxy.apply(harness.proxy.render([backend(backends, "alpha")]))
+    # request() follows the redirect like a client would: /demo ends up at the backend's root
+    assert harness.get("/demo")[2] == "alpha /"
+
+
+def test_switching_backends_changes_who_answers(harness, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha", color="blue")]))
+    assert {harness.who() for _ in range(4)} == {"alpha"}
+    p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert {harness.who() for _ in range(4)} == {"beta"}
+
+
+def test_requests_spread_over_all_servers_of_a_backend(harness, backends):
+    backends.start("alpha")
+    backends.start("alpha2")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha", "alpha2")]))
+    assert {harness.who() for _ in range(8)} == {"alpha", "alpha2"}
+
+
+def test_host_route_passes_the_path_unchanged(harness, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha"),
+                      backend(backends, "beta", service="cdlibt-api", paths=(), hosts=("api.cdlibt.test",))]))
+    status, _, body = harness.get("/v1/items", {"Host": "api.cdlibt.test"})
+    assert (status, body) == (200, "beta /v1/items")
+    assert harness.who("/demo/x") == "alpha"
+    assert harness.get("/v1/items")[0] == 404  # without the host: no route
+
+
+def test_probe_header_reveals_the_upstream_only_when_asked(harness, backends):
+    backends.start("alpha")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha", color="green")]))
+    status, headers, _ = harness.get("/demo/x")
+    assert status == 200
+    assert "x-cdlib-upstream" not in headers and "x-cdlib-color" not in headers  # the backend's forgery is hidden
+    status, headers, _ = harness.get("/demo/x", {PROBE_HEADER: "1"})
+    assert status == 200
+    assert headers[UPSTREAM_HEADER.lower()] == backends.addr("alpha")
+    assert headers["x-cdlib-color"] == "green"
+    _, headers, _ = harness.get("/demo/x", {PROBE_HEADER: "yes"})
+    assert "x-cdlib-upstream" not in headers
+
+
+def test_invalid_config_is_refused_and_nothing_changes(harness, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    before = p.read_config()
+    with pytest.raises(ProxyError, match="refused"):
+        p.apply(harness.invalid_text([backend(backends, "beta", color="green")]))
+    assert p.read_config() == before
+    assert {harness.who() for _ in range(4)} == {"alpha"}
+
+
+def test_restore_puts_the_exact_bytes_back_and_is_idempotent(harness, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    prior = p.read_config()
+    p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert p.read_config() != prior and harness.who() == "beta"
+    p.restore(prior)
+    assert p.read_config() == prior
+    assert harness.who() == "alpha"
+    p.restore(prior)
+    assert p.read_config() == prior
+    assert harness.who() == "alpha"
+
+
+def test_restore_none_returns_to_no_configuration_and_no_proxy(harness, backends):
+    """None is the state before anything was ever served: no config file, no running proxy."""
+    backends.start("alpha")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    p.restore(None)
+    assert p.read_config() is None
+    assert not harness.running()
+    p.restore(None)  # idempotent
+    assert p.read_config() is None and not harness.running()
+    p.apply(p.render([backend(backends, "alpha")]))  # and it starts again on the next apply
+    assert harness.who() == "alpha"
+
+
+def test_ensure_running_serves_the_empty_configuration(harness):
+    p = harness.proxy
+    p.ensure_running()
+    assert harness.running()
+    assert harness.get("/_cdlib/health")[0] == 200
+    assert harness.get("/anything")[0] == 503
+    p.ensure_running()  # a second call changes nothing
+    assert harness.running()
+
+
+def test_backend_without_servers_answers_503(harness, backends):
+    p = harness.proxy
+    p.apply(p.render([Backend("cdlibt-demo", "blue", "r", Routes(paths=("/demo/",)), ())]))
+    assert harness.get("/demo/x")[0] == 503
+
+
+# -- memory only --------------------------------------------------------------------------------------
+def test_memory_injected_failure_keeps_the_previous_configuration(backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = MemoryProxy(forward=True)
+    p.apply(p.render([backend(backends, "alpha")]))
+    before = p.read_config()
+    p.fail_next_apply = "reload failed"
+    with pytest.raises(ProxyError, match="reload failed"):
+        p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert p.read_config() == before and p.served == {"cdlibt-demo": "blue"}
+    assert p.fail_next_apply is None  # one shot
+    p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert p.served == {"cdlibt-demo": "green"} and p.last_good == before
+    assert len(p.applies) == 2 and len(p.refused) == 1
+
+
+def test_memory_answer_from_old_serves_the_previous_color():
+    p = MemoryProxy()
+    old = Backend("shop", "blue", "r1", Routes(paths=("/shop/",)), (("10.0.0.1", 1),))
+    new = Backend("shop", "green", "r2", Routes(paths=("/shop/",)), (("10.0.0.2", 1),))
+    p.apply(p.render([old]))
+    p.apply(p.render([new]))
+    assert p.request("/shop/", {PROBE_HEADER: "1"})[1][UPSTREAM_HEADER] == "10.0.0.2:1"
+    p.answer_from_old = True
+    assert p.request("/shop/", {PROBE_HEADER: "1"})[1][UPSTREAM_HEADER] == "10.0.0.1:1"
+
+
+def test_memory_route_mirrors_nginx_location_rules():
+    p = MemoryProxy()
+    p.apply(p.render([
+        Backend("a", "blue", "r", Routes(paths=("/", "/a/b")), (("10.0.0.1", 1),)),
+        Backend("b", "green", "r", Routes(paths=("/a/",), hosts=("*.b.test",)), (("10.0.0.2", 1),)),
+    ]))
+    assert (p.route("/a/b/c").service, p.route("/a/b/c").path) == ("a", "/c")  # longest prefix
+    assert (p.route("/a/x").service, p.route("/a/x").path) == ("b", "/x")
+    assert p.route("/zzz").service == "a"
+    assert p.route("/a/b?q=1").location == "/a/b/?q=1"
+    assert (p.route("/p", host="x.b.test:80").service, p.route("/p", host="x.b.test").path) == ("b", "/p")
+    assert p.route("/_cdlib/health").status == 200
+
+
+# -- nginx only ---------------------------------------------------------------------------------------
+@pytest.fixture
+def nginx(tmp_path):
+    h = Harness("nginx", tmp_path)
+    yield h
+    h.close()
+    assert h.proxy.master_pid() is None
+
+
+def raw_get(proxy: NginxProxy, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+def test_nginx_drain_no_pre_reload_worker_survives_apply(nginx, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = nginx.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    master = p.master_pid()
+    old = children(master)
+    assert old
+    timings = p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert p.master_pid() == master  # a reload, not a restart
+    assert not any(Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X") for pid in old)
+    assert children(master) and not children(master) & old
+    assert timings["drain"] > 0
+
+
+def _state(pid: int) -> str:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return data[data.rfind(")") + 2:].split()[0]
+
+
+@pytest.mark.integration
+def test_nginx_files_text_and_layout(nginx, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = nginx.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    first = p.read_config()
+    assert not p.last_good_path.exists()  # nothing was active before the first apply
+    p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert p.last_good_path.read_bytes() == first
+    assert not p.staged_path.exists()
+    for name in ("nginx.pid", "error.log", "access.log", "temp/proxy"):
+        assert (nginx.dir / name).exists(), name
+    st = p.status()
+    assert st["running"] and st["pid"] == p.master_pid() and st["url"] == p.url()
+    status, headers, _ = raw_get(p, "/demo")
+    assert (status, headers["location"]) == (301, "/demo/")
+    status, _, body = raw_get(p, "/nowhere")
+    assert (status, body) == (404, b"no route for this path\n")
+
+
+@pytest.mark.integration
+def test_nginx_refused_config_leaves_file_and_process_untouched(nginx, backends):
+    backends.start("alpha")
+    p = nginx.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    before, workers = p.read_config(), p.workers()
+    with pytest.raises(ProxyError, match="cdlibt_no_such_directive") as info:
+        p.apply(nginx.invalid_text([backend(backends, "alpha")]))
+    assert "nginx.conf.staged" in str(info.value)  # the message points at the file that failed
+    assert p.read_config() == before and p.workers() == workers
+
+
+@pytest.mark.integration
+def test_nginx_reload_failure_after_the_swap_restores_the_previous_bytes(nginx, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = nginx.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    before = p.read_config()
+    with socket.socket() as taken:  # nginx -t does not bind, the reload does: it must fail there
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        other = NginxProxy(nginx.dir, listen=f"127.0.0.1:{taken.getsockname()[1]}", drain_timeout=10)
+        with pytest.raises(ProxyError, match="put back"):
+            other.apply(other.render([backend(backends, "beta", color="green")]))
+    assert p.read_config() == before
+    assert {nginx.who() for _ in range(4)} == {"alpha"}
+
+
+@pytest.mark.integration
+def test_nginx_start_failure_leaves_no_file_behind(tmp_path, backends):
+    backends.start("alpha")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        p = NginxProxy(tmp_path / "proxy", listen=f"127.0.0.1:{taken.getsockname()[1]}")
+        try:
+            with pytest.raises(ProxyError, match="did not start"):
+                p.apply(p.render([backend(backends, "alpha")]))
+            assert p.read_config() is None and p.master_pid() is None
+        finally:
+            p.stop()
+
+
+@pytest.mark.integration
+def test_nginx_switch_under_traffic_drops_nothing_when_the_old_backend_stops_after_apply(nginx, backends):
+    p = nginx.proxy
+    backends.start("gen0")
+    p.apply(p.render([backend(backends, "gen0")]))
+    failures: list[str] = []
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:  # a new connection per request, like the measured clients
+                status, _, body = raw_get(p, "/demo/x")
+                (answers if status == 200 else failures).append(f"{status} {body[:40]!r}")
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, name=f"cdlibt-client-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for gen in range(1, 4):
+            time.sleep(0.2)
+            backends.start(f"gen{gen}")
+            p.apply(p.render([backend(backends, f"gen{gen}", color=("green", "blue")[gen % 2])]))
+            backends.stop(f"gen{gen - 1}")  # right after apply returned: the old workers are gone
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(answers) > 50
+    assert failures == []
+    assert answers[-1].startswith("200 b'gen3")
+
+
+@pytest.mark.integration
+def test_nginx_stop_waits_for_the_master_to_exit(tmp_path):
+    p = NginxProxy(tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}")
+    p.ensure_running()
+    pid = p.master_pid()
+    assert pid is not None and os.path.exists(f"/proc/{pid}")
+    assert p.stop() is True
+    assert p.master_pid() is None and _state(pid) in ("Z", "X")
+    assert p.stop() is False

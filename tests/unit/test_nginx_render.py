@@ -1,0 +1,283 @@
+"""Rendering nginx.conf: golden files, the injection guard, template errors, determinism.
+
+The golden files in tests/golden/nginx/ double as documentation of what cdlib writes. They are
+rewritten only when CDLIB_UPDATE_GOLDEN=1 is set; otherwise a difference fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cdlib.errors import ConfigError, ProxyError
+from cdlib.model import Backend, Routes
+from cdlib.proxy.nginx import NginxProxy, nginx_context, parse_listen
+from cdlib.render import cfg_token, render_template
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "nginx"
+LISTEN = "127.0.0.1:8880"
+
+OVERRIDE = """\
+{% extends "nginx.conf.j2" %}
+{% block http_extra %}
+    # added by the service's own template
+    gzip on;
+{% endblock %}
+{% block location_extra %}
+            # {{ b.service | cfg_token }} streams reports: allow slow answers
+            proxy_read_timeout 300s;
+{% endblock %}
+"""
+
+
+def demo(color: str = "blue", servers=(("127.0.0.1", 32001), ("127.0.0.1", 32002)), **routes) -> Backend:
+    return Backend("demo", color, "r-0001", Routes(**(routes or {"paths": ("/demo/",)})), tuple(servers))
+
+
+def api() -> Backend:
+    return Backend("api", "green", "r-0042", Routes(paths=("/api",), hosts=("api.example.com", "*.api.test")),
+                   (("10.0.0.7", 8080),), health_path="/health")
+
+
+def proxy(tmp_path: Path, template: Path | None = None) -> NginxProxy:
+    return NginxProxy(tmp_path / "nginx", listen=LISTEN, template=template)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.conf"
+    if os.environ.get("CDLIB_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing: run with CDLIB_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(encoding="utf-8"), f"{path} differs (CDLIB_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def golden_cases(tmp_path: Path) -> dict[str, str]:
+    override = tmp_path / "my-nginx.conf.j2"
+    override.write_text(OVERRIDE)
+    return {
+        "no-backends": proxy(tmp_path).render([]),
+        "one-path-two-servers": proxy(tmp_path).render([demo()]),
+        "two-services-hosts": proxy(tmp_path).render([demo(), api()]),
+        "override-template": proxy(tmp_path, override).render([demo()]),
+    }
+
+
+# -- golden files ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
+                                  "override-template"])
+def test_golden(tmp_path, name):
+    check_golden(name, golden_cases(tmp_path)[name])
+
+
+def test_no_backends_answers_503_but_health(tmp_path):
+    text = proxy(tmp_path).render([])
+    assert 'return 503 "no service is routed yet\\n";' in text
+    assert "location = /_cdlib/health" in text
+    assert "\n    upstream " not in text and "proxy_pass" not in text
+
+
+def test_path_route_strips_prefix_and_redirects_bare_prefix(tmp_path):
+    text = proxy(tmp_path).render([demo(paths=("/demo",))])
+    assert "location /demo/ {" in text
+    assert "proxy_pass http://demo_blue/;" in text
+    assert "location = /demo {\n            return 301 /demo/$is_args$args;" in text
+    assert "server 127.0.0.1:32001 max_fails=1 fail_timeout=5s;" in text
+    assert "server 127.0.0.1:32002 max_fails=1 fail_timeout=5s;" in text
+
+
+def test_host_route_keeps_the_path(tmp_path):
+    text = proxy(tmp_path).render([api()])
+    block = text[text.index("server_name api.example.com *.api.test;"):]
+    assert "proxy_pass http://api_green;" in block  # no trailing slash: the URI is passed unchanged
+
+
+def test_root_path_replaces_the_404_location(tmp_path):
+    text = proxy(tmp_path).render([demo(paths=("/",))])
+    assert "location / {\n            set $cdlib_color blue;" in text
+    assert "no route for this path" not in text
+    assert "location = " + "/ {" not in text  # no redirect for the root
+
+
+def test_backend_without_servers_gets_503_and_no_upstream(tmp_path):
+    text = proxy(tmp_path).render([demo(servers=())])
+    assert "upstream demo_blue" not in text
+    assert 'return 503 "no running instance of demo\\n";' in text
+    assert "(no servers)" in text
+
+
+def test_header_lists_services_colors_and_releases(tmp_path):
+    head = proxy(tmp_path).render([demo(), api()]).split("\n\n", 1)[0]
+    assert "do not edit" in head
+    assert "api green release r-0042" in head and "demo blue release r-0001" in head
+
+
+def test_ipv6_server_is_bracketed(tmp_path):
+    text = proxy(tmp_path).render([demo(servers=(("::1", 9000),))])
+    assert "server [::1]:9000 max_fails=1" in text
+
+
+def test_render_is_deterministic_whatever_the_order(tmp_path):
+    p = proxy(tmp_path)
+    a = p.render([demo(servers=(("127.0.0.1", 2), ("127.0.0.1", 1))), api()])
+    b = p.render([api(), demo(servers=(("127.0.0.1", 1), ("127.0.0.1", 2)))])
+    assert a == b
+    assert a.index("upstream api_green") < a.index("upstream demo_blue")
+
+
+def test_probe_headers_only_through_maps(tmp_path):
+    text = proxy(tmp_path).render([demo()])
+    assert 'map $http_x_cdlib_probe $cdlib_upstream {\n        default "";\n        "1" $upstream_addr;' in text
+    assert text.count("add_header X-Cdlib-Upstream $cdlib_upstream always;") == 1
+    assert text.count("add_header X-Cdlib-Color $cdlib_color_probe always;") == 1
+    assert "proxy_hide_header X-Cdlib-Upstream;" in text
+
+
+def test_drain_timeout_bounds_worker_shutdown(tmp_path):
+    text = NginxProxy(tmp_path, listen=LISTEN, drain_timeout=5).render([])
+    assert "worker_shutdown_timeout 4s;" in text
+
+
+# -- conflicts --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backends, words", [
+    ([demo(), demo("green")], "two backends for service 'demo'"),
+    ([demo(), Backend("other", "blue", "r", Routes(paths=("/demo",)), ())], "both route the path /demo/"),
+    ([api(), Backend("web", "blue", "r", Routes(hosts=("api.example.com",)), ())], "both route the host"),
+    ([demo(paths=("/_cdlib/x",))], "reserved"),
+    ([demo(servers=(("127.0.0.1", 0),))], "not from 1 to 65535"),
+])
+def test_conflicts_are_refused_with_the_service_named(tmp_path, backends, words):
+    with pytest.raises(ProxyError, match=words):
+        proxy(tmp_path).render(backends)
+
+
+# -- the injection guard ---------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["a;b", "a}b", "a{b", "a b", "a\nb", "a\tb", "$host", "a#b", "a'b", 'a"b',
+                                   "a\\b", "a\x00b", "a\x7fb", ""])
+def test_cfg_token_refuses_what_could_end_a_directive(value):
+    with pytest.raises(ProxyError, match="unsafe configuration value"):
+        cfg_token(value)
+
+
+@pytest.mark.parametrize("value", ["/demo/", "api.example.com", "*.api.test", "[::1]:80", "demo_blue", 8080])
+def test_cfg_token_passes_names_paths_hosts(value):
+    assert cfg_token(value) == str(value)
+
+
+def test_cfg_token_refuses_other_types():
+    with pytest.raises(ProxyError):
+        cfg_token(None)
+    with pytest.raises(ProxyError):
+        cfg_token(True)
+
+
+@pytest.mark.parametrize("backend", [
+    Backend("demo", "blue", "r", Routes(paths=("/demo/;return 200 x;",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/demo/}",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/demo/\nlocation /x",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/$host/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(hosts=("a.test;",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(hosts=("a.test}",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(hosts=("a.test\nserver_name b",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(hosts=("$http_host",)), (("127.0.0.1", 1),)),
+    Backend("demo;", "blue", "r", Routes(paths=("/d/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue}", "r", Routes(paths=("/d/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r\n}", Routes(paths=("/d/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/d/",)), (("127.0.0.1;", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/d/",)), (("$remote_addr", 1),)),
+])
+def test_injection_through_a_backend_is_refused(tmp_path, backend):
+    with pytest.raises(ProxyError, match="unsafe configuration value"):
+        proxy(tmp_path).render([backend])
+
+
+def test_injection_error_names_the_template_line(tmp_path):
+    bad = Backend("demo", "blue", "r", Routes(paths=("/d;/",)), (("127.0.0.1", 1),))
+    with pytest.raises(ProxyError) as info:
+        proxy(tmp_path).render([bad])
+    assert "nginx.conf.j2, line" in str(info.value)
+    assert info.value.line is not None
+
+
+# -- templates ------------------------------------------------------------------------------------
+def test_override_syntax_error_names_file_and_line(tmp_path):
+    override = tmp_path / "broken.conf.j2"
+    override.write_text("events {}\n{% for x in %}\n")
+    with pytest.raises(ProxyError) as info:
+        proxy(tmp_path, override).render([])
+    assert str(override) in str(info.value) and "line 2" in str(info.value)
+
+
+def test_override_undefined_variable_is_an_error_not_an_empty_string(tmp_path):
+    override = tmp_path / "undefined.conf.j2"
+    override.write_text("# ok\nlisten {{ listen }};\nupstream {{ no_such_thing }};\n")
+    with pytest.raises(ProxyError) as info:
+        proxy(tmp_path, override).render([])
+    assert "no_such_thing" in str(info.value) and "line 3" in str(info.value)
+
+
+def test_override_standalone_sees_the_documented_variables(tmp_path):
+    override = tmp_path / "standalone.conf.j2"
+    override.write_text("{{ listen }} {{ health_path }} {{ worker_processes }} {{ shutdown_timeout }} "
+                        "{{ has_root }}\n{% for b in backends %}{{ b.service }} {{ b.color }} {{ b.release }} "
+                        "{{ b.upstream }} {{ b.servers | join(',') }} {{ b.paths | join(',') }} "
+                        "{{ b.hosts | join(',') }} {{ b.health_path }} "
+                        "{% for loc in b.locations %}{{ loc.path }}>{{ loc.prefix }}>{{ loc.redirect }}{% endfor %}\n"
+                        "{% endfor %}")
+    text = proxy(tmp_path, override).render([api()])
+    assert text == ("127.0.0.1:8880 /_cdlib/health 2 12 False\n"
+                    "api green r-0042 api_green 10.0.0.7:8080 /api api.example.com,*.api.test /health "
+                    "/api>/api/>/api")  # trim_blocks eats the newline after a block tag
+
+
+def test_missing_override_file_is_a_proxy_error(tmp_path):
+    with pytest.raises(ProxyError, match="cannot read the template"):
+        proxy(tmp_path, tmp_path / "nope.j2").render([])
+
+
+def test_render_template_search_paths_and_xml_autoescape(tmp_path):
+    (tmp_path / "job.xml.j2").write_text("<d>{{ text }}</d>\n")
+    (tmp_path / "a.conf.j2").write_text("x {{ text }}\n")
+    assert render_template("job.xml.j2", {"text": "a<b&"}, search_paths=[tmp_path]) == "<d>a&lt;b&amp;</d>\n"
+    assert render_template("a.conf.j2", {"text": "a<b"}, search_paths=[tmp_path]) == "x a<b\n"
+    with pytest.raises(ConfigError, match="not found"):
+        render_template("missing.j2", {}, search_paths=[tmp_path], error=ConfigError)
+
+
+def test_context_is_pure_and_marks_the_root(tmp_path):
+    ctx = nginx_context([demo(paths=("/", "/x"))], listen=LISTEN)
+    assert ctx["has_root"] is True
+    assert [loc["redirect"] for loc in ctx["backends"][0]["locations"]] == [None, "/x"]
+
+
+@pytest.mark.parametrize("listen, url", [("8880", "http://127.0.0.1:8880"),
+                                         ("0.0.0.0:81", "http://127.0.0.1:81"),
+                                         ("[::]:82", "http://[::1]:82"),
+                                         ("10.1.2.3:83", "http://10.1.2.3:83")])
+def test_url_from_listen(tmp_path, listen, url):
+    assert NginxProxy(tmp_path, listen=listen).url() == url
+
+
+@pytest.mark.parametrize("listen", ["", "host:80", "1.2.3.4:99999", "80;"])
+def test_bad_listen_is_a_config_error(listen):
+    with pytest.raises(ConfigError):
+        parse_listen(listen)
+
+
+# -- nginx itself accepts every golden file ----------------------------------------------------------
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
+                                  "override-template"])
+def test_nginx_accepts_the_golden_files(tmp_path, name):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    prefix = tmp_path / "prefix"
+    (prefix / "temp").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    shutil.copyfile(GOLDEN / f"{name}.conf", conf)
+    proc = subprocess.run([nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
