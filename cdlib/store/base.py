@@ -78,6 +78,13 @@ class Store(ABC):
         """Delete; with expect, only if the version matches (ConflictError otherwise).
         Returns whether a key was deleted."""
 
+    @abstractmethod
+    def watch(self, prefix: str, since_version: int, timeout: float) -> int | None:
+        """Block until a key under prefix is written or deleted after since_version; return the
+        version of that change (or a newer one), or None when timeout passes first. since_version 0
+        answers at once when anything exists under prefix. A return is a hint to re-read, never
+        proof of a particular change (keys that expire by TTL may wake nobody)."""
+
     def close(self) -> None:
         pass
 

@@ -16,7 +16,16 @@ class MemoryStore(Store):
         self._data: dict[str, tuple[str, int, float | None]] = {}
         self._rev = 0
         self._mutex = threading.RLock()
+        self._changed = threading.Condition(self._mutex)
+        self._log: list[tuple[int, str]] = []  # (revision, key) of every put and delete
         self.ops = 0  # round trips, for benchmarks and tests
+
+    def _record(self, key: str) -> int:
+        self._rev += 1
+        self._log.append((self._rev, key))
+        del self._log[:-10000]
+        self._changed.notify_all()
+        return self._rev
 
     def _alive(self, key: str):
         item = self._data.get(key)
@@ -48,9 +57,9 @@ class MemoryStore(Store):
             version = item[1] if item else 0
             if expect is not None and version != expect:
                 raise ConflictError(f"memory store: {key} changed concurrently", key=key)
-            self._rev += 1
-            self._data[key] = (str(value), self._rev, time.time() + ttl if ttl else None)
-            return self._rev
+            rev = self._record(key)
+            self._data[key] = (str(value), rev, time.time() + ttl if ttl else None)
+            return rev
 
     def delete(self, key, *, expect=None):
         with self._mutex:
@@ -58,7 +67,23 @@ class MemoryStore(Store):
             item = self._alive(key)
             if expect is not None and (item[1] if item else 0) != expect:
                 raise ConflictError(f"memory store: {key} changed concurrently", key=key)
-            return self._data.pop(key, None) is not None
+            existed = self._data.pop(key, None) is not None
+            if existed:
+                self._record(key)
+            return existed
+
+    def watch(self, prefix, since_version, timeout):
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._changed:
+            self.ops += 1
+            while True:
+                newer = [rev for rev, key in self._log if rev > since_version and key.startswith(prefix)]
+                if newer:
+                    return max(newer)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
 
     def snapshot(self) -> dict[str, str]:
         """Every live key and value: what tests compare before and after a failed release."""

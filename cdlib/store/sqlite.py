@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS kv (
     expires REAL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (rev INTEGER PRIMARY KEY, key TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
 """
 
@@ -78,14 +79,42 @@ class SqliteStore(Store):
                                (key, time.time())).fetchone()
         return row[0] if row else 0
 
+    def _bump(self, key: str) -> int:
+        """Next revision, recorded in the change log that watch() reads (kept to 10,000 entries)."""
+        self._db.execute("UPDATE meta SET value = value + 1 WHERE name='revision'")
+        rev = self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0]
+        self._db.execute("INSERT INTO changes (rev, key) VALUES (?, ?)", (rev, key))
+        if rev % 1000 == 0:
+            self._db.execute("DELETE FROM changes WHERE rev <= ?", (rev - 10000,))
+        return rev
+
+    def watch(self, prefix, since_version, timeout, poll: float = 0.05):
+        """Polls the change log (SQLite has no notifications); wakes within poll seconds."""
+        deadline = time.monotonic() + max(0.0, timeout)
+
+        def q():
+            row = self._db.execute("SELECT max(rev), (SELECT min(rev) FROM changes) FROM changes WHERE rev > ? "
+                                   "AND substr(key, 1, ?) = ?", (since_version, len(prefix), prefix)).fetchone()
+            newest, oldest = row
+            if newest is None and oldest is not None and since_version < oldest - 1:
+                # the log was trimmed past since_version: answer with the current revision (re-read)
+                return self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0]
+            return newest
+        while True:
+            found = self._run(f"watch {prefix}", q)
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
     def put(self, key, value, *, expect=None, ttl=None):
         def q():
             self._db.execute("BEGIN IMMEDIATE")
             if expect is not None and self._version(key) != expect:
                 self._db.execute("ROLLBACK")
                 raise ConflictError(f"sqlite store: {key} changed concurrently", key=key)
-            self._db.execute("UPDATE meta SET value = value + 1 WHERE name='revision'")
-            rev = self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0]
+            rev = self._bump(key)
             self._db.execute("INSERT OR REPLACE INTO kv (key, value, version, expires) VALUES (?,?,?,?)",
                              (key, str(value), rev, time.time() + ttl if ttl else None))
             self._db.execute("COMMIT")
@@ -100,6 +129,8 @@ class SqliteStore(Store):
                 raise ConflictError(f"sqlite store: {key} changed concurrently", key=key)
             live = self._version(key) != 0
             self._db.execute("DELETE FROM kv WHERE key=?", (key,))
+            if live:
+                self._bump(key)
             self._db.execute("COMMIT")
             return live
         return self._run(f"delete {key}", q)

@@ -1,0 +1,485 @@
+"""Consul KV store adapter (py-consul, imported lazily).
+
+Versions are Consul's ``ModifyIndex``. Writes go through ``PUT /v1/txn`` (sent by py-consul's transport
+with our token header, because ``txn.put`` itself drops the token): a transaction returns the entry it
+wrote, so ``put`` learns its new ModifyIndex in the same round trip instead of a racy read-after-write,
+and compare-and-set, lock hand-over and delete-if-version are atomic.
+
+TTL keys and the lock use sessions with ``Behavior=delete`` and ``LockDelay=0``: the key is acquired by a
+session with a TTL, and disappears when the session is invalidated. Consul only expires a TTL session
+after **twice** its TTL, and never below its ``session_ttl_min`` (10 s by default), so a TTL key may
+outlive its TTL by up to 2 x max(ttl, 10 s). The lock therefore also keeps ``expires`` in its record:
+an expired holder is taken over at once, whatever its session still says.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import time
+import urllib.parse
+import uuid
+
+from ..errors import ConflictError, LockHeld, StoreError
+from .base import Entry, Lock, Store, _held_message, _public
+
+DEFAULT_PORT = 8500
+MAX_SESSION_TTL = 86400.0
+_TRUE = {"1", "t", "true", "yes"}
+_FALSE = {"0", "f", "false", "no"}
+
+
+def _parse_bool(text: str) -> bool | None:
+    text = text.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    return None
+
+
+class ConsulStore(Store):
+    """Store on a Consul agent. All keys are relative (no leading '/')."""
+
+    kind = "consul"
+
+    def __init__(self, url: str = "consul://", *, token: str | None = None, timeout: float = 10.0,
+                 session_ttl_min: float = 10.0, env: dict | None = None):
+        env = os.environ if env is None else env
+        self.timeout = timeout
+        self.session_ttl_min = session_ttl_min
+        self.host, self.port, self.scheme = _address(url, env)
+        self._token = token if token is not None else _token_from_env(env, self.describe())
+        self._verify, self._cert = _tls_from_env(env)
+        self._client = None
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"{'consuls' if self.scheme == 'https' else 'consul'}://{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"ConsulStore({self.describe()!r})"
+
+    @property
+    def client(self):
+        if self._client is None:
+            import consul  # lazy: the CLI must not pay for client imports it does not use
+
+            client = consul.Consul(host=self.host, port=self.port, token=self._token, scheme=self.scheme,
+                                   verify=self._verify, cert=self._cert, connections_timeout=self.timeout)
+            # py-consul lets CONSUL_HTTP_TOKEN override the token argument; ours is already resolved
+            client.token = self._token
+            self._client = client
+        return self._client
+
+    def _call(self, what: str, fn):
+        import consul
+        import requests
+        from consul.exceptions import ACLDisabled
+
+        where = f"consul store {self.describe()}"
+        try:
+            return fn()
+        except (ConflictError, LockHeld, StoreError):
+            raise
+        except consul.ACLPermissionDenied as exc:
+            raise self._denied() from exc
+        except ACLDisabled as exc:
+            raise StoreError(f"{where}: {what} refused: ACL support disabled", store=self.kind) from exc
+        except requests.exceptions.Timeout as exc:
+            raise StoreError(f"{where}: cannot reach the agent ({what} timed out after {self.timeout:g}s); "
+                             "check CONSUL_HTTP_ADDR / the store URL and that Consul is running",
+                             store=self.kind) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise StoreError(f"{where}: cannot reach the agent ({what}: connection failed); "
+                             "check CONSUL_HTTP_ADDR / the store URL and that Consul is running",
+                             store=self.kind) from exc
+        except (consul.ConsulException, requests.exceptions.RequestException, ValueError) as exc:
+            text = self._scrub(" ".join(str(exc).split()))[:300]
+            raise StoreError(f"{where}: {what} failed: {type(exc).__name__}: {text}", store=self.kind) from exc
+
+    def _denied(self) -> StoreError:
+        return StoreError(f"consul store {self.describe()}: permission denied (ACL token rejected or lacking "
+                          "key:write on cdlib/); check CONSUL_HTTP_TOKEN", store=self.kind)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if key.startswith("/"):
+            raise StoreError(f"consul store: key {key!r} starts with '/'; Consul keys are relative",
+                             store="consul")
+
+    def _txn(self, what: str, ops: list[dict]) -> tuple[bool, list[dict], list[dict]]:
+        """One ``PUT /v1/txn``: (applied, results, errors). A rollback (409) is not an exception here."""
+        from consul.callback import CB
+        from consul.exceptions import ClientError
+
+        body = json.dumps(ops)
+
+        def run():
+            try:
+                data = self.client.http.put(CB.json(), "/v1/txn", data=body, headers=self.client.prepare_headers())
+            except ClientError as exc:
+                text = str(exc)
+                if not text.startswith("409 "):
+                    raise
+                errors = (json.loads(text[4:]) or {}).get("Errors") or []
+                whats = " ".join(e.get("What", "") for e in errors)
+                if "Permission denied" in whats or "ACL not found" in whats:
+                    raise self._denied() from exc
+                return False, [], errors
+            return True, (data or {}).get("Results") or [], []
+
+        return self._call(what, run)
+
+    def _get_raw(self, key: str) -> dict | None:
+        self._check_key(key)
+        return self._call(f"get {key}", lambda: self.client.kv.get(key))[1]
+
+    # -- primitives -----------------------------------------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        raw = self._get_raw(key)
+        return None if raw is None else _entry(raw)
+
+    def list(self, prefix: str) -> list[Entry]:
+        self._check_key(prefix)
+        _, items = self._call(f"list {prefix}", lambda: self.client.kv.get(prefix, recurse=True))
+        return sorted((_entry(item) for item in items or []), key=lambda e: e.key)
+
+    def put(self, key: str, value: str, *, expect: int | None = None, ttl: float | None = None) -> int:
+        self._check_key(key)
+        if ttl:
+            return self._put_with_session(key, str(value), expect, ttl)
+        if expect is None:
+            op = _kv("set", key, value)
+        else:
+            op = _kv("cas", key, value, index=expect)
+        ok, results, _ = self._txn(f"put {key}", [op])
+        if not ok:
+            raise ConflictError(f"consul store: {key} changed concurrently", key=key)
+        written = _result(results, key)
+        if written.get("Session"):
+            # the key was written with a TTL before: detach it from that session so it stays
+            return self._detach(key, str(value), written)
+        return int(written["ModifyIndex"])
+
+    def _detach(self, key: str, value: str, written: dict) -> int:
+        session = written["Session"]
+        ok, results, _ = self._txn(f"put {key}", [
+            _kv("check-index", key, index=written["ModifyIndex"]),
+            _kv("unlock", key, value, session=session),
+        ])
+        if not ok:  # a concurrent writer came in between: our write stands at its own version
+            return int(written["ModifyIndex"])
+        self._destroy_quietly(session)
+        return int(_result(results, key)["ModifyIndex"])
+
+    def _put_with_session(self, key: str, value: str, expect: int | None, ttl: float) -> int:
+        for _ in range(5):  # an unconditional put retries when it loses a race; a CAS put does not
+            current = self._get_raw(key)
+            version = int(current["ModifyIndex"]) if current else 0
+            if expect is not None and version != expect:
+                raise ConflictError(f"consul store: {key} changed concurrently", key=key)
+            session = self._create_session(f"cdlib ttl {key}", ttl)
+            ops = [_kv("check-index", key, index=version) if current else _kv("check-not-exists", key)]
+            old = (current or {}).get("Session")
+            if old:
+                ops.append(_kv("unlock", key, value, session=old))
+            ops.append(_kv("lock", key, value, session=session))
+            ok, results, _ = self._txn(f"put {key}", ops)
+            if ok:
+                if old:
+                    self._destroy_quietly(old)
+                return int(_result(results, key)["ModifyIndex"])
+            self._destroy_quietly(session)
+            if expect is not None:
+                raise ConflictError(f"consul store: {key} changed concurrently", key=key)
+        raise ConflictError(f"consul store: {key} kept changing while it was written with a TTL", key=key)
+
+    def delete(self, key: str, *, expect: int | None = None) -> bool:
+        self._check_key(key)
+        if expect == 0:
+            ok, _, _ = self._txn(f"delete {key}", [_kv("check-not-exists", key)])
+            if not ok:
+                raise ConflictError(f"consul store: {key} changed concurrently", key=key)
+            return False
+        if expect is None:
+            ops = [_kv("get", key), _kv("delete", key)]
+        else:
+            ops = [_kv("check-index", key, index=expect), _kv("delete", key)]
+        ok, results, _ = self._txn(f"delete {key}", ops)
+        if not ok:
+            if expect is None:
+                return False  # the key did not exist
+            raise ConflictError(f"consul store: {key} changed concurrently", key=key)
+        session = _result(results, key).get("Session")
+        if session:
+            self._destroy_quietly(session)
+        return True
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.http.session.close()
+            except Exception:  # closing is best effort  # noqa: BLE001
+                pass
+            self._client = None
+
+    # -- sessions -------------------------------------------------------------------------------------
+    def _session_ttl(self, ttl: float) -> float:
+        return min(max(float(ttl), self.session_ttl_min), MAX_SESSION_TTL)
+
+    def _create_session(self, name: str, ttl: float) -> str:
+        """A TTL session that deletes what it holds when it dies, with no lock-delay.
+
+        Sent through py-consul's transport rather than session.create(), which only accepts whole
+        seconds from 10 up: a test agent may allow a lower session_ttl_min.
+        """
+        from consul.callback import CB
+
+        seconds = self._session_ttl(ttl)
+        ttl_text = f"{int(seconds)}s" if seconds == int(seconds) else f"{math.ceil(seconds * 1000)}ms"
+        body = json.dumps({"Name": name, "Behavior": "delete", "LockDelay": "0s", "TTL": ttl_text})
+        return self._call("session create", lambda: self.client.http.put(
+            CB.json(is_id=True), "/v1/session/create", data=body, headers=self.client.prepare_headers()))
+
+    def _destroy_quietly(self, session: str) -> None:
+        try:
+            self._call("session destroy", lambda: self.client.session.destroy(session))
+        except StoreError:
+            pass  # the session dies with its TTL anyway
+
+    # -- the lock: a session-held key with the holder record ----------------------------------------------
+    def acquire_lock(self, key: str, holder: dict, ttl: float, wait: float = 0.0, poll: float = 0.5) -> Lock:
+        """Take the lock or raise LockHeld; an expired holder (record past ``expires``, or session gone)
+        is taken over. With wait, retry until then."""
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            try:
+                return self._try_session_lock(key, holder, ttl)
+            except LockHeld:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(poll, max(0.01, deadline - time.monotonic())))
+
+    def _try_session_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+        self._check_key(key)
+        current = self._get_raw(key)
+        taken_over = None
+        if current is not None:
+            previous = _record(current)
+            if current.get("Session") and previous.get("expires", 0) > time.time():
+                raise LockHeld(_held_message(key, previous), holder=_public(previous))
+            taken_over = _public(previous)
+        session = self._create_session(f"cdlib lock {key}", ttl)
+        record = dict(holder, token=uuid.uuid4().hex, expires=time.time() + ttl, session=session,
+                      session_ttl=self._session_ttl(ttl))
+        value = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        ops = [_kv("check-index", key, index=current["ModifyIndex"]) if current else _kv("check-not-exists", key)]
+        old = (current or {}).get("Session")
+        if old:
+            ops.append(_kv("unlock", key, value, session=old))
+        ops.append(_kv("lock", key, value, session=session))
+        ok, _, _ = self._txn(f"lock {key}", ops)
+        if not ok:
+            self._destroy_quietly(session)
+            now = self._record_of(key)
+            raise LockHeld(_held_message(key, now), holder=_public(now))
+        if old:
+            self._destroy_quietly(old)
+        return Lock(key, record["token"], _public(record), taken_over)
+
+    def _record_of(self, key: str) -> dict:
+        raw = self._get_raw(key)
+        return _record(raw) if raw else {}
+
+    def refresh_lock(self, key: str, token: str, ttl: float) -> None:
+        current = self._get_raw(key)
+        record = _record(current) if current else {}
+        if current is None or record.get("token") != token:
+            raise LockHeld(f"the lock {key} is no longer held by this release (it expired and was "
+                           "taken over); run 'cdlib status' to see who holds it", key=key)
+        session = current.get("Session") or ""
+        want = self._session_ttl(ttl)
+        new = dict(record, expires=time.time() + ttl)
+        ops = [_kv("check-index", key, index=current["ModifyIndex"])]
+        new_session = None
+        if session and record.get("session") == session and record.get("session_ttl") == want:
+            if not self._renew(session):
+                raise LockHeld(f"the lock {key} is no longer held by this release (its session expired); "
+                               "run 'cdlib status' to see who holds it", key=key)
+            ops.append(_kv("set", key, _dump(new)))
+        else:  # another TTL, or the session is gone: move the key to a fresh session
+            new_session = self._create_session(f"cdlib lock {key}", ttl)
+            new.update(session=new_session, session_ttl=want)
+            if session:
+                ops.append(_kv("unlock", key, _dump(new), session=session))
+            ops.append(_kv("lock", key, _dump(new), session=new_session))
+        ok, _, _ = self._txn(f"refresh lock {key}", ops)
+        if not ok:
+            if new_session:
+                self._destroy_quietly(new_session)
+            raise LockHeld(f"the lock {key} changed hands while it was refreshed", key=key)
+        if new_session and session:
+            self._destroy_quietly(session)
+
+    def _renew(self, session: str) -> bool:
+        import consul
+
+        def run():
+            try:
+                self.client.session.renew(session)
+                return True
+            except consul.NotFound:
+                return False
+
+        return self._call("session renew", run)
+
+    def release_lock(self, key: str, token: str) -> bool:
+        current = self._get_raw(key)
+        if current is None or _record(current).get("token") != token:
+            return False
+        session = current.get("Session") or ""
+        ops = [_kv("check-index", key, index=current["ModifyIndex"])]
+        if session:
+            ops.append(_kv("unlock", key, _value(current), session=session))
+        ops.append(_kv("delete", key))
+        ok, _, _ = self._txn(f"release lock {key}", ops)
+        if ok and session:
+            self._destroy_quietly(session)
+        return ok
+
+    # -- watch ----------------------------------------------------------------------------------------
+    def watch(self, prefix: str, since_version: int, timeout: float) -> int | None:
+        """Block until something under prefix changes after since_version; return the new index, or
+        None when timeout passes first. A blocking query on the prefix: index 0 is clamped to 1 (0 never
+        blocks), and an index that went backwards (snapshot restore, tombstone reaping) counts as a change,
+        so the caller re-reads."""
+        self._check_key(prefix)
+        since = max(1, int(since_version or 0))
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = f"{max(1, int(remaining * 1000))}ms"
+            index, _ = self._call(f"watch {prefix}", lambda w=wait: self.client.kv.get(
+                prefix, index=since, wait=w, recurse=True, keys=True))
+            index = int(index or 0)
+            if index > since or 0 < index < since:
+                return index
+            # same index: the wait elapsed (or a spurious wake-up); loop until our own deadline
+
+
+def _value(raw: dict) -> str:
+    value = raw.get("Value")
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _entry(raw: dict) -> Entry:
+    return Entry(raw["Key"], _value(raw), int(raw["ModifyIndex"]))
+
+
+def _record(raw: dict) -> dict:
+    try:
+        record = json.loads(_value(raw) or "{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _dump(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def _kv(verb: str, key: str, value: str | None = None, *, index: int | None = None,
+        session: str | None = None) -> dict:
+    op: dict = {"Verb": verb, "Key": key}
+    if value is not None:
+        op["Value"] = base64.b64encode(str(value).encode()).decode()
+    if index is not None:
+        op["Index"] = int(index)
+    if session is not None:
+        op["Session"] = session
+    return {"KV": op}
+
+
+def _result(results: list[dict], key: str) -> dict:
+    """The last entry a transaction reports for key (the state after every op)."""
+    for item in reversed(results):
+        kv = item.get("KV") or {}
+        if kv.get("Key") == key:
+            return kv
+    return {}
+
+
+def _address(url: str, env) -> tuple[str, int, str]:
+    """consul://host:port, consuls://host:port, or CONSUL_HTTP_ADDR when the URL names no host."""
+    parts = urllib.parse.urlsplit(url or "consul://")
+    if parts.scheme not in ("consul", "consuls"):
+        raise StoreError(f"consul store: unsupported URL {url!r}; use consul://host:port or consuls://host:port",
+                         store="consul")
+    if "@" in parts.netloc:
+        raise StoreError("consul store: credentials in the store URL are not supported (URLs end up in logs); "
+                         "set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE instead", store="consul")
+    scheme = "https" if parts.scheme == "consuls" else "http"
+    netloc = parts.netloc
+    if not netloc:
+        addr = env.get("CONSUL_HTTP_ADDR", "").strip()
+        if addr.startswith("unix://"):
+            raise StoreError("consul store: CONSUL_HTTP_ADDR points at a unix socket, which is not supported; "
+                             "use host:port", store="consul")
+        if "://" in addr:
+            addr_parts = urllib.parse.urlsplit(addr)
+            if addr_parts.scheme == "https":
+                scheme = "https"
+            addr = addr_parts.netloc
+        netloc = addr or f"127.0.0.1:{DEFAULT_PORT}"
+    if parts.scheme == "consul" and _parse_bool(env.get("CONSUL_HTTP_SSL", "")):
+        scheme = "https"
+    host, port = _split_hostport(netloc)
+    try:
+        port_number = int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise StoreError(f"consul store: bad port in {netloc!r}; check the store URL or CONSUL_HTTP_ADDR",
+                         store="consul") from None
+    return host, port_number, scheme
+
+
+def _split_hostport(netloc: str) -> tuple[str, str]:
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if netloc.count(":") == 1:
+        host, port = netloc.split(":")
+        return host or "127.0.0.1", port
+    return netloc or "127.0.0.1", ""
+
+
+def _token_from_env(env, where: str) -> str | None:
+    """CONSUL_HTTP_TOKEN_FILE wins over CONSUL_HTTP_TOKEN, as in Consul's own CLI."""
+    path = env.get("CONSUL_HTTP_TOKEN_FILE", "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError as exc:
+            raise StoreError(f"consul store {where}: cannot read CONSUL_HTTP_TOKEN_FILE {path}: {exc.strerror}",
+                             store="consul") from exc
+    return env.get("CONSUL_HTTP_TOKEN", "").strip() or None
+
+
+def _tls_from_env(env) -> tuple[bool | str, tuple[str, str] | None]:
+    verify: bool | str = True
+    if _parse_bool(env.get("CONSUL_HTTP_SSL_VERIFY", "")) is False:
+        verify = False
+    elif env.get("CONSUL_CACERT"):
+        verify = env["CONSUL_CACERT"]
+    cert = None
+    if env.get("CONSUL_CLIENT_CERT") and env.get("CONSUL_CLIENT_KEY"):
+        cert = (env["CONSUL_CLIENT_CERT"], env["CONSUL_CLIENT_KEY"])
+    return verify, cert
