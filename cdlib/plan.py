@@ -57,7 +57,10 @@ def run(ctx, journal: Journal, steps: list[Step], report: Callable[[StepReport],
             result = step.do(ctx, data) or {}
             failpoint(step.name, "after")
         except (Exception, Interrupted) as exc:
-            journal.fail(record, _reason(exc))
+            try:
+                journal.fail(record, _reason(exc))
+            except Exception:  # noqa: S110 - the store may be what failed; the intent is on record
+                pass
             report(StepReport(step.name, "failed", time.monotonic() - t0, _reason(exc)))
             raise
         journal.finish(record, result)
@@ -75,19 +78,31 @@ def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]]
             continue
         fn = undos.get(record["name"])
         t0 = time.monotonic()
-        if fn is None:
-            journal.mark(record, UNDONE)
-            continue
         try:
-            fn(ctx, record.get("data") or {})
+            if fn is not None:
+                fn(ctx, record.get("data") or {})
         except Exception as exc:  # an undo failing must not stop the other undos
-            journal.mark(record, UNDO_FAILED, _reason(exc))
+            _mark(journal, record, UNDO_FAILED, _reason(exc))
             report(StepReport(f"undo {record['name']}", "undo-failed", time.monotonic() - t0, _reason(exc)))
             failed.append(record["name"])
             continue
-        journal.mark(record, UNDONE)
-        report(StepReport(f"undo {record['name']}", "undone", time.monotonic() - t0))
+        if not _mark(journal, record, UNDONE):
+            # undone, but the journal could not say so (the store is away): a later 'rollback'
+            # repeats this undo, which is idempotent, and then records it
+            failed.append(f"{record['name']} (journal not updated)")
+        if fn is not None:
+            report(StepReport(f"undo {record['name']}", "undone", time.monotonic() - t0))
     return failed
+
+
+def _mark(journal: Journal, record: dict, state: str, error: str = "") -> bool:
+    """Record an undo's outcome; False when the store cannot be written (it may be what failed)."""
+    try:
+        journal.mark(record, state, error)
+        return True
+    except Exception:
+        record["state"] = state
+        return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ Failure classes:
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Callable
@@ -80,12 +81,7 @@ def live_record(store, service: str) -> dict | None:
 
 
 def registered(store, service: str, color: str | None = None) -> list[dict]:
-    """Registered instances; color and name come from the key, whatever the value holds."""
-    out = []
-    for e in store.list(keys.instances(service, color)):
-        reg_color, name = e.key.rsplit("/", 2)[-2:]
-        out.append(dict(e.json(), color=reg_color, name=name))
-    return out
+    return store.registrations(service, color)
 
 
 def backends(store, override: Backend | None = None) -> list[Backend]:
@@ -174,24 +170,57 @@ def _started(ctx: Ctx) -> list[dict]:
     raise UsageError(f"{ctx.service}: the open release has no started instances; run 'cdlib rollback'")
 
 
-def intent_register(ctx: Ctx) -> dict:
-    """Record the prior value of every key this step may write, so its undo restores them exactly."""
+def _registration(ctx: Ctx, inst: dict) -> dict:
+    return {"name": inst["name"], "address": inst["address"], "port": inst["port"], "release": inst["release"],
+            "image": inst["image"], "health_url": Instance.from_dict(inst).url + ctx.spec.health.path}
+
+
+def _prior_registrations(ctx: Ctx, color: str) -> dict:
+    """name -> the exact stored record of every registration of the color (to restore byte for byte)."""
     store = ctx.ports.store
-    touched = [keys.spec(ctx.service)] + [keys.instance(ctx.service, ctx.rec["color"], i["name"])
-                                          for i in _started(ctx)]
-    touched += [e.key for e in store.list(keys.instances(ctx.service, ctx.rec["color"]))]
-    return {"prior": {k: _raw(store, k) for k in sorted(set(touched))}}
+    return {r["name"]: _raw(store, keys.instance(ctx.service, color, r["name"]))
+            for r in store.registrations(ctx.service, color)}
+
+
+def _restore_registrations(ctx: Ctx, color: str, prior: dict) -> None:
+    store = ctx.ports.store
+    for reg in store.registrations(ctx.service, color):
+        if reg["name"] not in prior:
+            store.deregister(ctx.service, color, reg["name"])
+    for name, raw in prior.items():
+        if raw is not None:
+            store.register(ctx.service, color, name, json.loads(raw))
+
+
+def intent_register(ctx: Ctx) -> dict:
+    """Record the prior state of everything this step may write, so its undo restores it exactly."""
+    return {"prior": _prior_registrations(ctx, ctx.rec["color"]), "prior_spec": _raw(ctx.ports.store,
+                                                                                    keys.spec(ctx.service))}
 
 
 def do_register(ctx: Ctx, data: dict) -> dict:
-    store, s = ctx.ports.store, ctx.spec
-    for entry in store.list(keys.instances(ctx.service, ctx.rec["color"])):
-        store.delete(entry.key)  # stale registrations of this color (a killed earlier release)
+    """Register the healthy new instances, with the release's TTL until the release closes: a
+    deploy that dies and is never rolled back leaves no registration behind for longer."""
+    store, s, color = ctx.ports.store, ctx.spec, ctx.rec["color"]
+    for name in data["prior"]:
+        store.deregister(ctx.service, color, name)  # stale registrations of this color
     store.put_json(keys.spec(ctx.service), {"routes": s.routes.to_dict(), "port": s.port,
                                             "health_path": s.health.path})
+    ttl = ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL)
     for inst in _started(ctx):
-        store.put_json(keys.instance(ctx.service, ctx.rec["color"], inst["name"]),
-                       dict(inst, registered=time.time()))
+        store.register(ctx.service, color, inst["name"], _registration(ctx, inst), ttl=ttl)
+    return {}
+
+
+def undo_register(ctx: Ctx, data: dict) -> None:
+    _restore_registrations(ctx, ctx.rec["color"], data.get("prior") or {})
+    undo_restore_keys(ctx, {"prior": {keys.spec(ctx.service): data.get("prior_spec")}})
+
+
+def do_persist(ctx: Ctx, data: dict) -> dict:
+    """The release is done: the new color's registrations lose their TTL."""
+    for inst in _started(ctx):
+        ctx.ports.store.register(ctx.service, ctx.rec["color"], inst["name"], _registration(ctx, inst))
     return {}
 
 
@@ -249,16 +278,15 @@ def intent_stop_old(ctx: Ctx) -> dict:
     prev = ctx.rec.get("previous")
     if not prev:
         return {"color": None}
-    store = ctx.ports.store
-    regs = {e.key: e.value for e in store.list(keys.instances(ctx.service, prev["color"]))}
-    return {"color": prev["color"], "release": prev.get("release"), "prior": regs}
+    return {"color": prev["color"], "release": prev.get("release"),
+            "prior": _prior_registrations(ctx, prev["color"])}
 
 
 def do_stop_old(ctx: Ctx, data: dict) -> dict:
     if not data.get("color"):
         return {"stopped": []}
-    for key in data["prior"]:
-        ctx.ports.store.delete(key)
+    for name in data["prior"]:
+        ctx.ports.store.deregister(ctx.service, data["color"], name)
     stopped = ctx.ports.runtime.stop(ctx.service, data["color"], release=data.get("release"))
     return {"stopped": stopped}
 
@@ -267,14 +295,14 @@ def undo_stop_old(ctx: Ctx, data: dict) -> None:
     if not data.get("color"):
         return
     ctx.ports.runtime.resume(ctx.service, data["color"], release=data.get("release"))
-    undo_restore_keys(ctx, data)
+    _restore_registrations(ctx, data["color"], data.get("prior") or {})
 
 
 UNDO = {
     "set-aside": undo_set_aside,
     "start": undo_start,
     "resume": undo_resume,
-    "register": undo_restore_keys,
+    "register": undo_register,
     "proxy": undo_proxy,
     "live": undo_live,
     "stop-old": undo_stop_old,
@@ -307,6 +335,7 @@ SWITCH_STEPS = [
     plan.Step("live", do_live, intent=intent_live, describe=lambda d: f"live color is {d['live']['color']}"),
 ]
 CLEANUP_STEPS = [
+    plan.Step("persist", do_persist, describe=lambda d: "registrations kept without TTL"),
     plan.Step("stop-old", do_stop_old, intent=intent_stop_old,
               describe=lambda d: ("stopped " + ", ".join(d["stopped"])) if d.get("stopped") else "nothing to stop"),
 ]
@@ -406,20 +435,22 @@ def _require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
         raise UsageError(f"{verb}: release {j.id} of {ctx.service} is {j.phase}; {verb} needs it to be "
                          + " or ".join(phases))
     ctx.journal = j
-    ctx.ports.store.refresh_lock(keys.lock(ctx.service), j.record["lock_token"],
-                                 j.record.get("lock_ttl", DEFAULT_LOCK_TTL))
+    ttl = j.record.get("lock_ttl", DEFAULT_LOCK_TTL)
+    ctx.ports.store.refresh_lock(keys.lock(ctx.service), j.record["lock_token"], ttl)
+    if j.phase in (jr.DEPLOYED, jr.SWITCHED) and j.done("register"):
+        for inst in _started(ctx):  # the release goes on: so do its registrations
+            ctx.ports.store.register(ctx.service, j.record["color"], inst["name"], _registration(ctx, inst),
+                                     ttl=ttl)
     return j
 
 
 def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
     """Undo the open release in ctx.journal; close it; return the outcome (exit 1, or 4)."""
     j = ctx.journal
-    j.phase = jr.ROLLING_BACK
-    j.save()
+    _save_phase(j, jr.ROLLING_BACK)
     failed = plan.undo(ctx, j, UNDO, ctx.emit)
     if failed:
-        j.phase = jr.STUCK
-        j.save()
+        _save_phase(j, jr.STUCK)
         msg = (f"release {j.id} of {ctx.service} failed ({reason}) and the undo of {', '.join(failed)} failed "
                "too: a person is needed; fix the cause and run 'cdlib rollback' again")
         return _outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE, msg)
@@ -429,6 +460,15 @@ def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
     where = f"{prev['color']} ({prev.get('image')}) is live" if prev else "nothing is live"
     return _outcome(ctx, "rollback", False, 1, f"release {j.id} of {ctx.service} failed: {reason}; rolled back, "
                     f"{where} as before")
+
+
+def _save_phase(j: Journal, phase: str) -> None:
+    """Best effort: while rolling back, the store may be the thing that is away."""
+    j.phase = phase
+    try:
+        j.save()
+    except CdlibError:
+        pass
 
 
 def _close_success(ctx: Ctx) -> None:

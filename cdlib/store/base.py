@@ -19,6 +19,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from .. import keys
 from ..errors import ConflictError, LockHeld, StoreError
 
 
@@ -105,6 +106,29 @@ class Store(ABC):
         for entry in self.list(prefix):
             n += self.delete(entry.key)
         return n
+
+    # -- registrations: healthy instances, what the proxy configuration is rendered from -------------
+    def register(self, service: str, color: str, name: str, record: dict, ttl: float | None = None) -> None:
+        """Register one healthy instance (record: name, address, port, release, image, health_url...).
+        With ttl the registration disappears unless written again in time (a crashed deploy leaves
+        nothing behind for longer); Consul also gets an agent service with an HTTP check it runs."""
+        self.put_json(keys.instance(service, color, name), record, ttl=ttl)
+
+    def deregister(self, service: str, color: str, name: str) -> None:
+        self.delete(keys.instance(service, color, name))
+
+    def registrations(self, service: str, color: str | None = None) -> list[dict]:
+        """Registered instances, sorted by color and name; color and name come from the key."""
+        out = []
+        for entry in self.list(keys.instances(service, color)):
+            reg_color, name = entry.key.rsplit("/", 2)[-2:]
+            out.append(dict(entry.json(), color=reg_color, name=name))
+        return out
+
+    def registry_health(self, service: str) -> dict[str, str] | None:
+        """The registry's own view of each instance's health (name -> passing/warning/critical), for
+        registries that run checks themselves (Consul); None for the others."""
+        return None
 
     # -- the lock: CAS on a record with an expiry; adapters may use native leases instead ------
     def acquire_lock(self, key: str, holder: dict, ttl: float, wait: float = 0.0,

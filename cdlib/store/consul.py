@@ -354,6 +354,53 @@ class ConsulStore(Store):
         return ok
 
     # -- watch ----------------------------------------------------------------------------------------
+    # -- registrations: KV (what the proxy renders) plus an agent service with an HTTP check ---------
+    def register(self, service: str, color: str, name: str, record: dict, ttl: float | None = None) -> None:
+        """The KV registration, then an agent service whose HTTP check Consul runs itself, removed by
+        Consul after DeregisterCriticalServiceAfter when the instance stays dead (what Registrator
+        never did). The service ID is the instance name; tags carry the color and the release."""
+        super().register(service, color, name, record, ttl=ttl)
+        body = {
+            "ID": name, "Name": service, "Tags": [color, f"release-{record.get('release', '')}"],
+            "Address": record.get("address", ""), "Port": int(record.get("port", 0)),
+            "Meta": {"cdlib_color": color, "cdlib_release": str(record.get("release", ""))[:500],
+                     "cdlib_image": str(record.get("image", ""))[:500]},
+        }
+        if record.get("health_url"):
+            body["Check"] = {"HTTP": record["health_url"], "Interval": "5s", "Timeout": "2s",
+                             "DeregisterCriticalServiceAfter": "1m", "Status": "passing"}
+        self._agent("PUT", "/v1/agent/service/register", f"register service {name}", body)
+
+    def deregister(self, service: str, color: str, name: str) -> None:
+        super().deregister(service, color, name)
+        self._agent("PUT", f"/v1/agent/service/deregister/{name}", f"deregister service {name}", None,
+                    missing_ok=True)
+
+    def registry_health(self, service: str) -> dict[str, str] | None:
+        def run():
+            _, nodes = self.client.health.service(service)
+            return nodes
+        nodes = self._call(f"read the health of {service}", run) or []
+        order = {"passing": 0, "warning": 1, "critical": 2}
+        out = {}
+        for node in nodes:
+            checks = [c.get("Status", "critical") for c in node.get("Checks", [])]
+            worst = max(checks, key=lambda st: order.get(st, 2), default="passing")
+            out[node["Service"]["ID"]] = worst
+        return out
+
+    def _agent(self, method: str, path: str, what: str, body: dict | None, missing_ok: bool = False) -> None:
+        """An agent endpoint through py-consul's transport with our token header (a 404 on
+        deregister means the agent already forgot the service: the goal is reached)."""
+        from consul.callback import CB
+
+        def run():
+            found = self.client.http.put(CB.boolean(), path, data=None if body is None else json.dumps(body),
+                                         headers=self.client.prepare_headers())
+            if found is False and not missing_ok:
+                raise StoreError(f"consul store {self.describe()}: {what} failed: not found", store=self.kind)
+        self._call(what, run)
+
     def watch(self, prefix: str, since_version: int, timeout: float) -> int | None:
         """Block until something under prefix changes after since_version; return the new index, or
         None when timeout passes first. A blocking query on the prefix: index 0 is clamped to 1 (0 never

@@ -586,3 +586,74 @@ def test_etcd_watch_after_compaction_reports_a_change(etcd_server):
     got = store.watch(prefix, since, 5)
     assert got is not None and got > since
     store.delete("cdlib/cdlibt-compact-marker")
+
+
+# -- registrations ----------------------------------------------------------------------------------------
+@pytest.fixture
+def health_server():
+    """A tiny HTTP server answering 200 on /health, as a healthy instance would."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _record(name: str, port: int) -> dict:
+    return {"name": name, "address": "127.0.0.1", "port": port, "release": "r1", "image": "r/x:1",
+            "health_url": f"http://127.0.0.1:{port}/health"}
+
+
+def test_register_list_and_deregister(harness, health_server):
+    from cdlib import keys
+
+    store = harness.store()
+    service = f"cdlibt-{secrets.token_hex(3)}"
+    try:
+        store.register(service, "blue", f"{service}-blue-1", _record(f"{service}-blue-1", health_server))
+        store.register(service, "blue", f"{service}-blue-2", _record(f"{service}-blue-2", health_server))
+        store.register(service, "green", f"{service}-green-1", _record(f"{service}-green-1", health_server))
+        regs = store.registrations(service, "blue")
+        assert [(r["color"], r["name"], r["port"]) for r in regs] == [
+            ("blue", f"{service}-blue-1", health_server), ("blue", f"{service}-blue-2", health_server)]
+        assert len(store.registrations(service)) == 3
+        store.deregister(service, "blue", f"{service}-blue-1")
+        store.deregister(service, "blue", f"{service}-blue-1")  # idempotent
+        assert [r["name"] for r in store.registrations(service)] == [f"{service}-blue-2", f"{service}-green-1"]
+        health = store.registry_health(service)
+        if harness.kind.startswith("consul"):  # Consul runs the HTTP check itself
+            assert set(health) == {f"{service}-blue-2", f"{service}-green-1"}
+            assert set(health.values()) == {"passing"}
+        else:
+            assert health is None
+    finally:
+        for r in store.registrations(service):
+            store.deregister(service, r["color"], r["name"])
+        store.delete_prefix(keys.service(service))
+    assert store.registrations(service) == []
+
+
+def test_registration_with_ttl_expires(harness, health_server):
+    _skip_slow(harness)
+    store = harness.store()
+    service = f"cdlibt-{secrets.token_hex(3)}"
+    ttl = harness.ttl_short()
+    store.register(service, "blue", f"{service}-blue-1", _record(f"{service}-blue-1", health_server), ttl=ttl)
+    try:
+        assert len(store.registrations(service)) == 1
+        assert wait_until(lambda: store.registrations(service) == [], harness.expiry_bound(ttl), step=0.1)
+    finally:
+        store.deregister(service, "blue", f"{service}-blue-1")

@@ -32,7 +32,7 @@ def test_release_v1_then_v2_under_load_drops_no_request(service):
                       f"{n}-green-1": "running", f"{n}-green-2": "running"}
     steps = [s["name"] for s in out["steps"]]
     assert steps == ["open", "set-aside", "start", "health", "register", "test pre-integration", "proxy", "live",
-                     "test post-integration", "stop-old", "close"]
+                     "test post-integration", "persist", "stop-old", "close"]
     assert all(t["passed"] for t in out["tests"])
 
 

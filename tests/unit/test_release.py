@@ -87,7 +87,7 @@ def test_first_release_goes_blue_and_serves(world):
     assert entry["outcome"] == "released"
     names = [s.name for s in out.steps]
     assert names == ["open", "set-aside", "start", "health", "register", "test pre-integration", "proxy", "live",
-                     "test post-integration", "stop-old", "close"]
+                     "test post-integration", "persist", "stop-old", "close"]
 
 
 def test_second_release_goes_green_and_stops_blue(world):
@@ -362,3 +362,34 @@ def test_color_verb(world):
 
 def test_undo_incomplete_error_is_exit_4():
     assert UndoIncomplete("x").exit_code == 4
+
+
+def test_registrations_carry_the_release_ttl_until_the_release_closes(world):
+    calls = []
+    original = world.store.register
+
+    def register(service, color, name, record, ttl=None):
+        calls.append((name, ttl))
+        return original(service, color, name, record, ttl=ttl)
+
+    world.store.register = register
+    assert rel.deploy(world.ctx("v1"), lock_ttl=120).ok
+    assert calls == [("shop-blue-1", 120), ("shop-blue-2", 120)]
+    reg = world.store.registrations("shop", "blue")[0]
+    assert reg["health_url"] == "http://127.0.0.1:%d/health" % reg["port"] and reg["release"]
+    calls.clear()
+    assert rel.switch(world.ctx()).ok  # every stage refreshes the TTL of its registrations
+    assert calls == [("shop-blue-1", 120), ("shop-blue-2", 120)]
+    calls.clear()
+    assert rel.cleanup(world.ctx()).ok  # closing the release makes them permanent
+    assert calls[-2:] == [("shop-blue-1", None), ("shop-blue-2", None)]
+
+
+def test_registrations_of_a_dead_deploy_expire_by_themselves(world):
+    restore = _kill_at(world, "proxy", "apply", "before")
+    with pytest.raises(Killed):
+        rel.release(world.ctx("v1"), lock_ttl=0.2)
+    restore()
+    assert world.store.registrations("shop", "blue")
+    time.sleep(0.3)
+    assert world.store.registrations("shop", "blue") == []
