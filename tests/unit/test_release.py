@@ -376,7 +376,7 @@ def test_registrations_carry_the_release_ttl_until_the_release_closes(world):
     assert rel.deploy(world.ctx("v1"), lock_ttl=120).ok
     assert calls == [("shop-blue-1", 120), ("shop-blue-2", 120)]
     reg = world.store.registrations("shop", "blue")[0]
-    assert reg["health_url"] == "http://127.0.0.1:%d/health" % reg["port"] and reg["release"]
+    assert reg["health_url"] == f"http://127.0.0.1:{reg['port']}/health" and reg["release"]
     calls.clear()
     assert rel.switch(world.ctx()).ok  # every stage refreshes the TTL of its registrations
     assert calls == [("shop-blue-1", 120), ("shop-blue-2", 120)]
