@@ -111,5 +111,25 @@ def push(file=None, *, tag=None, report=None, ports=None) -> Outcome:
     return _run(lambda c: images.push(c.spec, c.ports.runtime, c.report), file, report, ports, tag=tag)
 
 
+def proxy_render(file=None, *, store=None, ports=None) -> Outcome:
+    from . import proxyctl
+
+    return _run(proxyctl.render, file, None, ports, store=store)
+
+
+def proxy_apply(file=None, *, force=False, store=None, report=None, ports=None) -> Outcome:
+    from . import proxyctl
+
+    return _run(lambda c: proxyctl.apply(c, force=force), file, report, ports, store=store)
+
+
+def proxy_watch(file=None, *, debounce=1.0, interval=10.0, max_seconds=None, once=False, store=None, log=print,
+                ports=None) -> Outcome:
+    from . import proxyctl
+
+    return _run(lambda c: proxyctl.watch(c, debounce=debounce, interval=interval, max_seconds=max_seconds,
+                                         once=once, log=log), file, None, ports, store=store)
+
+
 VERBS = ("status", "color", "history", "build", "push", "test", "deploy", "switch", "cleanup", "rollback",
          "release")

@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_opts(p)
     p.add_argument("--junit-dir", metavar="DIR", default=os.environ.get("CDLIB_JUNIT_DIR", "cdlib-reports"),
                    help="write JUnit XML reports into DIR (default: cdlib-reports)")
+    p = verb("proxy", "the proxy configuration from the registry: render it, apply it, or keep it in line")
+    psub = p.add_subparsers(dest="proxy_verb", metavar="ACTION", parser_class=_Parser)
+    psub.required = True
+    psub.add_parser("render", parents=[common], help="print the configuration for every service in the registry")
+    pa = psub.add_parser("apply", parents=[common], help="render, validate, swap, reload; refuses a live service "
+                                                         "without a healthy backend")
+    pa.add_argument("--force", action="store_true", help="reload even when the rendered text did not change")
+    pw = psub.add_parser("watch", parents=[common], help="apply whenever the registry changes or an instance's "
+                                                         "health does; until stopped")
+    pw.add_argument("--debounce", type=float, default=1.0, metavar="SECONDS",
+                    help="collect a burst of registry changes into one reload (default 1)")
+    pw.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+                    help="re-check instance health at least this often (default 10)")
+    pw.add_argument("--max-seconds", type=float, default=None, metavar="SECONDS", help="stop after SECONDS")
+    pw.add_argument("--once", action="store_true", help="one pass, then exit")
     try:
         from .jobs import cli as jobs_cli  # light: builds its parser only
     except ImportError:  # TEMP until the jobs package lands
@@ -155,7 +170,10 @@ def _print_status(out: Outcome) -> None:
     for i in d.get("instances", []):
         health = {True: "healthy", False: "UNHEALTHY", None: "-"}[i.get("healthy")]
         reg = "registered" if i.get("registered") else "-"
-        print(f"  {i['name']:<32} {i['state']:<9} {health:<9} {reg:<10} {i['address']}:{i['port']}  {i['image']}")
+        if i.get("registry"):
+            reg += f" ({i['registry']})"
+        where = f"{i['address']}:{i['port']}" if i.get("port") else "-"
+        print(f"  {i['name']:<32} {i['state']:<9} {health:<9} {reg:<10} {where:<21} {i['image']}")
     drift = d.get("drift") or {}
     for kind, names in drift.items():
         if names:
@@ -167,6 +185,8 @@ def _dispatch(args, printer: _Printer) -> Outcome:
 
     if args.verb == "jobs":
         return args.handler(args)
+    if args.verb == "proxy":
+        return _proxy(args, printer)
     report = printer.step
     file, store = args.file, args.store
     v = args.verb
@@ -198,6 +218,30 @@ def _dispatch(args, printer: _Printer) -> Outcome:
         return api.release(file, tag=args.tag, image=args.image, store=store, lock_wait=args.lock_wait,
                            lock_ttl=args.lock_ttl, junit_dir=args.junit_dir, report=report, output=printer.output)
     raise AssertionError(v)
+
+
+def _proxy(args, printer: _Printer) -> Outcome:
+    from . import api, proxyctl
+    from .plan import Interrupted
+    from .verbs import Ctx
+    from .wiring import ports_for
+
+    spec = api.load_spec(args.file, store=args.store)
+    ports = ports_for(spec)
+    ctx = Ctx(spec, ports, printer.step)
+    try:
+        if args.proxy_verb == "render":
+            return proxyctl.render(ctx)
+        if args.proxy_verb == "apply":
+            return proxyctl.apply(ctx, force=args.force)
+        log = (lambda line: None) if printer.quiet else (lambda line: print(_redact(line), flush=True))
+        try:
+            return proxyctl.watch(ctx, debounce=args.debounce, interval=args.interval,
+                                  max_seconds=args.max_seconds, once=args.once, log=log)
+        except (Interrupted, KeyboardInterrupt):
+            return Outcome("proxy", spec.name, True, 0, "watch stopped")
+    finally:
+        ports.close()
 
 
 def _interrupt(signum, frame):
@@ -238,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             for h in outcome.data.get("history", []):
                 print(f"{h['id']}  {h.get('outcome', '?'):<12} {h.get('color') or '-':<6} {h.get('image')}"
                       + (f"  (rollback to {h['revert_of']})" if h.get("revert_of") else ""))
+        elif args.verb == "proxy" and args.proxy_verb == "render":
+            sys.stdout.write(outcome.data["config"])
         elif not args.quiet:
             print(_redact(outcome.message))
     else:

@@ -15,7 +15,7 @@ import secrets
 import time
 
 from . import keys
-from .errors import ConflictError, UsageError
+from .errors import ConflictError, StoreError, UsageError
 from .store.base import Store
 
 # step states
@@ -43,6 +43,7 @@ class Journal:
         self.service = service
         self.record = record
         self.version = version
+        self.unreachable: StoreError | None = None  # once a write failed, later ones fail fast
 
     # -- open / load / save ------------------------------------------------------------------------
     @classmethod
@@ -63,8 +64,15 @@ class Journal:
         return cls(store, service, entry.json(), entry.version)
 
     def save(self) -> None:
+        """Compare-and-set the record. When the store failed once in this process, fail at once:
+        a rollback then spends its time on the undos, not on one timeout per journal write."""
+        if self.unreachable is not None:
+            raise self.unreachable
         try:
             self.version = self.store.put_json(keys.release(self.service), self.record, expect=self.version)
+        except StoreError as exc:
+            self.unreachable = exc
+            raise
         except ConflictError:
             raise ConflictError(f"the journal of {self.service} release {self.id} was changed by another "
                                 "process; run 'cdlib status'", service=self.service) from None

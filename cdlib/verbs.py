@@ -714,10 +714,13 @@ def status(ctx: Ctx, *, check_health: bool = True) -> Outcome:
                                 "steps": [{"name": st["name"], "state": st["state"]} for st in j.steps]}
     instances = ctx.ports.runtime.instances(s.name, include_aside=True)
     reg_names = {(r["color"], r["name"]) for r in regs}
+    registry_view = store.registry_health(s.name)  # the registry's own checks (Consul), else None
+    data["registry_health"] = registry_view
     rows = []
     for inst in instances:
         healthy = ctx.ports.runtime.check_health(inst, s.health.path) if check_health and inst.running else None
-        rows.append(dict(inst.to_dict(), healthy=healthy, registered=(inst.color, inst.name) in reg_names))
+        rows.append(dict(inst.to_dict(), healthy=healthy, registered=(inst.color, inst.name) in reg_names,
+                         registry=(registry_view or {}).get(inst.name)))
     running = {(i.color, i.name) for i in instances if i.running}
     data["instances"] = rows
     data["drift"] = {

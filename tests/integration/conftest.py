@@ -76,9 +76,12 @@ class Service:
         self.file = directory / "cdlib.yml"
         self.write()
 
-    def write(self, replicas: int = 2, health_timeout: int = 20):
+    def write(self, replicas: int = 2, health_timeout: int = 20, store: str | None = None,
+              pre_integration: list[str] | None = None):
         suite = {"command": [sys.executable, str(self.dir / "check.py")], "pass_env": ["FAIL_TEST_TYPE"],
                  "timeout": 60}
+        pre = dict(suite, command=pre_integration) if pre_integration else suite
+        self.store_url = store or f"sqlite:///{self.db}"
         descriptor = {
             "service": self.name,
             "image": {"repository": IMAGE, "tag": "v1"},
@@ -87,10 +90,10 @@ class Service:
             "probe": {"path": "/version", "timeout": 10},
             "replicas": replicas,
             "routes": {"paths": [f"/{self.name}/"]},
-            "tests": {"pre-integration": suite, "post-integration": suite},
+            "tests": {"pre-integration": pre, "post-integration": suite},
             "target": {"bind": "127.0.0.1", "stop_timeout": 5},
             "proxy": {"kind": "nginx", "listen": f"127.0.0.1:{self.port}", "dir": str(self.proxy_dir)},
-            "store": f"sqlite:///{self.db}",
+            "store": self.store_url,
         }
         self.file.write_text(json.dumps(descriptor, indent=2))  # JSON is YAML
 
@@ -118,21 +121,25 @@ class Service:
         return sorted((c.name, c.status, c.labels.get("cdlib.release"), c.image.tags[0] if c.image.tags else "")
                       for c in found)
 
-    def store_state(self) -> dict:
-        from cdlib.store.sqlite import SqliteStore
+    def _store(self):
+        from cdlib.wiring import open_store
 
-        store = SqliteStore(self.db)
+        return open_store(self.store_url)
+
+    def store_state(self) -> dict:
+        from cdlib import keys
+
+        store = self._store()
         try:
-            return {e.key: e.value for e in store.list("")
+            return {e.key: e.value for e in store.list(keys.service(self.name))
                     if "/history/" not in e.key and not e.key.endswith("/lock")}
         finally:
             store.close()
 
     def journal(self):
         from cdlib import keys
-        from cdlib.store.sqlite import SqliteStore
 
-        store = SqliteStore(self.db)
+        store = self._store()
         try:
             return store.get_json(keys.release(self.name))
         finally:

@@ -1,0 +1,138 @@
+"""The proxy driven by the registry: ``proxy render``, ``proxy apply`` and ``proxy watch``.
+
+What consul-template did for docker-flow, with its sharp edges filed off: the configuration is
+rendered from every service's live color and its *healthy* registered instances; it is never written
+when a live service would be left without a backend; it is validated, swapped, reloaded and drained
+by the proxy adapter, and the previous file comes back on any failure; ``watch`` reloads only when
+the rendered text changed, debounces bursts of registry changes, and also re-checks instance health
+on a timer, which is what heals routing when an instance dies without the registry noticing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from . import journal as jr
+from . import keys
+from .errors import CdlibError, ProxyError
+from .model import Backend, Instance, Outcome, StepReport
+from .verbs import Ctx, backends
+
+
+def healthy_backends(ctx: Ctx) -> tuple[list[Backend], dict[str, list[str]]]:
+    """Every live backend with its unhealthy servers left out; and service -> the servers left out.
+    Health is the registry's own view where it has one (Consul), else the runtime's health check
+    (an HTTP GET of the health path) of each registered instance."""
+    store = ctx.ports.store
+    out, dropped = [], {}
+    for backend in backends(store):
+        regs = {(r["address"], int(r["port"])): r for r in store.registrations(backend.service, backend.color)}
+        verdict = store.registry_health(backend.service)
+        if verdict is not None:
+            ok = {s for s, r in regs.items() if verdict.get(r["name"]) == "passing"}
+        else:
+            runtime = ctx.ports.runtime
+            insts = {s: Instance(r["name"], backend.service, backend.color, r.get("release", ""), r.get("image", ""),
+                                 s[0], s[1]) for s, r in regs.items()}
+            with ThreadPoolExecutor(max_workers=min(16, max(1, len(insts)))) as pool:
+                checks = pool.map(lambda i, rt=runtime, path=backend.health_path: rt.check_health(i, path, 2.0),
+                                  insts.values())
+                results = dict(zip(insts, checks, strict=True))
+            ok = {s for s, good in results.items() if good}
+        servers = tuple(s for s in backend.servers if s in ok)
+        if len(servers) != len(backend.servers):
+            dropped[backend.service] = [f"{a}:{p}" for a, p in backend.servers if (a, p) not in ok]
+        out.append(replace(backend, servers=servers))
+    return out, dropped
+
+
+def render(ctx: Ctx) -> Outcome:
+    text = ctx.ports.proxy.render(backends(ctx.ports.store))
+    return Outcome("proxy", ctx.service, True, 0, text, [], {"config": text})
+
+
+def apply(ctx: Ctx, *, force: bool = False) -> Outcome:
+    """Render from the registry; refuse when a live service has no healthy backend; write only a
+    changed configuration (or always, with force)."""
+    t0 = time.monotonic()
+    proxy = ctx.ports.proxy
+    found, dropped = healthy_backends(ctx)
+    empty = sorted(b.service for b in found if not b.servers)
+    if empty:
+        raise ProxyError(f"refusing to write the proxy configuration: no healthy backend for the live color of "
+                         f"{', '.join(empty)}; the current configuration stays", services=empty)
+    text = proxy.render(found)
+    current = proxy.read_config()
+    if not force and current is not None and current == text.encode("utf-8"):
+        step = StepReport("proxy apply", "skipped", time.monotonic() - t0, "unchanged")
+        ctx.emit(step)
+        return Outcome("proxy", ctx.service, True, 0, "the proxy configuration is up to date", [step],
+                       {"changed": False, "dropped": dropped})
+    timings = proxy.apply(text)
+    detail = ", ".join(f"{s}: left out {', '.join(v)}" for s, v in sorted(dropped.items())) or "all backends healthy"
+    step = StepReport("proxy apply", "done", time.monotonic() - t0, detail)
+    ctx.emit(step)
+    return Outcome("proxy", ctx.service, True, 0, f"applied the proxy configuration for {len(found)} service(s)",
+                   [step], {"changed": True, "dropped": dropped, "timings": timings})
+
+
+def _switching(ctx: Ctx) -> list[str]:
+    """Services whose release is between its proxy step and its live-color write right now: their
+    registry and proxy disagree on purpose for that moment, so watch leaves the proxy alone."""
+    store = ctx.ports.store
+    names = {keys.service_of(e.key) for e in store.list(keys.ROOT) if e.key.endswith("/release")}
+    busy = []
+    for name in sorted(n for n in names if n):
+        record = store.get_json(keys.release(name)) or {}
+        if record.get("phase") in (jr.SWITCHING, jr.ROLLING_BACK):
+            busy.append(name)
+    return busy
+
+
+def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_seconds: float | None = None,
+          once: bool = False, log: Callable[[str], None] = print) -> Outcome:
+    """Keep the proxy in line with the registry until stopped (SIGTERM/SIGINT) or max_seconds."""
+    store = ctx.ports.store
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    since, applied, failures = 0, 0, 0
+    while True:
+        try:
+            busy = _switching(ctx)
+            if busy:
+                log(f"waiting: {', '.join(busy)} is switching")
+            else:
+                out = apply(ctx)
+                if out.data.get("changed"):
+                    applied += 1
+                    log(out.message + (f" ({out.steps[0].detail})" if out.steps else ""))
+        except CdlibError as exc:  # keep the last good configuration and keep watching
+            failures += 1
+            log(f"not applied: {exc}")
+        if once:
+            break
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        wait = interval if remaining is None else min(interval, remaining)
+        try:
+            changed = store.watch(keys.ROOT, since, wait)
+        except CdlibError as exc:
+            failures += 1
+            log(f"registry unavailable: {exc}")
+            time.sleep(min(wait, 2.0))
+            continue
+        if changed is not None:
+            since = changed
+            settle = time.monotonic() + debounce  # a burst of changes makes one reload
+            while time.monotonic() < settle:
+                more = store.watch(keys.ROOT, since, max(0.0, settle - time.monotonic()))
+                if more is None:
+                    break
+                since = more
+    failed_once = once and failures > 0
+    return Outcome("proxy", ctx.service, not failed_once, 1 if failed_once else 0,
+                   f"watch ended: {applied} reload(s), {failures} failure(s)",
+                   [], {"applied": applied, "failures": failures})

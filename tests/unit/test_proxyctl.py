@@ -1,0 +1,91 @@
+"""proxy render / apply / watch, driven by the registry, with the memory adapters."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cdlib import keys, proxyctl
+from cdlib import verbs as rel
+from cdlib.errors import ProxyError
+from tests.support.world import World
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+def release(world, tag):
+    assert rel.release(world.ctx(tag)).ok
+
+
+def test_render_serves_every_live_service(world):
+    release(world, "v1")
+    text = proxyctl.render(world.ctx()).data["config"]
+    assert '"service": "shop"' in text and '"color": "blue"' in text
+
+
+def test_apply_writes_only_when_the_text_changed(world):
+    release(world, "v1")
+    reloads = world.proxy.reloads
+    out = proxyctl.apply(world.ctx())
+    assert out.data["changed"] is False and world.proxy.reloads == reloads
+    assert proxyctl.apply(world.ctx(), force=True).data["changed"] is True
+    assert world.proxy.reloads == reloads + 1
+
+
+def test_apply_leaves_out_an_unhealthy_instance(world):
+    release(world, "v1")
+    world.runtime.healthy["shop-blue-2"] = False
+    out = proxyctl.apply(world.ctx())
+    assert out.data["changed"] is True
+    assert list(out.data["dropped"]) == ["shop"]
+    [backend] = world.proxy.backends
+    assert len(backend["servers"]) == 1
+
+
+def test_apply_refuses_when_a_live_service_has_no_healthy_backend(world):
+    release(world, "v1")
+    before = world.proxy.read_config()
+    world.runtime.healthy.update({"shop-blue-1": False, "shop-blue-2": False})
+    with pytest.raises(ProxyError, match="no healthy backend for the live color of shop"):
+        proxyctl.apply(world.ctx())
+    assert world.proxy.read_config() == before
+
+
+def test_watch_heals_routing_when_an_instance_dies_and_debounces_bursts(world):
+    release(world, "v1")
+    lines = []
+    result = {}
+
+    def run():
+        result["out"] = proxyctl.watch(world.ctx(), debounce=0.3, interval=0.2, max_seconds=3.0, log=lines.append)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)
+    world.runtime.healthy["shop-blue-1"] = False  # dies: no registry change, found by the health timer
+    time.sleep(0.8)
+    assert len(world.proxy.backends[0]["servers"]) == 1
+    applies = len(world.proxy.applies)
+    # a burst of registry changes: one reload
+    for i in range(5):
+        world.store.put_json(keys.instance("shop", "blue", f"extra-{i}"), {"address": "127.0.0.1", "port": 1,
+                                                                         "name": f"extra-{i}"})
+    t.join(10)
+    assert result["out"].data["failures"] == 0
+    assert len(world.proxy.applies) - applies <= 2  # the burst (+ at most one timer pass)
+
+
+def test_watch_leaves_a_switching_release_alone(world):
+    release(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    j = rel.Journal.load(world.store, "shop")
+    j.phase = "switching"
+    j.save()
+    lines = []
+    out = proxyctl.watch(world.ctx(), once=True, log=lines.append)
+    assert out.ok and any("switching" in line for line in lines)
