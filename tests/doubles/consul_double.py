@@ -182,6 +182,9 @@ class Check:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without TCP_NODELAY each keep-alive request waits
+    # ~40 ms for the client's delayed ACK (Nagle), which no real Consul agent does
+    disable_nagle_algorithm = True
     server_version = "Consul-double"
     sys_version = ""
 
