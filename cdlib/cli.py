@@ -114,12 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-check instance health at least this often (default 10)")
     pw.add_argument("--max-seconds", type=float, default=None, metavar="SECONDS", help="stop after SECONDS")
     pw.add_argument("--once", action="store_true", help="one pass, then exit")
-    try:
-        from .jobs import cli as jobs_cli  # light: builds its parser only
-    except ImportError:  # TEMP until the jobs package lands
-        jobs_cli = None
-    if jobs_cli is not None:
-        jobs_cli.add_parser(sub, [common])
+    from .jobs import cli as jobs_cli  # light: builds its parser only
+
+    jobs_cli.add_parser(sub, [common])
     return parser
 
 

@@ -1,0 +1,813 @@
+/*
+ * Compiles the shared library (vars/*.groovy) and the Jenkinsfile with Groovy 2.4 (the version
+ * Jenkins core bundles) and runs the steps against recorded pipeline steps:
+ *
+ *   sh            returns the exit code a case scripts, and "writes" the case's JSON result
+ *   readJSON      returns that result (only with returnPojo: true)
+ *   fileExists, junit, error (throws), unstable, echo, withCredentials (+ string, file,
+ *   usernamePassword), stage, timeout, archiveArtifacts, env (a map)
+ *
+ * It checks the exact argument lists, the quoting, the credential bindings, the exit-code mapping,
+ * the stage order of the Jenkinsfile (declarative syntax evaluated by a small DSL stub) and of
+ * cdlibPipeline, and which rollbacks a failure triggers.
+ *
+ *   groovy tests/groovy/StepHarness.groovy [--root DIR] [--emit FILE]
+ *
+ * Prints one line per check and a closing "N passed, M failed" line; exits 1 on any failure.
+ * --emit writes every command the steps ran as JSON ([{case, step, argv, script}]) for the Python
+ * tests, which run the scripts through a real shell and parse the argument lists with the CLI's parser.
+ */
+
+import groovy.json.JsonOutput
+import org.codehaus.groovy.control.CompilerConfiguration
+import org.codehaus.groovy.control.customizers.ImportCustomizer
+
+// ---- arguments ------------------------------------------------------------------------------------
+File root = new File(getClass().protectionDomain.codeSource.location.path).parentFile.parentFile.parentFile
+String emit = null
+for (int i = 0; i < args.length; i++) {
+    if (args[i] == '--root') {
+        root = new File(args[++i])
+    } else if (args[i] == '--emit') {
+        emit = args[++i]
+    } else {
+        System.err.println("usage: groovy StepHarness.groovy [--root DIR] [--emit FILE]")
+        System.exit(2)
+    }
+}
+root = root.canonicalFile
+
+// ---- results --------------------------------------------------------------------------------------
+class Report {
+    int passed = 0
+    int failed = 0
+    List emitted = []
+
+    void check(String name, boolean ok, Object detail = '') {
+        if (ok) {
+            passed++
+            println "ok - ${name}"
+        } else {
+            failed++
+            println "not ok - ${name}: ${detail}"
+        }
+    }
+
+    void equal(String name, Object actual, Object expected) {
+        check(name, actual == expected, "expected ${JsonOutput.toJson(expected)}, got ${JsonOutput.toJson(actual)}")
+    }
+}
+
+class StepFailed extends RuntimeException {
+    StepFailed(String message) { super(message) }
+}
+
+/** The shell words of a line made of '...' segments (with '\'' escapes) and backslash escapes. */
+List shellWords(String line) {
+    List words = []
+    StringBuilder cur = null
+    int i = 0
+    while (i < line.length()) {
+        char ch = line.charAt(i)
+        if (ch == ' ' as char) {
+            if (cur != null) {
+                words << cur.toString()
+                cur = null
+            }
+            i++
+        } else if (ch == "'" as char) {
+            int end = line.indexOf("'", i + 1)
+            if (end < 0) {
+                throw new IllegalArgumentException("unterminated quote in: ${line}")
+            }
+            cur = (cur ?: new StringBuilder()).append(line.substring(i + 1, end))
+            i = end + 1
+        } else if (ch == '\\' as char) {
+            cur = (cur ?: new StringBuilder()).append(line.charAt(i + 1))
+            i += 2
+        } else {
+            cur = (cur ?: new StringBuilder()).append(ch)
+            i++
+        }
+    }
+    if (cur != null) {
+        words << cur.toString()
+    }
+    return words
+}
+
+// ---- a recorded pipeline ------------------------------------------------------------------------
+final String LAUNCHER = 'PYTHONUNBUFFERED=1 ${CDLIB_CLI:-python3 -m cdlib} '
+
+/** One run: the environment, the recorded calls, and what the "CLI" answers. */
+class Ctx {
+    Map env = [:]
+    List calls = []
+    List commands = []  // [argv, script, label, env snapshot] for every cdlib command line
+    Map files = [:]     // result files the fake CLI wrote
+    Closure cli         // argv -> [code, result map or null]
+    Binding binding = new Binding()
+    Set secrets = [] as Set
+
+    List named(String name) { calls.findAll { it.name == name } }
+    List verbs() { commands.collect { it.argv[0] == 'test' ? "test ${it.argv[1]}".toString() : it.argv[0] } }
+}
+
+Map steps = [:]  // name -> File
+new File(root, 'vars').listFiles().findAll { it.name.endsWith('.groovy') }.sort { it.name }.each {
+    steps[it.name - '.groovy'] = it
+}
+
+GroovyClassLoader loader = new GroovyClassLoader(getClass().classLoader)
+loader.parseClass('''package com.cloudbees.groovy.cps
+import java.lang.annotation.*
+@Retention(RetentionPolicy.RUNTIME)
+@interface NonCPS {}
+''')
+loader.parseClass('''package org.jenkinsci.plugins.workflow.libs
+import java.lang.annotation.*
+@Retention(RetentionPolicy.SOURCE)
+@interface Library { String[] value() }
+''')
+CompilerConfiguration compiler = new CompilerConfiguration()
+ImportCustomizer imports = new ImportCustomizer()
+// Jenkins adds both to every pipeline script and library class
+imports.addImports('com.cloudbees.groovy.cps.NonCPS', 'org.jenkinsci.plugins.workflow.libs.Library')
+compiler.addCompilationCustomizers(imports)
+
+Report report = new Report()
+
+// ---- 1. everything compiles with Groovy 2.4 ------------------------------------------------------
+Map compiled = [:]
+steps.each { name, file ->
+    try {
+        compiled[name] = new GroovyShell(loader, new Binding(), compiler).parse(file).getClass()
+        report.check("compiles vars/${name}.groovy", true)
+    } catch (Throwable t) {
+        report.check("compiles vars/${name}.groovy", false, t.message)
+    }
+    report.check("vars/${name}.txt exists", new File(root, "vars/${name}.txt").isFile(), 'missing help file')
+}
+Class jenkinsfileClass = null
+try {
+    jenkinsfileClass = new GroovyShell(loader, new Binding(), compiler).parse(new File(root, 'Jenkinsfile')).getClass()
+    report.check('compiles Jenkinsfile', true)
+} catch (Throwable t) {
+    report.check('compiles Jenkinsfile', false, t.message)
+}
+List expectedSteps = ['cdlibBuild', 'cdlibCleanup', 'cdlibColor', 'cdlibDeploy', 'cdlibPipeline', 'cdlibPush',
+                      'cdlibRelease', 'cdlibRollback', 'cdlibRun', 'cdlibStatus', 'cdlibSwitch', 'cdlibTest']
+report.equal('one step per verb, plus cdlibPipeline and cdlibRun', steps.keySet().sort(), expectedSteps)
+
+// ---- 2. the recorded pipeline steps --------------------------------------------------------------
+/** A fresh run with every pipeline step recorded and the library steps bound as global variables. */
+Closure newCtx = { Map opts = [:] ->
+    Ctx ctx = new Ctx()
+    ctx.env.putAll(opts.env ?: [:])
+    ctx.cli = opts.cli ?: { List argv -> [0, [verb: argv[0], service: 'demo', ok: true, exit_code: 0, message: 'done']] }
+    Binding b = ctx.binding
+    b.setVariable('env', ctx.env)
+    b.setVariable('params', opts.params ?: [:])
+    b.setVariable('sh', { Object a ->
+        Map m = a instanceof Map ? a : [script: String.valueOf(a)]
+        ctx.calls << [name: 'sh', args: m]
+        String script = String.valueOf(m.script)
+        String last = script.readLines().last()
+        if (!last.startsWith(LAUNCHER)) {
+            return m.returnStatus ? 0 : null  // not a cdlib command (e.g. the demo's prepare.sh)
+        }
+        List argv = shellWords(last.substring(LAUNCHER.length()))
+        ctx.commands << [argv: argv, script: script, label: m.label, returnStatus: m.returnStatus,
+                         env: new LinkedHashMap(ctx.env)]
+        List answer = ctx.cli(argv)
+        int at = argv.indexOf('--result-file')
+        if (at >= 0 && answer[1] != null) {
+            ctx.files[argv[at + 1]] = answer[1]
+        }
+        return m.returnStatus ? answer[0] : null
+    })
+    b.setVariable('fileExists', { Object a ->
+        ctx.calls << [name: 'fileExists', args: a]
+        return ctx.files.containsKey(a instanceof Map ? a.file : String.valueOf(a))
+    })
+    b.setVariable('readJSON', { Map a ->
+        ctx.calls << [name: 'readJSON', args: a]
+        if (a.returnPojo != true) {
+            throw new StepFailed('readJSON without returnPojo: true returns json-lib objects')
+        }
+        if (!ctx.files.containsKey(a.file)) {
+            throw new StepFailed("readJSON: ${a.file} does not exist")
+        }
+        return new groovy.json.JsonSlurper().parseText(JsonOutput.toJson(ctx.files[a.file]))
+    })
+    b.setVariable('junit', { Map a -> ctx.calls << [name: 'junit', args: a] })
+    b.setVariable('error', { Object msg ->
+        ctx.calls << [name: 'error', args: String.valueOf(msg)]
+        throw new StepFailed(String.valueOf(msg))
+    })
+    b.setVariable('unstable', { Object msg -> ctx.calls << [name: 'unstable', args: String.valueOf(msg)] })
+    b.setVariable('echo', { Object msg -> ctx.calls << [name: 'echo', args: String.valueOf(msg)] })
+    b.setVariable('archiveArtifacts', { Map a -> ctx.calls << [name: 'archiveArtifacts', args: a] })
+    b.setVariable('string', { Map a -> [binding: 'string'] + a })
+    b.setVariable('file', { Map a -> [binding: 'file'] + a })
+    b.setVariable('usernamePassword', { Map a -> [binding: 'usernamePassword'] + a })
+    b.setVariable('withCredentials', { List bindings, Closure body ->
+        ctx.calls << [name: 'withCredentials', args: bindings]
+        List vars = []
+        bindings.each { Map bd ->
+            ['variable', 'usernameVariable', 'passwordVariable'].each { k ->
+                if (bd[k]) {
+                    String value = "s3cr3t-${bd.credentialsId}-${bd[k]}".toString()
+                    ctx.env[bd[k]] = value
+                    ctx.secrets << value
+                    vars << bd[k]
+                }
+            }
+        }
+        try {
+            return body.call()
+        } finally {
+            vars.each { ctx.env.remove(it) }
+        }
+    })
+    b.setVariable('stage', { String name, Closure body ->
+        ctx.calls << [name: 'stage', args: name]
+        return body.call()
+    })
+    b.setVariable('timeout', { Map a, Closure body ->
+        ctx.calls << [name: 'timeout', args: a]
+        return body.call()
+    })
+    if (opts.stubs) {  // record library calls instead of running the library
+        expectedSteps.each { String step ->
+            b.setVariable(step, { Object[] a ->
+                ctx.calls << [name: step, args: a.length ? a[0] : [:]]
+                return [:]
+            })
+        }
+    } else {
+        steps.each { String name, File f ->
+            Script s = compiled[name].newInstance()
+            s.binding = b
+            b.setVariable(name, { Object[] a -> s.invokeMethod('call', a) })
+        }
+    }
+    return ctx
+}
+
+/** Runs one library step; returns [result, failure message or null]. */
+Closure runStep = { Ctx ctx, String step, Map params ->
+    try {
+        return [ctx.binding.getVariable(step).call(params), null]
+    } catch (StepFailed e) {
+        return [null, e.message]
+    } catch (Throwable t) {  // a harness or library bug: reported as a failed check, never a crash
+        return [null, "CRASH ${t.class.name}: ${t.message}".toString()]
+    }
+}
+
+Closure fixedCli = { int code, Map result -> { List argv -> [code, result] } }
+Closure argvOf = { Ctx ctx -> ctx.commands ? ctx.commands[0].argv : null }
+Closure emitAll = { String name, Ctx ctx ->
+    ctx.commands.each { c -> report.emitted << [case: name, argv: c.argv, script: c.script] }
+}
+
+List pipelineStages = ['build', 'pre-deployment tests', 'push', 'deploy', 'pre-integration tests', 'switch',
+                       'post-integration tests', 'cleanup']
+List pipelineVerbs = ['build', 'test pre-deployment', 'push', 'deploy', 'test pre-integration', 'switch',
+                      'test post-integration', 'cleanup']
+Closure failingAt = { String verb, int code ->
+    return { List argv ->
+        String v = argv[0] == 'test' ? "test ${argv[1]}".toString() : argv[0]
+        int c = v == verb ? code : 0
+        [c, [verb: argv[0], service: 'demo', ok: c == 0, exit_code: c, message: v == verb ? 'boom' : 'done']]
+    }
+}
+
+/** Runs one part of the checks; an exception in the harness or the library fails it instead of crashing. */
+Closure section = { String name, Closure body ->
+    try {
+        body.call()
+    } catch (Throwable t) {
+        report.check("${name}: runs to the end", false, "${t.class.name}: ${t.message}")
+    }
+}
+
+// ---- 3. argument lists ---------------------------------------------------------------------------
+section('3. argument lists') {
+    List argCases = [
+        [name: 'status', step: 'cdlibStatus', params: [:],
+         argv: ['status', '--result-file', 'cdlib-result-status.json']],
+        [name: 'color next', step: 'cdlibColor', params: [next: true, store: 'etcd://127.0.0.1:2379'],
+         argv: ['color', '--store', 'etcd://127.0.0.1:2379', '--next', '--result-file', 'cdlib-result-color.json']],
+        [name: 'color next false', step: 'cdlibColor', params: [next: false],
+         argv: ['color', '--result-file', 'cdlib-result-color.json']],
+        [name: 'build', step: 'cdlibBuild', params: [tag: 'abc123def456', file: 'svc/cdlib.yml'],
+         argv: ['build', '--file', 'svc/cdlib.yml', '--tag', 'abc123def456', '--result-file', 'cdlib-result-build.json']],
+        [name: 'push', step: 'cdlibPush', params: [tag: 'v2'],
+         argv: ['push', '--tag', 'v2', '--result-file', 'cdlib-result-push.json']],
+        [name: 'test pre-integration', step: 'cdlibTest',
+         params: [type: 'pre-integration', tag: 't1', targetUrl: 'http://127.0.0.1:9000/x', noRollback: true],
+         argv: ['test', 'pre-integration', '--tag', 't1', '--target-url', 'http://127.0.0.1:9000/x',
+                '--junit', 'cdlib-reports/pre-integration.xml', '--no-rollback',
+                '--result-file', 'cdlib-result-test-pre-integration.json'],
+         junit: 'cdlib-reports/pre-integration.xml'],
+        [name: 'test with the CLI spelling of target-url and a junit path', step: 'cdlibTest',
+         params: [type: 'post-integration', 'target-url': 'http://h/', junit: 'out/post.xml'],
+         argv: ['test', 'post-integration', '--target-url', 'http://h/', '--junit', 'out/post.xml',
+                '--result-file', 'cdlib-result-test-post-integration.json'],
+         junit: 'out/post.xml'],
+        [name: 'deploy', step: 'cdlibDeploy', params: [tag: 't1', lockWait: 300, lockTtl: 1800, store: 'sqlite:///tmp/s.db'],
+         argv: ['deploy', '--store', 'sqlite:///tmp/s.db', '--tag', 't1', '--lock-wait', '300', '--lock-ttl', '1800',
+                '--result-file', 'cdlib-result-deploy.json']],
+        [name: 'deploy an image', step: 'cdlibDeploy', params: [image: '127.0.0.1:5000/demo:v3', 'lock-wait': 5],
+         argv: ['deploy', '--image', '127.0.0.1:5000/demo:v3', '--lock-wait', '5', '--result-file', 'cdlib-result-deploy.json']],
+        [name: 'switch', step: 'cdlibSwitch', params: [file: 'cdlib.yml'],
+         argv: ['switch', '--file', 'cdlib.yml', '--result-file', 'cdlib-result-switch.json']],
+        [name: 'cleanup', step: 'cdlibCleanup', params: [:],
+         argv: ['cleanup', '--result-file', 'cdlib-result-cleanup.json']],
+        [name: 'rollback to', step: 'cdlibRollback', params: [to: '20240101-120000-ab12', lockWait: 60],
+         argv: ['rollback', '--lock-wait', '60', '--to', '20240101-120000-ab12', '--result-file', 'cdlib-result-rollback.json']],
+        [name: 'release', step: 'cdlibRelease', params: [tag: 'v9', junitDir: 'reports', lockTtl: 600],
+         argv: ['release', '--tag', 'v9', '--junit-dir', 'reports', '--lock-ttl', '600', '--result-file', 'cdlib-result-release.json'],
+         junit: 'reports/*.xml'],
+        [name: 'release with defaults', step: 'cdlibRelease', params: [tag: 'v9'],
+         argv: ['release', '--tag', 'v9', '--junit-dir', 'cdlib-reports', '--result-file', 'cdlib-result-release.json'],
+         junit: 'cdlib-reports/*.xml'],
+        [name: 'own result file', step: 'cdlibStatus', params: [resultFile: 'out/status.json'],
+         argv: ['status', '--result-file', 'out/status.json']],
+        [name: 'quoting', step: 'cdlibDeploy',
+         params: [tag: "it's \$(touch pwned) `id` \"q\" \\ *", file: 'my dir/cdlib.yml'],
+         argv: ['deploy', '--file', 'my dir/cdlib.yml', '--tag', "it's \$(touch pwned) `id` \"q\" \\ *",
+                '--result-file', 'cdlib-result-deploy.json']],
+    ]
+    argCases.each { Map c ->
+        Ctx ctx = newCtx()
+        List r = runStep(ctx, c.step, c.params)
+        report.check("${c.name}: succeeds", r[1] == null, r[1])
+        report.equal("${c.name}: argument list", argvOf(ctx), c.argv)
+        if (ctx.commands) {
+            Map cmd = ctx.commands[0]
+            List lines = cmd.script.readLines()
+            report.check("${c.name}: runs the CLI through \$CDLIB_CLI or python3 -m cdlib",
+                         lines.size() == 2 && lines[1].startsWith(LAUNCHER), cmd.script)
+            String resultFile = c.argv[c.argv.indexOf('--result-file') + 1]
+            report.check("${c.name}: removes a stale result file first",
+                         lines[0].startsWith('rm -f -- ') && shellWords(lines[0]).contains(resultFile), lines[0])
+            report.check("${c.name}: sh(returnStatus: true) with a label",
+                         cmd.returnStatus == true && cmd.label == "cdlib ${c.argv[0] == 'test' ? 'test ' + c.argv[1] : c.argv[0]}",
+                         "returnStatus ${cmd.returnStatus}, label ${cmd.label}")
+            Map read = ctx.named('readJSON')[0]?.args
+            report.equal("${c.name}: reads the result file", read, [file: resultFile, returnPojo: true])
+        }
+        List junits = ctx.named('junit').collect { it.args }
+        report.equal("${c.name}: JUnit publishing", junits,
+                     c.junit ? [[allowEmptyResults: true, testResults: c.junit]] : [])
+        report.check("${c.name}: returns the JSON result", r[0] == [verb: c.argv[0], service: 'demo', ok: true,
+                                                                  exit_code: 0, message: 'done'], r[0])
+        report.equal("${c.name}: no credentials bound", ctx.named('withCredentials'), [])
+        emitAll(c.name, ctx)
+    }
+}
+
+// stale reports are removed with the result file
+section('stale reports are removed') {
+    Ctx staleCtx = newCtx()
+    runStep(staleCtx, 'cdlibRelease', [tag: 'v1', junitDir: "it's"])
+    report.equal('release: removes stale reports of its junit dir', staleCtx.commands[0].script.readLines()[0],
+                 "rm -f -- 'cdlib-result-release.json' 'it'\\''s'/*.xml")
+    staleCtx = newCtx()
+    runStep(staleCtx, 'cdlibTest', [type: 'pre-deployment'])
+    report.equal('test: removes a stale report', shellWords(staleCtx.commands[0].script.readLines()[0]),
+                 ['rm', '-f', '--', 'cdlib-result-test-pre-deployment.json', 'cdlib-reports/pre-deployment.xml'])
+}
+
+// CDLIB_CLI is left to the shell: the script text never contains the environment's value
+section('CDLIB_CLI is left to the shell') {
+    Ctx cliCtx = newCtx(env: [CDLIB_CLI: '/opt/cdlib/bin/cdlib'])
+    runStep(cliCtx, 'cdlibStatus', [:])
+    report.check('CDLIB_CLI is expanded by the shell, not interpolated',
+                 !cliCtx.commands[0].script.contains('/opt/cdlib') && cliCtx.commands[0].script.contains('${CDLIB_CLI:-python3 -m cdlib}'),
+                 cliCtx.commands[0].script)
+}
+
+// ---- 4. credentials ------------------------------------------------------------------------------
+section('4. credentials') {
+    Ctx credCtx = newCtx()
+    List credResult = runStep(credCtx, 'cdlibPush', [tag: 'v1', credentials: [
+        [id: 'registry', usernameVariable: 'CDLIB_REGISTRY_USER', passwordVariable: 'CDLIB_REGISTRY_PASSWORD'],
+        [id: 'token', variable: 'API_TOKEN'],
+        [id: 'kubeconfig', variable: 'KUBECONFIG', type: 'file'],
+    ]])
+    report.check('credentials: push succeeds', credResult[1] == null, credResult[1])
+    report.equal('credentials: withCredentials bindings', credCtx.named('withCredentials').collect { it.args }, [[
+        [binding: 'usernamePassword', credentialsId: 'registry', usernameVariable: 'CDLIB_REGISTRY_USER',
+         passwordVariable: 'CDLIB_REGISTRY_PASSWORD'],
+        [binding: 'string', credentialsId: 'token', variable: 'API_TOKEN'],
+        [binding: 'file', credentialsId: 'kubeconfig', variable: 'KUBECONFIG'],
+    ]])
+    report.check('credentials: the CLI runs inside withCredentials',
+                 credCtx.commands[0].env.CDLIB_REGISTRY_PASSWORD == 's3cr3t-registry-CDLIB_REGISTRY_PASSWORD',
+                 credCtx.commands[0].env)
+    report.check('credentials: no secret in the script text',
+                 !credCtx.secrets.any { credCtx.commands[0].script.contains(it) } && !credCtx.commands[0].argv.any { it.contains('s3cr3t') },
+                 credCtx.commands[0].script)
+    report.equal('credentials: not on the command line', credCtx.commands[0].argv,
+                 ['push', '--tag', 'v1', '--result-file', 'cdlib-result-push.json'])
+    report.check('credentials: unbound after the step', !credCtx.env.containsKey('CDLIB_REGISTRY_PASSWORD'), credCtx.env)
+    emitAll('credentials', credCtx)
+
+    List badCredentials = [
+        [[[variable: 'X']], "cdlibPush: credentials[0]: expected [id: 'ID', variable: 'NAME']"],
+        [[[id: 'x', variable: 'BAD-NAME']], 'cdlibPush: credentials[0]: expected'],
+        [[[id: 'x', variable: 'V', type: 'ssh']], "cdlibPush: credentials[0]: type must be 'string' or 'file'"],
+        [[[id: 'x', usernameVariable: 'U']], 'cdlibPush: credentials[0]: expected'],
+        ['registry', 'cdlibPush: credentials: expected a list of'],
+    ]
+    badCredentials.eachWithIndex { List bc, int i ->
+        Ctx ctx = newCtx()
+        List r = runStep(ctx, 'cdlibPush', [tag: 'v1', credentials: bc[0]])
+        report.check("bad credentials ${i}: fails before running anything",
+                     r[1] != null && r[1].startsWith(bc[1]) && ctx.commands.isEmpty(), r[1])
+    }
+}
+
+// ---- 5. parameter checks -------------------------------------------------------------------------
+section('5. parameter checks') {
+    List paramCases = [
+        ['cdlibDeploy', [tagg: 'x'],
+         "cdlibDeploy: unknown parameter 'tagg'; it takes: tag, image, lockWait, lockTtl, file, store, credentials, resultFile"],
+        ['cdlibSwitch', [tag: 'x'], "cdlibSwitch: unknown parameter 'tag'; it takes: file, store, credentials, resultFile"],
+        ['cdlibTest', [tag: 'x'], 'cdlibTest: type is required: pre-deployment, pre-integration or post-integration'],
+        ['cdlibDeploy', [tag: 'x', image: 'r/i:1'], 'cdlibDeploy: give tag or image, not both'],
+        ['cdlibDeploy', [lockWait: 1, 'lock-wait': 2], "cdlibDeploy: 'lock-wait' is given twice (as lockWait and as its alias)"],
+    ]
+    paramCases.each { List pc ->
+        Ctx ctx = newCtx()
+        List r = runStep(ctx, pc[0], pc[1])
+        report.equal("${pc[0]}(${pc[1]}): error", r[1], pc[2])
+        report.check("${pc[0]}(${pc[1]}): nothing ran", ctx.commands.isEmpty(), ctx.commands)
+    }
+}
+
+// ---- 6. exit codes -------------------------------------------------------------------------------
+section('6. exit codes') {
+    Map lockHolder = [who: 'jenkins@ci', build: 'jenkins-demo-41', build_url: 'http://ci/job/demo/41/', since: 1.7e9]
+    List exitCases = [
+        [name: 'exit 1', step: 'cdlibDeploy', params: [tag: 't'], code: 1,
+         result: [service: 'demo', ok: false, exit_code: 1, message: 'demo-blue-0 did not become healthy in 30s'],
+         error: 'cdlib deploy failed for demo; the release was rolled back: demo-blue-0 did not become healthy in 30s'],
+        [name: 'exit 1 of a test suite', step: 'cdlibTest', params: [type: 'pre-integration'], code: 1,
+         result: [service: 'demo', ok: false, exit_code: 1, message: 'demo: pre-integration tests failed (exit 3)',
+                  tests: [[suite: 'pre-integration', passed: false, exit_code: 3, unstable_ok: false]]],
+         error: 'cdlib test pre-integration failed for demo; the release was rolled back: demo: pre-integration tests failed (exit 3)',
+         junit: 'cdlib-reports/pre-integration.xml'],
+        [name: 'exit 1 of build', step: 'cdlibBuild', params: [tag: 't'], code: 1,
+         result: [service: 'demo', ok: false, exit_code: 1, message: 'docker build failed: no such file app/busybox'],
+         error: 'cdlib build failed for demo: docker build failed: no such file app/busybox'],
+        [name: 'exit 2', step: 'cdlibSwitch', params: [:], code: 2,
+         result: [service: 'demo', ok: false, exit_code: 2, message: 'switch needs an open release'],
+         error: 'cdlib switch: bad input, nothing was changed: switch needs an open release'],
+        [name: 'exit 2 from the argument parser (no result file)', step: 'cdlibTest', params: [type: 'smoke'], code: 2,
+         result: null, error: 'cdlib test smoke: bad input, nothing was changed: no result file; see the log above',
+         junit: 'cdlib-reports/smoke.xml'],
+        [name: 'exit 3 with a holder record', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
+         result: [service: 'demo', ok: false, exit_code: 3, message: 'another release of demo is running: ...', holder: lockHolder],
+         error: 'another release of demo is running: held by jenkins@ci, build jenkins-demo-41, http://ci/job/demo/41/'],
+        [name: 'exit 3 with the message only', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
+         result: [service: 'demo', ok: false, exit_code: 3,
+                  message: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
+         error: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
+        [name: 'exit 3 as the CLI reports a held lock', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
+         result: [verb: 'deploy', service: '', ok: false, exit_code: 3,
+                  message: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00'],
+         error: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00'],
+        [name: 'exit 4', step: 'cdlibCleanup', params: [:], code: 4,
+         result: [service: 'demo', ok: false, exit_code: 4, message: 'cleanup of demo failed: docker unreachable'],
+         error: "cdlib cleanup failed for demo and the undo is incomplete: a person is needed (run 'cdlib status'): " +
+                'cleanup of demo failed: docker unreachable'],
+        [name: 'exit 127 (no CLI)', step: 'cdlibStatus', params: [:], code: 127, result: null,
+         error: 'cdlib status ended with exit code 127 (not a cdlib exit code: is the CLI installed? set CDLIB_CLI): ' +
+                'no result file; see the log above'],
+        [name: 'an unstable suite', step: 'cdlibTest', params: [type: 'post-integration'], code: 0,
+         result: [service: 'demo', ok: true, exit_code: 0, message: 'post-integration tests of demo failed; marked unstable',
+                  tests: [[suite: 'post-integration', passed: false, exit_code: 1, unstable_ok: true]]],
+         unstable: 'cdlib test post-integration: post-integration tests of demo failed; the descriptor marks them ' +
+                   'unstable, so the build is UNSTABLE: post-integration tests of demo failed; marked unstable',
+         junit: 'cdlib-reports/post-integration.xml'],
+        [name: 'an unstable suite that exited 1', step: 'cdlibTest', params: [type: 'post-integration'], code: 1,
+         result: [service: 'demo', ok: false, exit_code: 1, message: 'm',
+                  tests: [[suite: 'post-integration', passed: false, exit_code: 1, unstable_ok: true]]],
+         unstable: 'cdlib test post-integration: post-integration tests of demo failed; the descriptor marks them ' +
+                   'unstable, so the build is UNSTABLE: m',
+         junit: 'cdlib-reports/post-integration.xml'],
+        [name: 'release with an unstable suite', step: 'cdlibRelease', params: [tag: 't'], code: 0,
+         result: [service: 'demo', ok: true, exit_code: 0, message: 'released',
+                  tests: [[suite: 'pre-integration', passed: true, unstable_ok: false],
+                          [suite: 'post-integration', passed: false, unstable_ok: true]]],
+         unstable: 'cdlib release: post-integration tests of demo failed; the descriptor marks them unstable, ' +
+                   'so the build is UNSTABLE: released',
+         junit: 'cdlib-reports/*.xml'],
+        [name: 'a failed release is not unstable', step: 'cdlibRelease', params: [tag: 't'], code: 1,
+         result: [service: 'demo', ok: false, exit_code: 1, message: 'switch failed: nginx -t failed',
+                  tests: [[suite: 'pre-integration', passed: false, unstable_ok: true]]],
+         error: 'cdlib release failed for demo; the release was rolled back: switch failed: nginx -t failed',
+         junit: 'cdlib-reports/*.xml'],
+        [name: 'a skipped suite is not a failure', step: 'cdlibTest', params: [type: 'pre-deployment'], code: 0,
+         result: [service: 'demo', ok: true, exit_code: 0, message: 'no pre-deployment suite',
+                  tests: [[suite: 'pre-deployment', passed: false, skipped: true, unstable_ok: false]]],
+         junit: 'cdlib-reports/pre-deployment.xml'],
+    ]
+    exitCases.each { Map c ->
+        Ctx ctx = newCtx(cli: fixedCli(c.code, c.result))
+        List r = runStep(ctx, c.step, c.params)
+        report.equal("${c.name}: error", r[1], c.error)
+        report.equal("${c.name}: unstable", ctx.named('unstable').collect { it.args }, c.unstable ? [c.unstable] : [])
+        report.equal("${c.name}: CDLIB_LAST_EXIT_CODE", ctx.env.CDLIB_LAST_EXIT_CODE, String.valueOf(c.code))
+        List order = ctx.calls.findAll { it.name in ['junit', 'error'] }.collect { it.name }
+        report.equal("${c.name}: JUnit published before the verdict",
+                     order, (c.junit ? ['junit'] : []) + (c.error ? ['error'] : []))
+        if (c.junit) {
+            report.equal("${c.name}: JUnit path", ctx.named('junit')[0].args,
+                         [allowEmptyResults: true, testResults: c.junit])
+        }
+        report.check("${c.name}: reads the result only when it exists",
+                     ctx.named('readJSON').size() == (c.result == null ? 0 : 1), ctx.named('readJSON'))
+        if (!c.error) {
+            report.equal("${c.name}: returns the result", r[0], c.result)
+        }
+        emitAll(c.name, ctx)
+    }
+}
+
+// ---- 7. which release this build holds open ------------------------------------------------------
+section('7. which release') {
+    Closure openAfter = { List sequence ->
+        Ctx ctx = newCtx()
+        sequence.each { List s ->
+            ctx.cli = fixedCli(s[2], [service: 'demo', ok: s[2] == 0, exit_code: s[2], message: 'x'])
+            runStep(ctx, s[0], s[1])
+        }
+        return ctx.env.CDLIB_RELEASE_OPEN
+    }
+    report.equal('release open after deploy', openAfter([['cdlibDeploy', [tag: 't'], 0]]), 'true')
+    report.equal('release open after deploy, switch exit 2',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibSwitch', [:], 2]]), 'true')
+    report.equal('release closed after a step that rolled back (exit 1)',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibTest', [type: 'pre-integration'], 1]]), 'false')
+    report.equal('release closed after cleanup', openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibCleanup', [:], 0]]), 'false')
+    report.equal('no release after a failed build', openAfter([['cdlibBuild', [tag: 't'], 2]]), 'false')
+    report.equal('no release after deploy exit 3', openAfter([['cdlibDeploy', [tag: 't'], 3]]), 'false')
+
+    List afterFailureCases = [
+        [name: 'no open release', env: [:], runs: false, echo: 'cdlib rollback: skipped, this build left no open release'],
+        [name: 'open release, last exit 2', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '2'], runs: true],
+        [name: 'open release, step killed', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: ''], runs: true],
+        [name: 'open release, lock held', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '3'], runs: false,
+         echo: 'cdlib rollback: skipped after exit code 3: another release holds the lock'],
+        [name: 'open release, undo incomplete', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '4'], runs: false,
+         echo: 'cdlib rollback: skipped after exit code 4: the undo is incomplete'],
+        [name: 'rolled back already', env: [CDLIB_RELEASE_OPEN: 'false', CDLIB_LAST_EXIT_CODE: '1'], runs: false,
+         echo: 'cdlib rollback: skipped, this build left no open release'],
+    ]
+    afterFailureCases.each { Map c ->
+        Ctx ctx = newCtx(env: c.env)
+        List r = runStep(ctx, 'cdlibRollback', [afterFailure: true, file: 'cdlib.yml'])
+        report.check("rollback after failure, ${c.name}: no error", r[1] == null, r[1])
+        report.equal("rollback after failure, ${c.name}: runs the CLI", ctx.commands.collect { it.argv },
+                     c.runs ? [['rollback', '--file', 'cdlib.yml', '--result-file', 'cdlib-result-rollback.json']] : [])
+        if (c.echo) {
+            report.check("rollback after failure, ${c.name}: says why not",
+                         ctx.named('echo').any { it.args.startsWith(c.echo) }, ctx.named('echo'))
+        }
+        emitAll("rollback after failure, ${c.name}", ctx)
+    }
+}
+
+// ---- 8. cdlibPipeline -----------------------------------------------------------------------------
+section('8. cdlibPipeline') {
+    Ctx pctx = newCtx(env: [GIT_COMMIT: '0123456789abcdef0123456789abcdef01234567'])
+    List pr = runStep(pctx, 'cdlibPipeline', [file: 'svc.yml', lockWait: 120, timeouts: [deploy: 40],
+                                               credentials: [[id: 'reg', usernameVariable: 'U', passwordVariable: 'P']]])
+    report.check('cdlibPipeline: succeeds', pr[1] == null, pr[1])
+    report.equal('cdlibPipeline: stages in order', pctx.named('stage').collect { it.args }, pipelineStages)
+    report.equal('cdlibPipeline: verbs in order', pctx.verbs(), pipelineVerbs)
+    report.equal('cdlibPipeline: tag from GIT_COMMIT', pctx.commands.collect { it.argv.contains('--tag') ? it.argv[it.argv.indexOf('--tag') + 1] : null }.unique() - [null],
+                 ['0123456789ab'])
+    report.equal('cdlibPipeline: a timeout per stage', pctx.named('timeout').collect { it.args.time },
+                 [30, 20, 15, 40, 20, 5, 20, 10])
+    report.equal('cdlibPipeline: deploy argument list', pctx.commands[3].argv,
+                 ['deploy', '--file', 'svc.yml', '--tag', '0123456789ab', '--lock-wait', '120', '--result-file', 'cdlib-result-deploy.json'])
+    report.equal('cdlibPipeline: credentials for build, push and deploy only',
+                 pctx.commands.collect { it.env.containsKey('P') }, [true, false, true, true, false, false, false, false])
+    emitAll('cdlibPipeline', pctx)
+
+    [['switch', 2, true], ['test pre-integration', 1, false], ['deploy', 3, false], ['build', 1, false], ['cleanup', 4, false]].each { List f ->
+        Ctx ctx = newCtx(env: [GIT_COMMIT: 'fedcba9876543210fedcba9876543210fedcba98'], cli: failingAt(f[0], f[1]))
+        List r = runStep(ctx, 'cdlibPipeline', [:])
+        report.check("cdlibPipeline, ${f[0]} exits ${f[1]}: fails", r[1] != null, r)
+        List verbs = ctx.verbs()
+        int at = pipelineVerbs.indexOf(f[0])
+        report.equal("cdlibPipeline, ${f[0]} exits ${f[1]}: stops there and ${f[2] ? 'rolls back' : 'does not roll back'}",
+                     verbs, pipelineVerbs.subList(0, at + 1) + (f[2] ? ['rollback'] : []))
+        report.equal("cdlibPipeline, ${f[0]} exits ${f[1]}: a rollback stage runs",
+                     ctx.named('stage').collect { it.args }.last(), 'rollback')
+        emitAll("cdlibPipeline, ${f[0]} exits ${f[1]}", ctx)
+    }
+    Ctx noTag = newCtx()
+    List nt = runStep(noTag, 'cdlibPipeline', [:])
+    report.check('cdlibPipeline: without a tag or GIT_COMMIT it fails before any stage',
+                 nt[1]?.startsWith('cdlibPipeline: no tag') && noTag.named('stage').isEmpty(), nt[1])
+    Ctx badTimeouts = newCtx(env: [GIT_COMMIT: '0123456789abcdef'])
+    report.equal('cdlibPipeline: an unknown stage in timeouts', runStep(badTimeouts, 'cdlibPipeline', [timeouts: [deploi: 3]])[1],
+                 "cdlibPipeline: timeouts: unknown stage 'deploi'; stages: build, pre-deployment, push, deploy, " +
+                 'pre-integration, switch, post-integration, cleanup, rollback')
+    report.equal('cdlibPipeline: an unknown parameter', runStep(newCtx(), 'cdlibPipeline', [tags: 'x'])[1],
+                 "cdlibPipeline: unknown parameter 'tags'; it takes: file, store, tag, credentials, lockWait, lockTtl, timeouts")
+}
+
+// ---- 9. the Jenkinsfile: declarative syntax through a small DSL stub -------------------------------
+/** Records what a declarative pipeline declares; unknown names fall through to the script. */
+class Declarative {
+    Ctx ctx
+    Map model = [agent: null, options: [], environment: [:], stages: [], post: [:]]
+
+    def pipeline(Closure body) { run(body, this) }
+    def agent(Object a) { model.agent = a }
+    def getAny() { 'any' }
+    def options(Closure body) { run(body, new Options(into: model.options)) }
+    def environment(Closure body) {
+        Env e = new Env(ctx)
+        run(body, e)
+        model.environment.putAll(e.values)
+    }
+    def stages(Closure body) { run(body, this) }
+    def stage(String name, Closure body) {
+        Stage s = new Stage(name: name)
+        run(body, s)
+        model.stages << s
+    }
+    def post(Closure body) { run(body, new Post(into: model.post)) }
+
+    static void run(Closure body, Object delegate) {
+        body.resolveStrategy = Closure.DELEGATE_FIRST
+        body.delegate = delegate
+        body.call()
+    }
+}
+
+class Options {
+    List into
+    def disableConcurrentBuilds(Map a = [:]) { into << [name: 'disableConcurrentBuilds', args: a] }
+    def timeout(Map a) { into << [name: 'timeout', args: a] }
+    def timestamps() { into << [name: 'timestamps', args: [:]] }
+}
+
+class Env {
+    Ctx ctx
+    Map values = [:]
+
+    Env(Ctx ctx) { this.@ctx = ctx }
+
+    void setProperty(String name, Object value) {
+        values[name] = String.valueOf(value)
+        ctx.env[name] = String.valueOf(value)
+    }
+}
+
+class Stage {
+    String name
+    List options = []
+    Closure steps
+    def options(Closure body) { Declarative.run(body, new Options(into: options)) }
+    def steps(Closure body) { steps = body }
+}
+
+class Post {
+    Map into
+    def always(Closure body) { into.always = body }
+    def success(Closure body) { into.success = body }
+    def failure(Closure body) { into.failure = body }
+    def unstable(Closure body) { into.unstable = body }
+    def aborted(Closure body) { into.aborted = body }
+    def cleanup(Closure body) { into.cleanup = body }
+}
+
+/** Loads the Jenkinsfile into a run; returns the model (stages not yet executed). */
+Closure declare = { Ctx ctx ->
+    Declarative d = new Declarative(ctx: ctx)
+    ctx.binding.setVariable('pipeline', { Closure body -> d.pipeline(body) })
+    Script s = jenkinsfileClass.newInstance()
+    s.binding = ctx.binding
+    s.run()
+    return d.model
+}
+
+/** Runs the stages in order, then the post conditions, as declarative does; returns the failure. */
+Closure execute = { Ctx ctx, Map model ->
+    String failure = null
+    for (Stage st in model.stages) {
+        ctx.calls << [name: 'stage', args: st.name]
+        try {
+            Declarative.run(st.steps, new Object())
+        } catch (StepFailed e) {
+            failure = e.message
+            break
+        }
+    }
+    List conditions = failure ? ['failure', 'always'] : ['success', 'always']
+    conditions.each { String c ->
+        if (model.post[c]) {
+            ctx.calls << [name: 'post', args: c]
+            Declarative.run(model.post[c], new Object())
+        }
+    }
+    return failure
+}
+
+if (jenkinsfileClass != null) try {
+    String commit = '9f8e7d6c5b4a39281706f5e4d3c2b1a098765432'
+    Ctx jctx = newCtx(env: [GIT_COMMIT: commit], stubs: true)
+    Map model = declare(jctx)
+    report.equal('Jenkinsfile: stages in order', model.stages.collect { it.name }, pipelineStages)
+    report.check('Jenkinsfile: disableConcurrentBuilds()', model.options.any { it.name == 'disableConcurrentBuilds' },
+                 model.options)
+    report.check('Jenkinsfile: every stage has a timeout',
+                 model.stages.every { s -> s.options.any { it.name == 'timeout' && it.args.time > 0 && it.args.unit == 'MINUTES' } },
+                 model.stages.collect { [it.name, it.options] })
+    report.equal('Jenkinsfile: the tag is the short commit', model.environment.CDLIB_TAG, commit.substring(0, 12))
+    report.check('Jenkinsfile: post failure and always', model.post.keySet().containsAll(['failure', 'always']),
+                 model.post.keySet())
+
+    String failed = execute(jctx, model)
+    report.check('Jenkinsfile (stubs): no failure', failed == null, failed)
+    List libraryCalls = jctx.calls.findAll { it.name.startsWith('cdlib') || it.name == 'stage' }
+    Map byStage = [:]
+    String current = null
+    libraryCalls.each { c ->
+        if (c.name == 'stage') {
+            current = c.args
+        } else if (current) {
+            byStage[current] = (byStage[current] ?: []) + [c.name]
+        }
+    }
+    report.equal('Jenkinsfile: one library step per stage', byStage, [
+        'build': ['cdlibBuild'], 'pre-deployment tests': ['cdlibTest'], 'push': ['cdlibPush'], 'deploy': ['cdlibDeploy'],
+        'pre-integration tests': ['cdlibTest'], 'switch': ['cdlibSwitch'], 'post-integration tests': ['cdlibTest'],
+        'cleanup': ['cdlibCleanup']])
+    report.equal('Jenkinsfile: test types', jctx.named('cdlibTest').collect { it.args.type },
+                 ['pre-deployment', 'pre-integration', 'post-integration'])
+    report.equal('Jenkinsfile: build with the commit tag', jctx.named('cdlibBuild')[0].args,
+                 [file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []])
+
+    Ctx fctx = newCtx(env: [GIT_COMMIT: commit, CDLIB_REGISTRY_CREDENTIALS: 'registry-login'], stubs: true)
+    Map fmodel = declare(fctx)
+    Declarative.run(fmodel.post.failure, new Object())
+    report.equal('Jenkinsfile: post failure calls cdlibRollback(afterFailure: true)', fctx.named('cdlibRollback').collect { it.args },
+                 [[file: 'examples/demo/cdlib.yml', afterFailure: true, credentials: [
+                     [id: 'registry-login', usernameVariable: 'CDLIB_REGISTRY_USER', passwordVariable: 'CDLIB_REGISTRY_PASSWORD']]]])
+
+    // the same Jenkinsfile with the real library: the CLI calls, and the rollback decisions
+    Closure endToEnd = { Closure cli, Map params = [:] ->
+        Ctx ctx = newCtx(env: [GIT_COMMIT: commit], cli: cli, params: params)
+        String failure = execute(ctx, declare(ctx))
+        return [ctx, failure]
+    }
+    List ok = endToEnd(failingAt('none', 0))
+    report.equal('Jenkinsfile (library): CLI verbs in order', ok[0].verbs(), pipelineVerbs)
+    report.equal('Jenkinsfile (library): deploy argument list', ok[0].commands[3].argv,
+                 ['deploy', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--lock-wait', '300',
+                  '--result-file', 'cdlib-result-deploy.json'])
+    List withParam = endToEnd(failingAt('none', 0), [LOCK_WAIT: '45'])
+    report.equal('Jenkinsfile (library): the LOCK_WAIT job parameter', withParam[0].commands[3].argv[6], '45')
+    report.check('Jenkinsfile (library): archives the results',
+                 ok[0].named('archiveArtifacts').any { it.args.artifacts == 'cdlib-result-*.json' }, ok[0].named('archiveArtifacts'))
+    emitAll('Jenkinsfile', ok[0])
+    [['switch', 2, true], ['test post-integration', 1, false], ['deploy', 3, false], ['push', 2, false],
+     ['cleanup', 4, false]].each { List f ->
+        List run = endToEnd(failingAt(f[0], f[1]))
+        int at = pipelineVerbs.indexOf(f[0])
+        report.check("Jenkinsfile (library), ${f[0]} exits ${f[1]}: the build fails", run[1] != null, run[1])
+        report.equal("Jenkinsfile (library), ${f[0]} exits ${f[1]}: ${f[2] ? 'rolls back' : 'no rollback'}",
+                     run[0].verbs(), pipelineVerbs.subList(0, at + 1) + (f[2] ? ['rollback'] : []))
+        emitAll("Jenkinsfile, ${f[0]} exits ${f[1]}", run[0])
+    }
+    Ctx noCommit = newCtx(stubs: true)
+    String noCommitError = null
+    try {
+        declare(noCommit)
+    } catch (StepFailed e) {
+        noCommitError = e.message
+    }
+    report.check('Jenkinsfile: without GIT_COMMIT it fails with a hint', noCommitError?.startsWith('GIT_COMMIT is not set'),
+                 noCommitError)
+} catch (Throwable t) {
+    report.check('Jenkinsfile: evaluates', false, "${t.class.name}: ${t.message}")
+}
+
+// ---- summary ---------------------------------------------------------------------------------------
+if (emit) {
+    new File(emit).text = JsonOutput.prettyPrint(JsonOutput.toJson(report.emitted))
+}
+println "${report.passed} passed, ${report.failed} failed"
+System.exit(report.failed ? 1 : 0)

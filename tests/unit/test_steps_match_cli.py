@@ -1,0 +1,156 @@
+"""Every verb and option a Groovy step can put on the command line exists in the CLI's parser.
+
+Two sources, so that neither can hide a mismatch:
+- statically, from vars/*.groovy: each step's cdlibRun('VERB', params, [keys]) call and cdlibRun's
+  option table (key -> --flag) give every flag each step can emit;
+- dynamically, every argument list the Groovy harness recorded is parsed by cdlib.cli.build_parser().
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cdlib.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+VARS = ROOT / "vars"
+
+STEP_CALL = re.compile(r"cdlibRun\('(?P<verb>[a-z-]+)',\s*\w+,\s*\[(?P<keys>[^\]]*)\]\)")
+OPTION_ROW = re.compile(r"\[key: '(?P<key>\w+)'(?:, alias: '[\w-]+')?, flag: (?:'(?P<flag>--[a-z-]+)'|null)")
+BAD_INPUT_CASE = "exit 2 from the argument parser"  # a harness case that passes an invalid TYPE on purpose
+COMMON_KEYS = re.compile(r"List commonKeys\(\) \{\s*return \[(?P<keys>[^\]]*)\]")
+
+
+def _strings(text: str) -> list[str]:
+    return re.findall(r"'([^']*)'", text)
+
+
+def step_table() -> dict[str, tuple[str, list[str]]]:
+    """step name -> (verb, the parameter keys it takes besides the common ones)."""
+    out = {}
+    for path in sorted(VARS.glob("cdlib*.groovy")):
+        m = STEP_CALL.search(path.read_text())
+        if m:
+            out[path.stem] = (m.group("verb"), _strings(m.group("keys")))
+    return out
+
+
+def option_table() -> dict[str, str | None]:
+    source = (VARS / "cdlibRun.groovy").read_text()
+    return {m.group("key"): m.group("flag") for m in OPTION_ROW.finditer(source)}
+
+
+def common_keys() -> list[str]:
+    m = COMMON_KEYS.search((VARS / "cdlibRun.groovy").read_text())
+    assert m, "cdlibRun.groovy: commonKeys() not found"
+    return _strings(m.group("keys"))
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("the CLI parser has no verbs")
+
+
+@pytest.fixture(scope="module")
+def verbs():
+    return subparsers(build_parser())
+
+
+def test_the_sources_are_understood():
+    """Guards the regular expressions: if the Groovy changes shape, this fails instead of passing vacuously."""
+    steps = step_table()
+    assert set(steps) == {"cdlibStatus", "cdlibColor", "cdlibBuild", "cdlibPush", "cdlibTest", "cdlibDeploy",
+                          "cdlibSwitch", "cdlibCleanup", "cdlibRollback", "cdlibRelease"}
+    options = option_table()
+    assert len(options) >= 12 and options["tag"] == "--tag" and options["type"] is None
+    assert set(common_keys()) == {"file", "store", "credentials", "resultFile"}
+
+
+def test_every_step_verb_is_a_cli_verb(verbs):
+    for step, (verb, _) in step_table().items():
+        assert verb in verbs, f"{step} runs 'cdlib {verb}', which the CLI does not have"
+        assert step == "cdlib" + verb.capitalize()
+
+
+def test_every_flag_a_step_can_emit_is_accepted_by_its_verb(verbs):
+    options = option_table()
+    for step, (verb, keys) in step_table().items():
+        accepted = verbs[verb]._option_string_actions
+        for key in keys + [k for k in common_keys() if k != "credentials"]:
+            assert key in options, f"{step}: parameter {key} has no entry in cdlibRun's option table"
+            flag = options[key]
+            if flag is None:  # the positional TYPE of `test`
+                positional = [a for a in verbs[verb]._actions if not a.option_strings and a.dest == key]
+                assert positional, f"{step}: 'cdlib {verb}' has no positional {key}"
+            else:
+                assert flag in accepted, f"{step}: 'cdlib {verb}' does not accept {flag}"
+
+
+def _recorded(tmp_path_factory) -> list[dict]:
+    # the harness runner lives beside this file; loaded by path, whatever pytest's import mode
+    spec = importlib.util.spec_from_file_location("cdlib_groovy_runner", Path(__file__).with_name("test_groovy_steps.py"))
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    emit = tmp_path_factory.mktemp("groovy-cli") / "commands.json"
+    proc = runner.run_harness(ROOT, emit)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(emit.read_text())
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    return _recorded(tmp_path_factory)
+
+
+def test_every_recorded_argument_list_parses(recorded):
+    parser = build_parser()
+    seen = set()
+    for command in recorded:
+        argv = command["argv"]
+        if command["case"].startswith(BAD_INPUT_CASE):
+            continue
+        try:
+            ns = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse reports bad usage by exiting
+            raise AssertionError(f"{command['case']}: the CLI rejects {argv}") from exc
+        assert ns.verb == argv[0]
+        for flag, dest in (("--tag", "tag"), ("--image", "image"), ("--file", "file"), ("--store", "store"),
+                           ("--target-url", "target_url"), ("--junit", "junit"), ("--junit-dir", "junit_dir"),
+                           ("--to", "to"), ("--result-file", "result_file")):
+            if flag in argv:
+                assert getattr(ns, dest) == argv[argv.index(flag) + 1], (command["case"], flag)
+                seen.add(flag)
+        for flag, dest in (("--lock-wait", "lock_wait"), ("--lock-ttl", "lock_ttl")):
+            if flag in argv:
+                assert getattr(ns, dest) == float(argv[argv.index(flag) + 1]), (command["case"], flag)
+                seen.add(flag)
+        for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback")):
+            if flag in argv:
+                assert getattr(ns, dest) is True
+                seen.add(flag)
+    # every flag in the option table was exercised by at least one recorded command
+    assert {f for f in option_table().values() if f} <= seen
+
+
+def test_the_test_types_the_steps_use_are_the_cli_choices(recorded, verbs):
+    choices = next(a.choices for a in verbs["test"]._actions if a.dest == "type")
+    used = {c["argv"][1] for c in recorded if c["argv"][0] == "test" and not c["case"].startswith(BAD_INPUT_CASE)}
+    assert used == set(choices)
+
+
+def test_the_bad_input_the_harness_simulates_is_what_the_cli_rejects(recorded, capsys):
+    """The harness's "exit 2 from the argument parser" case must be a real usage error of the CLI."""
+    bad = [c for c in recorded if c["case"].startswith(BAD_INPUT_CASE)]
+    assert bad
+    for command in bad:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(command["argv"])
+        assert exc.value.code == 2

@@ -1,0 +1,337 @@
+/*
+ * The one place where a cdlib step becomes a command line: every other step in vars/ is a one-line
+ * call to this one.
+ *
+ *   cdlibRun('deploy', [tag: 'abc123', lockWait: 300], ['tag', 'image', 'lockWait', 'lockTtl'])
+ *
+ * 1. checks the named parameters against the ones the verb takes (a typo fails the build at once);
+ * 2. turns them into an argument list, in a fixed order, every argument single-quoted by quote();
+ * 3. binds the credentials with withCredentials, so secrets reach the CLI only through its
+ *    environment and never appear in the script text (no Groovy interpolation of a secret);
+ * 4. runs the CLI with sh(returnStatus: true) and reads the JSON result file it wrote;
+ * 5. publishes JUnit reports for the test verbs;
+ * 6. maps the exit code: 0 ok, 1 failed and rolled back, 2 bad input, 3 lock held, 4 undo
+ *    incomplete; a failed suite the descriptor marks unstable makes the build UNSTABLE instead.
+ *
+ * The CLI is `python3 -m cdlib` unless the environment variable CDLIB_CLI names another command
+ * (e.g. /opt/cdlib/venv/bin/cdlib). It is expanded by the shell, not by Groovy.
+ *
+ * Two environment variables carry what a post block needs to decide about a rollback:
+ * CDLIB_LAST_EXIT_CODE (the last CLI exit code, empty while a step runs or after it was killed) and
+ * CDLIB_RELEASE_OPEN ('true' from a successful deploy until cleanup or a rollback closes it, or a
+ * step reports that it already rolled back).
+ *
+ * Pure string work lives in @NonCPS methods; steps are only called from call().
+ */
+
+def call(String verb, Map params = [:], List keys = []) {
+    Map cmd = plan(verb, params ?: [:], keys ?: [])
+    if (cmd.problem) {
+        error(cmd.problem)
+    }
+    env.CDLIB_LAST_EXIT_CODE = ''
+    int code
+    if (cmd.bindings) {
+        withCredentials(credentialBindings(cmd.bindings)) {
+            code = sh(script: cmd.script, returnStatus: true, label: "cdlib ${cmd.title}")
+        }
+    } else {
+        code = sh(script: cmd.script, returnStatus: true, label: "cdlib ${cmd.title}")
+    }
+    env.CDLIB_LAST_EXIT_CODE = String.valueOf(code)
+    env.CDLIB_RELEASE_OPEN = releaseOpen(verb, code, env.CDLIB_RELEASE_OPEN)
+    Map result = fileExists(cmd.resultFile) ? readJSON(file: cmd.resultFile, returnPojo: true) : [:]
+    if (cmd.junit) {
+        junit(allowEmptyResults: true, testResults: cmd.junit)
+    }
+    Map outcome = verdict(cmd.title, verb, code, result ?: [:])
+    if (outcome.kind == 'error') {
+        error(outcome.message)
+    }
+    if (outcome.kind == 'unstable') {
+        unstable(outcome.message)
+    }
+    return result
+}
+
+/** The withCredentials bindings for the checked credential entries (these are pipeline steps). */
+def credentialBindings(List entries) {
+    List out = []
+    for (Map c in entries) {
+        if (c.usernameVariable) {
+            out << usernamePassword(credentialsId: c.id, usernameVariable: c.usernameVariable,
+                                    passwordVariable: c.passwordVariable)
+        } else if (c.type == 'file') {
+            out << file(credentialsId: c.id, variable: c.variable)
+        } else {
+            out << string(credentialsId: c.id, variable: c.variable)
+        }
+    }
+    return out
+}
+
+// ---- pure helpers -------------------------------------------------------------------------------
+
+/**
+ * Named parameters, in the order their options appear on the command line. `flag: null` is the
+ * verb's positional argument; `bool: true` is an option without a value.
+ */
+@NonCPS
+List options() {
+    return [
+        [key: 'type', flag: null],
+        [key: 'file', flag: '--file'],
+        [key: 'store', flag: '--store'],
+        [key: 'tag', flag: '--tag'],
+        [key: 'image', flag: '--image'],
+        [key: 'targetUrl', alias: 'target-url', flag: '--target-url'],
+        [key: 'junit', flag: '--junit'],
+        [key: 'junitDir', alias: 'junit-dir', flag: '--junit-dir'],
+        [key: 'noRollback', alias: 'no-rollback', flag: '--no-rollback', bool: true],
+        [key: 'lockWait', alias: 'lock-wait', flag: '--lock-wait'],
+        [key: 'lockTtl', alias: 'lock-ttl', flag: '--lock-ttl'],
+        [key: 'to', flag: '--to'],
+        [key: 'next', flag: '--next', bool: true],
+        [key: 'resultFile', alias: 'result-file', flag: '--result-file'],
+    ]
+}
+
+/** Parameters every step takes besides its own. */
+@NonCPS
+List commonKeys() {
+    return ['file', 'store', 'credentials', 'resultFile']
+}
+
+/** The shell text that starts the CLI; CDLIB_CLI is expanded (and split into words) by the shell. */
+@NonCPS
+String launcher() {
+    return 'PYTHONUNBUFFERED=1 ${CDLIB_CLI:-python3 -m cdlib}'
+}
+
+/** A shell word that stands for exactly `value`: single quotes, an embedded ' written as '\''. */
+@NonCPS
+String quote(Object value) {
+    return "'" + String.valueOf(value).replace("'", "'\\''") + "'"
+}
+
+@NonCPS
+String stepName(String verb) {
+    return 'cdlib' + verb.substring(0, 1).toUpperCase() + verb.substring(1)
+}
+
+/**
+ * Everything call() needs, or `problem` (a one-line message) when the parameters are wrong:
+ * argv, script, resultFile, junit (an Ant pattern to publish, or null), bindings (checked
+ * credential entries), title (the verb as the user reads it, e.g. "test pre-integration").
+ */
+@NonCPS
+Map plan(String verb, Map params, List keys) {
+    String step = stepName(verb)
+    Map byName = [:]
+    for (Map o in options()) {
+        byName[o.key] = o
+        if (o.alias) {
+            byName[o.alias] = o
+        }
+    }
+    List allowed = keys + commonKeys()
+    Map values = [:]
+    for (Object k in params.keySet()) {
+        Map o = byName[String.valueOf(k)]
+        String key = o ? o.key : String.valueOf(k)
+        if (!allowed.contains(key)) {
+            return [problem: "${step}: unknown parameter '${k}'; it takes: ${allowed.join(', ')}".toString()]
+        }
+        if (values.containsKey(key) && params[k] != null) {
+            return [problem: "${step}: '${k}' is given twice (as ${key} and as its alias)".toString()]
+        }
+        if (params[k] != null) {
+            values[key] = params[k]
+        }
+    }
+    if (keys.contains('type') && !values.type) {
+        return [problem: "${step}: type is required: pre-deployment, pre-integration or post-integration".toString()]
+    }
+    if (values.containsKey('tag') && values.containsKey('image')) {
+        return [problem: "${step}: give tag or image, not both".toString()]
+    }
+    String title = values.type ? "${verb} ${values.type}".toString() : verb
+    String suffix = values.type ? "${verb}-${values.type}".toString() : verb
+    if (!values.resultFile) {
+        values.resultFile = "cdlib-result-${suffix}.json".toString()
+    }
+    List stale = [quote(values.resultFile)]
+    String junit = null
+    if (verb == 'test') {
+        if (!values.junit) {
+            values.junit = "cdlib-reports/${values.type}.xml".toString()
+        }
+        junit = String.valueOf(values.junit)
+        stale << quote(junit)
+    } else if (verb == 'release') {
+        if (!values.junitDir) {
+            values.junitDir = 'cdlib-reports'
+        }
+        junit = "${values.junitDir}/*.xml".toString()
+        stale << quote(values.junitDir) + '/*.xml'
+    }
+    Map checked = credentials(step, values.credentials)
+    if (checked.problem) {
+        return checked
+    }
+    List argv = [verb]
+    for (Map o in options()) {
+        if (!values.containsKey(o.key)) {
+            continue
+        }
+        Object v = values[o.key]
+        if (o.flag == null) {
+            argv << String.valueOf(v)
+        } else if (o.bool) {
+            if (v == true || String.valueOf(v) == 'true') {
+                argv << o.flag
+            }
+        } else {
+            argv << o.flag
+            argv << String.valueOf(v)
+        }
+    }
+    List words = []
+    for (Object a in argv) {
+        words << quote(a)
+    }
+    String script = "rm -f -- ${stale.join(' ')}\n${launcher()} ${words.join(' ')}".toString()
+    return [argv: argv, script: script, resultFile: String.valueOf(values.resultFile), junit: junit,
+            bindings: checked.bindings, title: title]
+}
+
+/**
+ * Checks `credentials: [[id: 'x', variable: 'V'], [id: 'y', usernameVariable: 'U', passwordVariable: 'P'],
+ * [id: 'z', variable: 'F', type: 'file']]`; returns [bindings: [...]] or [problem: '...'].
+ */
+@NonCPS
+Map credentials(String step, Object given) {
+    if (given == null) {
+        return [bindings: []]
+    }
+    String shape = "[id: 'ID', variable: 'NAME'] (type: 'string' or 'file') or " +
+        "[id: 'ID', usernameVariable: 'USER', passwordVariable: 'PASSWORD']"
+    if (!(given instanceof List)) {
+        return [problem: "${step}: credentials: expected a list of ${shape}".toString()]
+    }
+    List out = []
+    int i = 0
+    for (Object c in given) {
+        String where = "${step}: credentials[${i}]"
+        i++
+        if (!(c instanceof Map) || !(c.id instanceof CharSequence) || !c.id) {
+            return [problem: "${where}: expected ${shape}".toString()]
+        }
+        List names = c.usernameVariable ? [c.usernameVariable, c.passwordVariable] : [c.variable]
+        for (Object n in names) {
+            if (!(n instanceof CharSequence) || !(String.valueOf(n) ==~ /[A-Za-z_][A-Za-z0-9_]*/)) {
+                return [problem: "${where}: expected ${shape}; variable names are [A-Za-z_][A-Za-z0-9_]*".toString()]
+            }
+        }
+        String type = c.type ? String.valueOf(c.type) : 'string'
+        if (!(type in ['string', 'file']) || (c.usernameVariable && c.type)) {
+            return [problem: "${where}: type must be 'string' or 'file' (username/password entries have none)".toString()]
+        }
+        Map entry = [id: String.valueOf(c.id)]
+        if (c.usernameVariable) {
+            entry.usernameVariable = String.valueOf(c.usernameVariable)
+            entry.passwordVariable = String.valueOf(c.passwordVariable)
+        } else {
+            entry.variable = String.valueOf(c.variable)
+            entry.type = type
+        }
+        out << entry
+    }
+    return [bindings: out]
+}
+
+/** 'true' while this build has a release open that nothing has closed or undone yet. */
+@NonCPS
+String releaseOpen(String verb, int code, Object current) {
+    if (code == 0 && verb == 'deploy') {
+        return 'true'
+    }
+    if ((code == 0 && verb in ['cleanup', 'rollback', 'release']) || code == 1) {
+        return 'false'  // closed, or the CLI already undid it (exit 1 means rolled back)
+    }
+    return current == null ? 'false' : String.valueOf(current)
+}
+
+/** The failed suites of a result when every one of them is allowed to mark the build UNSTABLE. */
+@NonCPS
+List unstableSuites(Map result) {
+    List failed = []
+    boolean allUnstable = true
+    Object tests = result.tests
+    if (tests instanceof List) {
+        for (Object t in tests) {
+            if (t instanceof Map && t.passed == false && t.skipped != true) {
+                failed << String.valueOf(t.suite)
+                allUnstable = allUnstable && t.unstable_ok == true
+            }
+        }
+    }
+    return (failed && allUnstable) ? failed : []
+}
+
+/** Who holds the lock, from the result's holder record or from the CLI's message. */
+@NonCPS
+String holderText(Map result) {
+    Object h = result.holder
+    if (h instanceof Map) {
+        List parts = ["held by ${h.who ?: '?'}".toString()]
+        if (h.build) {
+            parts << "build ${h.build}".toString()
+        }
+        if (h.build_url) {
+            parts << String.valueOf(h.build_url)
+        }
+        if (h.release) {
+            parts << "release ${h.release}".toString()
+        }
+        return parts.join(', ')
+    }
+    String message = result.message ? String.valueOf(result.message) : 'see the log above'
+    int at = message.indexOf(' is running: ')
+    return at >= 0 ? message.substring(at + ' is running: '.length()) : message
+}
+
+/** [kind: 'ok' | 'unstable' | 'error', message: ...] for an exit code and the JSON result. */
+@NonCPS
+Map verdict(String title, String verb, int code, Map result) {
+    String service = result.service ? String.valueOf(result.service) : 'the service'
+    String message = result.message ? String.valueOf(result.message) : 'no result file; see the log above'
+    List suites = unstableSuites(result)
+    if (suites && (code == 0 || (code == 1 && verb == 'test'))) {
+        return [kind: 'unstable', message: "cdlib ${title}: ${suites.join(', ')} tests of ${service} failed; " +
+                "the descriptor marks them unstable, so the build is UNSTABLE: ${message}".toString()]
+    }
+    switch (code) {
+        case 0:
+            return [kind: 'ok', message: message]
+        case 1:
+            if (verb in ['status', 'color', 'build', 'push', 'history']) {
+                return [kind: 'error', message: "cdlib ${title} failed for ${service}: ${message}".toString()]
+            }
+            return [kind: 'error',
+                    message: "cdlib ${title} failed for ${service}; the release was rolled back: ${message}".toString()]
+        case 2:
+            return [kind: 'error', message: "cdlib ${title}: bad input, nothing was changed: ${message}".toString()]
+        case 3:
+            if (!(result.holder instanceof Map) && message.startsWith('another release of ')) {
+                return [kind: 'error', message: message]
+            }
+            return [kind: 'error', message: "another release of ${service} is running: ${holderText(result)}".toString()]
+        case 4:
+            return [kind: 'error', message: "cdlib ${title} failed for ${service} and the undo is incomplete: " +
+                    "a person is needed (run 'cdlib status'): ${message}".toString()]
+        default:
+            return [kind: 'error', message: "cdlib ${title} ended with exit code ${code} (not a cdlib exit code: " +
+                    "is the CLI installed? set CDLIB_CLI): ${message}".toString()]
+    }
+}
