@@ -103,12 +103,12 @@ def release(file=None, *, tag=None, image=None, store=None, lock_wait=0.0, lock_
                 junit_dir=junit_dir, output=output, tag=tag, image=image, store=store)
 
 
-def build(file=None, *, tag=None, report=None, ports=None) -> Outcome:
-    return _run(lambda c: images.build(c.spec, c.ports.runtime, c.report), file, report, ports, tag=tag)
+def build(file=None, *, tag=None, only=None, report=None, ports=None) -> Outcome:
+    return _run(lambda c: images.build(c.spec, c.ports.runtime, c.report, only=only), file, report, ports, tag=tag)
 
 
-def push(file=None, *, tag=None, report=None, ports=None) -> Outcome:
-    return _run(lambda c: images.push(c.spec, c.ports.runtime, c.report), file, report, ports, tag=tag)
+def push(file=None, *, tag=None, only=None, report=None, ports=None) -> Outcome:
+    return _run(lambda c: images.push(c.spec, c.ports.runtime, c.report, only=only), file, report, ports, tag=tag)
 
 
 def proxy_render(file=None, *, store=None, ports=None) -> Outcome:

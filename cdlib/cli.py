@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p = verb("build", "build the service image and the test images, tagged")
     _release_opts(p, image=False)
+    p.add_argument("--only", choices=("service", "tests"), help="build only the service image or only the test images")
     p = verb("push", "push the service image and the test images to their registry")
     _release_opts(p, image=False)
+    p.add_argument("--only", choices=("service", "tests"), help="push only the service image or only the test images")
     p = verb("test", "run a test suite: pre-deployment, pre-integration (the new color directly) or "
                      "post-integration (through the proxy)")
     p.add_argument("type", metavar="TYPE", choices=TEST_TYPES, help=" | ".join(TEST_TYPES))
@@ -194,9 +196,9 @@ def _dispatch(args, printer: _Printer) -> Outcome:
     if v == "history":
         return api.history(file, limit=args.limit, store=store)
     if v == "build":
-        return api.build(file, tag=args.tag, report=report)
+        return api.build(file, tag=args.tag, only=args.only, report=report)
     if v == "push":
-        return api.push(file, tag=args.tag, report=report)
+        return api.push(file, tag=args.tag, only=args.only, report=report)
     if v == "test":
         return api.test(args.type, file, tag=args.tag, store=store, target_url=args.target_url, junit=args.junit,
                         junit_dir=args.junit_dir, rollback_on_failure=not args.no_rollback, report=report,

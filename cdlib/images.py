@@ -23,12 +23,19 @@ def _targets(spec: ServiceSpec, build_only: bool) -> list[tuple[str, ImageSpec]]
     return out
 
 
-def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None) -> Outcome:
-    if spec.image.build is None:
+def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str | None = None) -> Outcome:
+    """Build the service image and the test images (only="service" or only="tests": just those,
+    so a pipeline can run its pre-deployment tests before it builds the service image)."""
+    if spec.image.build is None and only != "tests":
         raise ConfigError(f"{spec.source}: image.build: expected a build context to build "
                           f"{spec.image.repository} (image.build.context)", key="image.build")
     steps, built = [], []
-    for label, img in _targets(spec, build_only=True):
+    targets = _targets(spec, build_only=True)
+    if only == "service":
+        targets = targets[:1]
+    elif only == "tests":
+        targets = targets[1:]
+    for label, img in targets:
         args = dict(img.build.args)
         args.setdefault("CDLIB_TAG", spec.image.tag)
         t0 = time.monotonic()
@@ -37,13 +44,18 @@ def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None) -> Outcome
         steps.append(step)
         report(step)
         built.append({"image": img.ref, "id": image_id})
-    return Outcome("build", spec.name, True, 0, f"built {', '.join(b['image'] for b in built)}", steps,
+    return Outcome("build", spec.name, True, 0, f"built {', '.join(b['image'] for b in built) or 'nothing'}", steps,
                    {"images": built, "tag": spec.image.tag})
 
 
-def push(spec: ServiceSpec, runtime: Runtime, report=lambda s: None) -> Outcome:
+def push(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str | None = None) -> Outcome:
     steps, pushed = [], []
-    for label, img in _targets(spec, build_only=False):
+    targets = _targets(spec, build_only=False)
+    if only == "service":
+        targets = targets[:1]
+    elif only == "tests":
+        targets = targets[1:]
+    for label, img in targets:
         t0 = time.monotonic()
         digest = runtime.push_image(img.ref)
         step = StepReport(f"push {label}", "done", time.monotonic() - t0, f"{img.ref} {digest}")

@@ -40,3 +40,12 @@ def test_push_pushes_each_image_once(tmp_path):
 def test_build_without_a_build_context_is_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="image.build"):
         images.build(spec(tmp_path, image="reg:5000/shop"), MemoryRuntime())
+
+
+def test_build_only_tests_or_only_service(tmp_path):
+    rt = MemoryRuntime()
+    s = spec(tmp_path)
+    assert [i["image"] for i in images.build(s, rt, only="tests").data["images"]] == ["reg:5000/shop-tests:abc123"]
+    assert [i["image"] for i in images.build(s, rt, only="service").data["images"]] == ["reg:5000/shop:abc123"]
+    # test images can be built before (and without) a service build context
+    assert images.build(spec(tmp_path, image="reg:5000/shop"), rt, only="tests").ok
