@@ -243,6 +243,28 @@ def _proxy(args, printer: _Printer) -> Outcome:
         ports.close()
 
 
+def _service_name(args) -> str:
+    """The service named by the descriptor, for error results (best effort: the descriptor may be
+    what is wrong)."""
+    try:
+        from .config import load
+
+        return load(args.file).name
+    except Exception:
+        return ""
+
+
+def _json_safe(data: dict) -> dict:
+    out = {}
+    for key, value in data.items():
+        try:
+            json.dumps(value)
+            out[key] = value
+        except (TypeError, ValueError):
+            out[key] = str(value)
+    return out
+
+
 def _interrupt(signum, frame):
     from .plan import Interrupted
 
@@ -258,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = _dispatch(args, printer)
     except CdlibError as exc:
-        outcome = Outcome(args.verb, "", False, exc.exit_code, str(exc))
+        outcome = Outcome(args.verb, _service_name(args), False, exc.exit_code, str(exc),
+                          data={"error": {"type": type(exc).__name__, **_json_safe(exc.data)}})
     except KeyboardInterrupt:
         outcome = Outcome(args.verb, "", False, 1, "interrupted")
     except BaseException as exc:

@@ -352,3 +352,21 @@ def test_registrations_of_a_dead_deploy_expire_by_themselves(world):
     assert world.store.registrations("shop", "blue")
     time.sleep(0.3)
     assert world.store.registrations("shop", "blue") == []
+
+
+def test_sigterm_during_a_release_rolls_it_back(world):
+    from cdlib.plan import Interrupted
+
+    released(world, "v1")
+    before = world.snapshot()
+    original = world.proxy.apply
+
+    def apply(text):
+        original(text)
+        raise Interrupted()  # Jenkins aborted the build right after the reload
+
+    world.proxy.apply = apply
+    out = rel.release(world.ctx("v2"))
+    world.proxy.apply = original
+    assert out.exit_code == 1 and "interrupted" in out.message
+    assert world.snapshot() == before
