@@ -411,24 +411,28 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
     return spec.with_tag(tag) if tag else spec
 
 
-def load(path: str | os.PathLike | None = None, env: dict | None = None) -> ServiceSpec:
-    """Read and validate a descriptor file (default: ./cdlib.yml, or $CDLIB_FILE)."""
-    env = os.environ if env is None else env
-    path = Path(path or env.get("CDLIB_FILE") or DEFAULT_FILE)
+def read_yaml(path: Path, what: str, hint: str):
+    """Parse a YAML file; a missing, unreadable or invalid file is a one-line ConfigError."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such descriptor file (pass -f PATH or create cdlib.yml)",
-                          file=str(path), key="") from None
+        raise ConfigError(f"{path}: no such {what} file ({hint})", file=str(path), key="") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the descriptor: {exc}", file=str(path), key="") from exc
+        raise ConfigError(f"{path}: cannot read the {what}: {exc}", file=str(path), key="") from exc
     import yaml  # lazy: the CLI's --help must not pay for it
 
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}",
                           file=str(path), key="") from None
+
+
+def load(path: str | os.PathLike | None = None, env: dict | None = None) -> ServiceSpec:
+    """Read and validate a descriptor file (default: ./cdlib.yml, or $CDLIB_FILE)."""
+    env = os.environ if env is None else env
+    path = Path(path or env.get("CDLIB_FILE") or DEFAULT_FILE)
+    data = read_yaml(path, "descriptor", "pass -f PATH or create cdlib.yml")
     return parse(data, str(path), path.absolute().parent, env)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from ..config import _Reader
+from ..config import _Reader, read_yaml
 from ..errors import ConfigError
 from ..model import SERVICE_RE
 
@@ -147,21 +147,7 @@ def folder_chain(folder: str) -> list[str]:
 def load(path: str | os.PathLike | None = None) -> Catalog:
     """Read and check a catalog file (default jenkins/catalog.yml)."""
     path = Path(path or DEFAULT_CATALOG)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such catalog file (pass --catalog PATH)", file=str(path), key="") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the catalog: {exc}", file=str(path), key="") from exc
-    import yaml  # lazy: the CLI's start-up must not pay for it
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                          file=str(path), key="") from None
+    data = read_yaml(path, "catalog", "pass --catalog PATH")
     return parse(data, str(path))
 
 
