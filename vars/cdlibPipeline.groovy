@@ -6,10 +6,11 @@
 //         cdlibPipeline(file: 'cdlib.yml', tag: scmVars.GIT_COMMIT.substring(0, 12))
 //     }
 //
-// Stages: build, pre-deployment tests, push, deploy, pre-integration tests, switch,
-// post-integration tests, cleanup; each under its own timeout. On any failure a 'rollback' stage
-// runs cdlibRollback(afterFailure: true) (it undoes only a release this build left open) and the
-// failure is raised again. Parameters: vars/cdlibPipeline.txt.
+// Stages: pre-deployment tests (builds only the test images, then runs the suite), build (only the
+// service image), push (both), deploy, pre-integration tests, switch, post-integration tests,
+// cleanup; each under its own timeout. On any failure a 'rollback' stage runs
+// cdlibRollback(afterFailure: true) (it undoes only a release this build left open) and the failure
+// is raised again. Parameters: vars/cdlibPipeline.txt.
 def call(Map params = [:]) {
     Map p = params ?: [:]
     String problem = check(p)
@@ -26,13 +27,14 @@ def call(Map params = [:]) {
     Map withSecrets = select(p, ['file', 'store', 'credentials'])
     Map lock = select(p, ['lockWait', 'lockTtl'])
     try {
-        stage('build') {
-            timeout(time: limits['build'], unit: 'MINUTES') { cdlibBuild(withSecrets + [tag: tag]) }
-        }
         stage('pre-deployment tests') {
             timeout(time: limits['pre-deployment'], unit: 'MINUTES') {
+                cdlibBuild(withSecrets + [only: 'tests', tag: tag])
                 cdlibTest(plain + [type: 'pre-deployment', tag: tag])
             }
+        }
+        stage('build') {
+            timeout(time: limits['build'], unit: 'MINUTES') { cdlibBuild(withSecrets + [only: 'service', tag: tag]) }
         }
         stage('push') {
             timeout(time: limits['push'], unit: 'MINUTES') { cdlibPush(withSecrets + [tag: tag]) }
@@ -92,7 +94,7 @@ String check(Map p) {
 /** Minutes per stage: the defaults, overridden by the caller's timeouts. */
 @NonCPS
 Map minutes(Map given) {
-    Map m = ['build': 30, 'pre-deployment': 20, 'push': 15, 'deploy': 15, 'pre-integration': 20, 'switch': 5,
+    Map m = ['pre-deployment': 20, 'build': 30, 'push': 15, 'deploy': 15, 'pre-integration': 20, 'switch': 5,
              'post-integration': 20, 'cleanup': 10, 'rollback': 15]
     for (Object k in given.keySet()) {
         m[String.valueOf(k)] = given[k]

@@ -4,7 +4,8 @@
  *
  *   cdlibRun('deploy', [tag: 'abc123', lockWait: 300], ['tag', 'image', 'lockWait', 'lockTtl'])
  *
- * 1. checks the named parameters against the ones the verb takes (a typo fails the build at once);
+ * 1. checks the named parameters against the ones the verb takes, and the value of a parameter that
+ *    has a fixed set of choices (a typo fails the build at once);
  * 2. turns them into an argument list, in a fixed order, every argument single-quoted by quote();
  * 3. binds the credentials with withCredentials, so secrets reach the CLI only through its
  *    environment and never appear in the script text (no Groovy interpolation of a secret);
@@ -74,7 +75,8 @@ def credentialBindings(List entries) {
 
 /**
  * Named parameters, in the order their options appear on the command line. `flag: null` is the
- * verb's positional argument; `bool: true` is an option without a value.
+ * verb's positional argument; `bool: true` is an option without a value; `choices` are the only
+ * values the option takes (checked here, so a wrong one fails before anything runs).
  */
 @NonCPS
 List options() {
@@ -84,6 +86,7 @@ List options() {
         [key: 'store', flag: '--store'],
         [key: 'tag', flag: '--tag'],
         [key: 'image', flag: '--image'],
+        [key: 'only', flag: '--only', choices: ['service', 'tests']],
         [key: 'targetUrl', alias: 'target-url', flag: '--target-url'],
         [key: 'junit', flag: '--junit'],
         [key: 'junitDir', alias: 'junit-dir', flag: '--junit-dir'],
@@ -155,8 +158,15 @@ Map plan(String verb, Map params, List keys) {
     if (values.containsKey('tag') && values.containsKey('image')) {
         return [problem: "${step}: give tag or image, not both".toString()]
     }
+    String wrong = badChoice(step, values)
+    if (wrong) {
+        return [problem: wrong]
+    }
     String title = values.type ? "${verb} ${values.type}".toString() : verb
-    String suffix = values.type ? "${verb}-${values.type}".toString() : verb
+    // a step that covers part of the verb's work keeps its own result file (build of the test images
+    // and build of the service image in one pipeline must not overwrite each other's result)
+    String part = values.type ?: values.only
+    String suffix = part ? "${verb}-${part}".toString() : verb
     if (!values.resultFile) {
         values.resultFile = "cdlib-result-${suffix}.json".toString()
     }
@@ -203,6 +213,18 @@ Map plan(String verb, Map params, List keys) {
     String script = "rm -f -- ${stale.join(' ')}\n${launcher()} ${words.join(' ')}".toString()
     return [argv: argv, script: script, resultFile: String.valueOf(values.resultFile), junit: junit,
             bindings: checked.bindings, title: title]
+}
+
+/** The problem with the first value outside its option's `choices`, or null. */
+@NonCPS
+String badChoice(String step, Map values) {
+    for (Map o in options()) {
+        if (o.choices && values.containsKey(o.key) && !(String.valueOf(values[o.key]) in o.choices)) {
+            List shown = o.choices.collect { "'${it}'" }
+            return "${step}: ${o.key} must be ${shown.join(' or ')}, got '${values[o.key]}'".toString()
+        }
+    }
+    return null
 }
 
 /**

@@ -110,7 +110,16 @@ class Ctx {
     Set secrets = [] as Set
 
     List named(String name) { calls.findAll { it.name == name } }
-    List verbs() { commands.collect { it.argv[0] == 'test' ? "test ${it.argv[1]}".toString() : it.argv[0] } }
+    List verbs() { commands.collect { verbOf(it.argv) } }
+
+    /** 'test TYPE', 'VERB ONLY' for a build or push of one part (e.g. 'build tests'), else the verb. */
+    static String verbOf(List argv) {
+        if (argv[0] == 'test') {
+            return "test ${argv[1]}".toString()
+        }
+        int at = argv.indexOf('--only')
+        return at >= 0 ? "${argv[0]} ${argv[at + 1]}".toString() : argv[0]
+    }
 }
 
 Map steps = [:]  // name -> File
@@ -272,13 +281,14 @@ Closure emitAll = { String name, Ctx ctx ->
     ctx.commands.each { c -> report.emitted << [case: name, argv: c.argv, script: c.script] }
 }
 
-List pipelineStages = ['build', 'pre-deployment tests', 'push', 'deploy', 'pre-integration tests', 'switch',
+// the product order: the pre-deployment suite first (it builds only the test images it runs in)
+List pipelineStages = ['pre-deployment tests', 'build', 'push', 'deploy', 'pre-integration tests', 'switch',
                        'post-integration tests', 'cleanup']
-List pipelineVerbs = ['build', 'test pre-deployment', 'push', 'deploy', 'test pre-integration', 'switch',
-                      'test post-integration', 'cleanup']
+List pipelineVerbs = ['build tests', 'test pre-deployment', 'build service', 'push', 'deploy', 'test pre-integration',
+                      'switch', 'test post-integration', 'cleanup']
 Closure failingAt = { String verb, int code ->
     return { List argv ->
-        String v = argv[0] == 'test' ? "test ${argv[1]}".toString() : argv[0]
+        String v = Ctx.verbOf(argv)
         int c = v == verb ? code : 0
         [c, [verb: argv[0], service: 'demo', ok: c == 0, exit_code: c, message: v == verb ? 'boom' : 'done']]
     }
@@ -306,6 +316,19 @@ section('3. argument lists') {
          argv: ['build', '--file', 'svc/cdlib.yml', '--tag', 'abc123def456', '--result-file', 'cdlib-result-build.json']],
         [name: 'push', step: 'cdlibPush', params: [tag: 'v2'],
          argv: ['push', '--tag', 'v2', '--result-file', 'cdlib-result-push.json']],
+        [name: 'build only the test images', step: 'cdlibBuild', params: [only: 'tests', tag: 'abc123def456', file: 'svc/cdlib.yml'],
+         argv: ['build', '--file', 'svc/cdlib.yml', '--tag', 'abc123def456', '--only', 'tests',
+                '--result-file', 'cdlib-result-build-tests.json']],
+        [name: 'build only the service image', step: 'cdlibBuild', params: [tag: 'abc123def456', only: 'service'],
+         argv: ['build', '--tag', 'abc123def456', '--only', 'service', '--result-file', 'cdlib-result-build-service.json']],
+        [name: 'push only the service image', step: 'cdlibPush', params: [only: 'service', tag: 'v2', store: 'sqlite:///tmp/s.db'],
+         argv: ['push', '--store', 'sqlite:///tmp/s.db', '--tag', 'v2', '--only', 'service',
+                '--result-file', 'cdlib-result-push-service.json']],
+        [name: 'push only the test images to an own result file', step: 'cdlibPush',
+         params: [only: 'tests', resultFile: 'out/push.json'],
+         argv: ['push', '--only', 'tests', '--result-file', 'out/push.json']],
+        [name: 'build with only: null builds both', step: 'cdlibBuild', params: [tag: 'v2', only: null],
+         argv: ['build', '--tag', 'v2', '--result-file', 'cdlib-result-build.json']],
         [name: 'test pre-integration', step: 'cdlibTest',
          params: [type: 'pre-integration', tag: 't1', targetUrl: 'http://127.0.0.1:9000/x', noRollback: true],
          argv: ['test', 'pre-integration', '--tag', 't1', '--target-url', 'http://127.0.0.1:9000/x',
@@ -441,12 +464,24 @@ section('5. parameter checks') {
         ['cdlibTest', [tag: 'x'], 'cdlibTest: type is required: pre-deployment, pre-integration or post-integration'],
         ['cdlibDeploy', [tag: 'x', image: 'r/i:1'], 'cdlibDeploy: give tag or image, not both'],
         ['cdlibDeploy', [lockWait: 1, 'lock-wait': 2], "cdlibDeploy: 'lock-wait' is given twice (as lockWait and as its alias)"],
+        ['cdlibBuild', [tag: 'x', only: 'test'], "cdlibBuild: only must be 'service' or 'tests', got 'test'"],
+        ['cdlibBuild', [only: 'Service'], "cdlibBuild: only must be 'service' or 'tests', got 'Service'"],
+        ['cdlibBuild', [only: ''], "cdlibBuild: only must be 'service' or 'tests', got ''"],
+        ['cdlibPush', [tag: 'x', only: 'all', credentials: [[id: 'registry', usernameVariable: 'U', passwordVariable: 'P']]],
+         "cdlibPush: only must be 'service' or 'tests', got 'all'"],
+        ['cdlibBuild', [tag: 'x', only: ['service', 'tests']], "cdlibBuild: only must be 'service' or 'tests', got '[service, tests]'"],
+        ['cdlibDeploy', [tag: 'x', only: 'service'],
+         "cdlibDeploy: unknown parameter 'only'; it takes: tag, image, lockWait, lockTtl, file, store, credentials, resultFile"],
+        ['cdlibTest', [type: 'pre-deployment', only: 'tests'],
+         "cdlibTest: unknown parameter 'only'; it takes: type, tag, targetUrl, junit, noRollback, file, store, credentials, resultFile"],
     ]
     paramCases.each { List pc ->
         Ctx ctx = newCtx()
         List r = runStep(ctx, pc[0], pc[1])
         report.equal("${pc[0]}(${pc[1]}): error", r[1], pc[2])
-        report.check("${pc[0]}(${pc[1]}): nothing ran", ctx.commands.isEmpty(), ctx.commands)
+        report.check("${pc[0]}(${pc[1]}): nothing ran (no sh, no credentials bound)",
+                     ctx.commands.isEmpty() && ctx.named('sh').isEmpty() && ctx.named('withCredentials').isEmpty(),
+                     ctx.calls)
     }
 }
 
@@ -595,14 +630,26 @@ section('8. cdlibPipeline') {
     report.equal('cdlibPipeline: tag from GIT_COMMIT', pctx.commands.collect { it.argv.contains('--tag') ? it.argv[it.argv.indexOf('--tag') + 1] : null }.unique() - [null],
                  ['0123456789ab'])
     report.equal('cdlibPipeline: a timeout per stage', pctx.named('timeout').collect { it.args.time },
-                 [30, 20, 15, 40, 20, 5, 20, 10])
-    report.equal('cdlibPipeline: deploy argument list', pctx.commands[3].argv,
+                 [20, 30, 15, 40, 20, 5, 20, 10])
+    report.equal('cdlibPipeline: the test images are built first, in the pre-deployment stage',
+                 pctx.calls.findAll { it.name == 'stage' || it.name == 'sh' }.take(4).collect { it.name == 'stage' ? it.args : it.args.label },
+                 ['pre-deployment tests', 'cdlib build', 'cdlib test pre-deployment', 'build'])
+    report.equal('cdlibPipeline: build of the test images', pctx.commands[0].argv,
+                 ['build', '--file', 'svc.yml', '--tag', '0123456789ab', '--only', 'tests', '--result-file',
+                  'cdlib-result-build-tests.json'])
+    report.equal('cdlibPipeline: build of the service image', pctx.commands[2].argv,
+                 ['build', '--file', 'svc.yml', '--tag', '0123456789ab', '--only', 'service', '--result-file',
+                  'cdlib-result-build-service.json'])
+    report.equal('cdlibPipeline: push of both images', pctx.commands[3].argv,
+                 ['push', '--file', 'svc.yml', '--tag', '0123456789ab', '--result-file', 'cdlib-result-push.json'])
+    report.equal('cdlibPipeline: deploy argument list', pctx.commands[4].argv,
                  ['deploy', '--file', 'svc.yml', '--tag', '0123456789ab', '--lock-wait', '120', '--result-file', 'cdlib-result-deploy.json'])
-    report.equal('cdlibPipeline: credentials for build, push and deploy only',
-                 pctx.commands.collect { it.env.containsKey('P') }, [true, false, true, true, false, false, false, false])
+    report.equal('cdlibPipeline: credentials for the builds, push and deploy only',
+                 pctx.commands.collect { it.env.containsKey('P') }, [true, false, true, true, true, false, false, false, false])
     emitAll('cdlibPipeline', pctx)
 
-    [['switch', 2, true], ['test pre-integration', 1, false], ['deploy', 3, false], ['build', 1, false], ['cleanup', 4, false]].each { List f ->
+    [['switch', 2, true], ['test pre-integration', 1, false], ['deploy', 3, false], ['build tests', 1, false],
+     ['test pre-deployment', 1, false], ['build service', 2, false], ['cleanup', 4, false]].each { List f ->
         Ctx ctx = newCtx(env: [GIT_COMMIT: 'fedcba9876543210fedcba9876543210fedcba98'], cli: failingAt(f[0], f[1]))
         List r = runStep(ctx, 'cdlibPipeline', [:])
         report.check("cdlibPipeline, ${f[0]} exits ${f[1]}: fails", r[1] != null, r)
@@ -620,7 +667,7 @@ section('8. cdlibPipeline') {
                  nt[1]?.startsWith('cdlibPipeline: no tag') && noTag.named('stage').isEmpty(), nt[1])
     Ctx badTimeouts = newCtx(env: [GIT_COMMIT: '0123456789abcdef'])
     report.equal('cdlibPipeline: an unknown stage in timeouts', runStep(badTimeouts, 'cdlibPipeline', [timeouts: [deploi: 3]])[1],
-                 "cdlibPipeline: timeouts: unknown stage 'deploi'; stages: build, pre-deployment, push, deploy, " +
+                 "cdlibPipeline: timeouts: unknown stage 'deploi'; stages: pre-deployment, build, push, deploy, " +
                  'pre-integration, switch, post-integration, cleanup, rollback')
     report.equal('cdlibPipeline: an unknown parameter', runStep(newCtx(), 'cdlibPipeline', [tags: 'x'])[1],
                  "cdlibPipeline: unknown parameter 'tags'; it takes: file, store, tag, credentials, lockWait, lockTtl, timeouts")
@@ -751,14 +798,22 @@ if (jenkinsfileClass != null) try {
             byStage[current] = (byStage[current] ?: []) + [c.name]
         }
     }
-    report.equal('Jenkinsfile: one library step per stage', byStage, [
-        'build': ['cdlibBuild'], 'pre-deployment tests': ['cdlibTest'], 'push': ['cdlibPush'], 'deploy': ['cdlibDeploy'],
-        'pre-integration tests': ['cdlibTest'], 'switch': ['cdlibSwitch'], 'post-integration tests': ['cdlibTest'],
-        'cleanup': ['cdlibCleanup']])
+    report.equal('Jenkinsfile: the library steps of each stage', byStage, [
+        'pre-deployment tests': ['cdlibBuild', 'cdlibTest'], 'build': ['cdlibBuild'], 'push': ['cdlibPush'],
+        'deploy': ['cdlibDeploy'], 'pre-integration tests': ['cdlibTest'], 'switch': ['cdlibSwitch'],
+        'post-integration tests': ['cdlibTest'], 'cleanup': ['cdlibCleanup']])
     report.equal('Jenkinsfile: test types', jctx.named('cdlibTest').collect { it.args.type },
                  ['pre-deployment', 'pre-integration', 'post-integration'])
-    report.equal('Jenkinsfile: build with the commit tag', jctx.named('cdlibBuild')[0].args,
-                 [file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []])
+    report.equal('Jenkinsfile: the test images, then the service image, with the commit tag',
+                 jctx.named('cdlibBuild').collect { it.args },
+                 [[only: 'tests', file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []],
+                  [only: 'service', file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []]])
+    report.equal('Jenkinsfile: push of both images', jctx.named('cdlibPush').collect { it.args },
+                 [[file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []]])
+    report.equal('Jenkinsfile: prepare.sh runs first, before the first build',
+                 jctx.calls.findAll { it.name in ['stage', 'sh', 'cdlibBuild', 'cdlibTest'] }.take(4).collect {
+                     it.name == 'stage' ? it.args : it.name == 'sh' ? it.args.script : it.name },
+                 ['pre-deployment tests', 'examples/demo/prepare.sh', 'cdlibBuild', 'cdlibTest'])
 
     Ctx fctx = newCtx(env: [GIT_COMMIT: commit, CDLIB_REGISTRY_CREDENTIALS: 'registry-login'], stubs: true)
     Map fmodel = declare(fctx)
@@ -775,15 +830,22 @@ if (jenkinsfileClass != null) try {
     }
     List ok = endToEnd(failingAt('none', 0))
     report.equal('Jenkinsfile (library): CLI verbs in order', ok[0].verbs(), pipelineVerbs)
-    report.equal('Jenkinsfile (library): deploy argument list', ok[0].commands[3].argv,
+    report.equal('Jenkinsfile (library): build argument lists', ok[0].commands.findAll { it.argv[0] == 'build' }.collect { it.argv },
+                 [['build', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--only', 'tests',
+                   '--result-file', 'cdlib-result-build-tests.json'],
+                  ['build', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--only', 'service',
+                   '--result-file', 'cdlib-result-build-service.json']])
+    report.equal('Jenkinsfile (library): deploy argument list', ok[0].commands.find { it.argv[0] == 'deploy' }?.argv,
                  ['deploy', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--lock-wait', '300',
                   '--result-file', 'cdlib-result-deploy.json'])
     List withParam = endToEnd(failingAt('none', 0), [LOCK_WAIT: '45'])
-    report.equal('Jenkinsfile (library): the LOCK_WAIT job parameter', withParam[0].commands[3].argv[6], '45')
+    report.equal('Jenkinsfile (library): the LOCK_WAIT job parameter',
+                 withParam[0].commands.find { it.argv[0] == 'deploy' }?.argv?.getAt(6), '45')
     report.check('Jenkinsfile (library): archives the results',
                  ok[0].named('archiveArtifacts').any { it.args.artifacts == 'cdlib-result-*.json' }, ok[0].named('archiveArtifacts'))
     emitAll('Jenkinsfile', ok[0])
     [['switch', 2, true], ['test post-integration', 1, false], ['deploy', 3, false], ['push', 2, false],
+     ['build tests', 1, false], ['test pre-deployment', 1, false], ['build service', 1, false],
      ['cleanup', 4, false]].each { List f ->
         List run = endToEnd(failingAt(f[0], f[1]))
         int at = pipelineVerbs.indexOf(f[0])

@@ -124,7 +124,7 @@ def test_every_recorded_argument_list_parses(recorded):
         assert ns.verb == argv[0]
         for flag, dest in (("--tag", "tag"), ("--image", "image"), ("--file", "file"), ("--store", "store"),
                            ("--target-url", "target_url"), ("--junit", "junit"), ("--junit-dir", "junit_dir"),
-                           ("--to", "to"), ("--result-file", "result_file")):
+                           ("--to", "to"), ("--only", "only"), ("--result-file", "result_file")):
             if flag in argv:
                 assert getattr(ns, dest) == argv[argv.index(flag) + 1], (command["case"], flag)
                 seen.add(flag)
