@@ -381,6 +381,7 @@ def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str
         return False, "did not answer"
     upstream = next((v for k, v in resp_headers.items() if k.lower() == UPSTREAM_HEADER.lower()), "")
     served_by = upstream.split(",")[-1].strip().split(" ")[-1] if upstream else ""
+    served_by = served_by.replace("[", "").replace("]", "")  # nginx brackets IPv6 ([::1]:80), HAProxy does not
     if not 200 <= status < 400:
         return False, f"answered {status}" + (f" from {served_by}" if served_by else "")
     if served_by not in expected:

@@ -1,4 +1,4 @@
-"""The proxy contract, run against every adapter: MemoryProxy and a real private nginx.
+"""The proxy contract, run against every adapter: MemoryProxy, a real private nginx and HAProxy.
 
 Traffic goes to tiny HTTP servers on free ports that answer with their own name and the path they
 saw, so each test can tell who answered. Every request goes through the port's ``request()``, the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 from cdlib.errors import ProxyError
 from cdlib.model import Backend, Routes
 from cdlib.proxy.base import PROBE_HEADER, UPSTREAM_HEADER
+from cdlib.proxy.haproxy import HaproxyProxy
 from cdlib.proxy.memory import MemoryProxy
 from cdlib.proxy.nginx import NginxProxy, children
 
@@ -27,6 +29,13 @@ BROKEN_NGINX = """\
 {% extends "nginx.conf.j2" %}
 {% block http_extra %}
     cdlibt_no_such_directive on;
+{% endblock %}
+"""
+
+BROKEN_HAPROXY = """\
+{% extends "haproxy.cfg.j2" %}
+{% block global_extra %}
+    cdlibt_no_such_keyword on
 {% endblock %}
 """
 
@@ -58,6 +67,12 @@ class Backends:
 
             def log_message(self, *args):
                 pass
+
+            def handle(self):
+                try:
+                    super().handle()
+                except ConnectionResetError:
+                    pass  # HAProxy's health checks close their connections with a reset
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
@@ -104,6 +119,8 @@ class Harness:
     def make(self, template: Path | None = None):
         if self.kind == "memory":
             return MemoryProxy(self.dir, forward=True)
+        if self.kind == "haproxy":
+            return HaproxyProxy(self.dir, listen=self.listen, template=template, drain_timeout=10)
         return NginxProxy(self.dir, listen=self.listen, template=template, drain_timeout=10)
 
     def running(self) -> bool:
@@ -116,7 +133,7 @@ class Harness:
         if self.kind == "memory":
             return self.proxy.render(backends)[:-3]  # a truncated document
         template = self.tmp / "broken.conf.j2"
-        template.write_text(BROKEN_NGINX)
+        template.write_text(BROKEN_HAPROXY if self.kind == "haproxy" else BROKEN_NGINX)
         return self.make(template).render(backends)
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, dict, str]:
@@ -129,11 +146,12 @@ class Harness:
         return body.split(" ")[0]
 
     def close(self) -> None:
-        if self.kind == "nginx":
+        if self.kind in ("nginx", "haproxy"):
             self.proxy.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("nginx", marks=pytest.mark.integration)])
+@pytest.fixture(params=["memory", pytest.param("nginx", marks=pytest.mark.integration),
+                        pytest.param("haproxy", marks=pytest.mark.integration)])
 def harness(request, tmp_path):
     h = Harness(request.param, tmp_path)
     yield h
@@ -457,4 +475,268 @@ def test_nginx_stop_waits_for_the_master_to_exit(tmp_path):
     assert pid is not None and os.path.exists(f"/proc/{pid}")
     assert p.stop() is True
     assert p.master_pid() is None and _state(pid) in ("Z", "X")
+    assert p.stop() is False
+
+
+# -- haproxy only -------------------------------------------------------------------------------------
+@pytest.fixture
+def haproxy(tmp_path):
+    h = Harness("haproxy", tmp_path)
+    yield h
+    h.close()
+    assert h.proxy.master_pid() is None
+
+
+class SlowServer:
+    """One backend whose answers take ``delay`` seconds: a request in flight during a reload."""
+
+    def __init__(self, delay: float):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                time.sleep(delay)
+                body = f"slow {self.path}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+            def handle(self):
+                try:
+                    super().handle()
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="cdlibt-slow", daemon=True).start()
+
+    def backend(self) -> Backend:
+        address = self.server.server_address[:2]
+        return Backend("cdlibt-demo", "blue", "r-slow", Routes(("/demo/",)), (address,))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _in_background(fn) -> tuple[threading.Thread, list]:
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn())
+        except OSError as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run, name="cdlibt-request")
+    t.start()
+    return t, out
+
+
+def raw_who(p) -> str:
+    """Who answers /demo/x on a fresh connection (the name of the backend)."""
+    status, _, body = raw_get(p, "/demo/x")
+    assert status == 200, (status, body)
+    return body.decode().split(" ")[0]
+
+
+@pytest.mark.integration
+def test_haproxy_drain_no_pre_reload_worker_survives_apply(haproxy, backends):
+    backends.start("beta")
+    slow = SlowServer(0.6)
+    p = haproxy.proxy
+    try:
+        p.apply(p.render([slow.backend()]))
+        master = p.master_pid()
+        old = children(master)
+        assert old
+        t, out = _in_background(lambda: raw_get(p, "/demo/slow"))
+        time.sleep(0.15)  # the request is now inside the old worker
+        timings = p.apply(p.render([backend(backends, "beta", color="green")]))
+        assert p.master_pid() == master  # a reload, not a restart
+        assert not any(_state(pid) not in ("Z", "X") for pid in old)
+        assert children(master) and not children(master) & old
+        assert timings["drain"] > 0.2  # apply waited for the request the old worker still served
+        t.join(5)
+        assert out and out[0][0] == 200 and out[0][2] == b"slow /slow"  # and that request succeeded
+        assert raw_who(p) == "beta"
+    finally:
+        slow.close()
+
+
+@pytest.mark.integration
+def test_haproxy_hard_stop_after_bounds_the_drain(tmp_path, backends):
+    """A request longer than the drain cannot hold a release: hard-stop-after (80 % of the drain
+    timeout) ends the old worker, and apply returns instead of failing."""
+    backends.start("beta")
+    slow = SlowServer(6.0)
+    p = HaproxyProxy(tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}", drain_timeout=2)
+    try:
+        assert "hard-stop-after 1s" in p.render([])
+        p.apply(p.render([slow.backend()]))
+        t, out = _in_background(lambda: raw_get(p, "/demo/slow"))
+        time.sleep(0.15)
+        t0 = time.monotonic()
+        timings = p.apply(p.render([backend(backends, "beta", color="green")]))
+        assert time.monotonic() - t0 < 2.0 and 0.5 < timings["drain"] < 2.0
+        assert raw_who(p) == "beta"
+        t.join(10)
+        assert out and (isinstance(out[0], OSError) or out[0][0] != 200)  # the cut request, as documented
+    finally:
+        p.stop()
+        slow.close()
+
+
+@pytest.mark.integration
+def test_haproxy_files_text_and_layout(haproxy, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = haproxy.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    first = p.read_config()
+    assert not p.last_good_path.exists()  # nothing was active before the first apply
+    p.apply(p.render([backend(backends, "beta", color="green")]))
+    assert p.last_good_path.read_bytes() == first
+    assert not p.staged_path.exists()
+    for name in ("haproxy.pid", "master.sock", "admin.sock"):
+        assert (haproxy.dir / name).exists(), name
+    assert (haproxy.dir / "admin.sock").stat().st_mode & 0o777 == 0o600
+    assert (haproxy.dir / "master.sock").stat().st_mode & 0o777 == 0o600
+    st = p.status()
+    assert st["running"] and st["pid"] == p.master_pid() and st["url"] == p.url()
+    assert st["workers"] == sorted(p.workers())
+    status, headers, _ = raw_get(p, "/demo")
+    assert (status, headers["location"]) == (301, "/demo/")
+    status, headers, _ = raw_get(p, "/demo?x=1")
+    assert (status, headers["location"]) == (301, "/demo/?x=1")
+    status, _, body = raw_get(p, "/nowhere")
+    assert (status, body) == (404, b"no route for this path\n")
+    assert raw_get(p, "/_cdlib/health")[::2] == (200, b"ok\n")
+    # the runtime API answers on the admin socket and knows the servers of the live color
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(haproxy.dir / "admin.sock"))
+        s.sendall(b"show servers state\n")
+        s.shutdown(socket.SHUT_WR)
+        state = s.makefile().read()
+    host, port = backends.addr("beta").split(":")
+    assert f"cdlibt-demo_green 1 s1 {host} " in state and f" {port} " in state
+    assert "[failed: 0]" in p.master_command("show proc")
+
+
+@pytest.mark.integration
+def test_haproxy_refused_config_leaves_file_and_process_untouched(haproxy, backends):
+    backends.start("alpha")
+    p = haproxy.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    before, workers = p.read_config(), p.workers()
+    with pytest.raises(ProxyError, match="cdlibt_no_such_keyword") as info:
+        p.apply(haproxy.invalid_text([backend(backends, "alpha")]))
+    assert "haproxy.cfg.staged" in str(info.value)  # the message points at the file that failed
+    assert p.read_config() == before and p.workers() == workers
+
+
+@pytest.mark.integration
+def test_haproxy_reload_failure_after_the_swap_restores_the_previous_bytes(haproxy, backends):
+    backends.start("alpha")
+    backends.start("beta")
+    p = haproxy.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    before, master = p.read_config(), p.master_pid()
+    with socket.socket() as taken:  # haproxy -c does not bind, the reload does: it must fail there
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        other = HaproxyProxy(haproxy.dir, listen=f"127.0.0.1:{taken.getsockname()[1]}", drain_timeout=10)
+        t0 = time.monotonic()
+        with pytest.raises(ProxyError, match="refused the reload.*put back"):
+            other.apply(other.render([backend(backends, "beta", color="green")]))
+        assert time.monotonic() - t0 < other.reload_timeout / 2  # told apart from a slow reload
+    assert p.read_config() == before and p.master_pid() == master
+    assert {haproxy.who() for _ in range(4)} == {"alpha"}
+    assert re.search(r"master +2 ", p.master_command("show proc"))  # the refused reload and the undo
+
+
+@pytest.mark.integration
+def test_haproxy_start_failure_leaves_no_file_behind(tmp_path, backends):
+    backends.start("alpha")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        p = HaproxyProxy(tmp_path / "proxy", listen=f"127.0.0.1:{taken.getsockname()[1]}")
+        try:
+            with pytest.raises(ProxyError, match="did not start.*cannot bind"):
+                p.apply(p.render([backend(backends, "alpha")]))
+            assert p.read_config() is None and p.master_pid() is None
+        finally:
+            p.stop()
+
+
+@pytest.mark.integration
+def test_haproxy_second_instance_on_the_same_port_is_refused(haproxy, backends, tmp_path):
+    """noreuseport: two private instances never share one port (and the traffic) silently."""
+    backends.start("alpha")
+    backends.start("beta")
+    p = haproxy.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    intruder = HaproxyProxy(tmp_path / "other", listen=haproxy.listen)
+    try:
+        with pytest.raises(ProxyError, match="did not start"):
+            intruder.apply(intruder.render([backend(backends, "beta", color="green")]))
+        assert intruder.master_pid() is None
+    finally:
+        intruder.stop()
+    assert {haproxy.who() for _ in range(8)} == {"alpha"}
+
+
+@pytest.mark.integration
+def test_haproxy_switch_under_traffic_drops_nothing_when_the_old_backend_stops_after_apply(haproxy, backends):
+    p = haproxy.proxy
+    backends.start("gen0")
+    p.apply(p.render([backend(backends, "gen0")]))
+    failures: list[str] = []
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:  # a new connection per request, like the measured clients
+                status, _, body = raw_get(p, "/demo/x")
+                (answers if status == 200 else failures).append(f"{status} {body[:40]!r}")
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, name=f"cdlibt-client-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for gen in range(1, 4):
+            time.sleep(0.2)
+            backends.start(f"gen{gen}")
+            p.apply(p.render([backend(backends, f"gen{gen}", color=("green", "blue")[gen % 2])]))
+            backends.stop(f"gen{gen - 1}")  # right after apply returned: the old worker is gone
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(answers) > 50
+    assert failures == []
+    assert answers[-1].startswith("200 b'gen3")
+
+
+@pytest.mark.integration
+def test_haproxy_stop_waits_for_the_master_to_exit(tmp_path):
+    p = HaproxyProxy(tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}")
+    p.ensure_running()
+    pid = p.master_pid()
+    workers = p.workers()
+    assert pid is not None and workers
+    assert p.stop() is True
+    assert p.master_pid() is None and _state(pid) in ("Z", "X")
+    assert all(_state(w) in ("Z", "X") for w in workers)
     assert p.stop() is False

@@ -1,0 +1,375 @@
+"""Rendering haproxy.cfg: golden files, the injection guard, template errors, determinism.
+
+The golden files in tests/golden/haproxy/ double as documentation of what cdlib writes (the same
+scenarios as tests/golden/nginx/). They are rewritten only when CDLIB_UPDATE_GOLDEN=1 is set;
+otherwise a difference fails the test. Rendering is pure, so the directory below never exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cdlib.errors import ConfigError, ProxyError
+from cdlib.model import Backend, Routes
+from cdlib.proxy.haproxy import (
+    _FAILED_RE,
+    HaproxyProxy,
+    _first_error_line,
+    bind_address,
+    haproxy_context,
+)
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "haproxy"
+LISTEN = "127.0.0.1:8880"
+DIR = Path("/srv/cdlib/haproxy")  # only written into the text: render() does no I/O
+PROBED = "if { var(txn.probe) -m str 1 }"
+
+OVERRIDE = """\
+{% extends "haproxy.cfg.j2" %}
+{% block defaults_extra %}
+    # added by the service's own template
+    option http-buffer-request
+{% endblock %}
+{% block backend_extra %}
+    # {{ b.service | cfg_token }} streams reports: allow slow answers
+    timeout server 300s
+{% endblock %}
+"""
+
+
+def demo(color: str = "blue", servers=(("127.0.0.1", 32001), ("127.0.0.1", 32002)), **routes) -> Backend:
+    return Backend("demo", color, "r-0001", Routes(**(routes or {"paths": ("/demo/",)})), tuple(servers))
+
+
+def api() -> Backend:
+    return Backend("api", "green", "r-0042", Routes(paths=("/api",), hosts=("api.example.com", "*.api.test")),
+                   (("10.0.0.7", 8080),), health_path="/health")
+
+
+def proxy(template: Path | None = None, **kwargs) -> HaproxyProxy:
+    return HaproxyProxy(DIR, listen=LISTEN, template=template, **kwargs)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / f"{name}.cfg"
+    if os.environ.get("CDLIB_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing: run with CDLIB_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(encoding="utf-8"), f"{path} differs (CDLIB_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def golden_cases(tmp_path: Path) -> dict[str, str]:
+    override = tmp_path / "my-haproxy.cfg.j2"
+    override.write_text(OVERRIDE)
+    return {
+        "no-backends": proxy().render([]),
+        "one-path-two-servers": proxy().render([demo()]),
+        "two-services-hosts": proxy().render([demo(), api()]),
+        "override-template": proxy(override).render([demo()]),
+    }
+
+
+def section(text: str, header: str) -> str:
+    """The lines of one section (``frontend cdlib``, ``backend demo_blue``) up to the next one."""
+    start = text.index(f"\n{header}\n") + 1
+    end = re.compile(r"^(global|defaults|frontend|backend) ", re.M).search(text, start + len(header))
+    return text[start:end.start() if end else len(text)]
+
+
+# -- golden files ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
+                                  "override-template"])
+def test_golden(tmp_path, name):
+    check_golden(name, golden_cases(tmp_path)[name])
+
+
+def test_global_section_runs_a_private_master_worker_instance():
+    text = section(proxy().render([]), "global")
+    assert "    master-worker\n" in text
+    assert f"    pidfile {DIR}/haproxy.pid\n" in text
+    assert f"    stats socket {DIR}/admin.sock mode 600 level admin\n" in text
+    assert "    noreuseport\n" in text
+    for word in ("daemon", "user ", "group ", "chroot"):  # -D and the caller's user, nothing else
+        assert not re.search(rf"^\s+{word}", text, re.M), word
+
+
+def test_no_backends_answers_503_but_health():
+    text = proxy().render([])
+    assert ('http-request return status 503 content-type text/plain string "no service is routed yet\\n"'
+            in text)
+    assert ('http-request return status 200 content-type text/plain string "ok\\n" '
+            "if !{ var(txn.route) -m found } { path /_cdlib/health }") in text
+    assert "\nbackend " not in text and "use_backend" not in text and "    server " not in text
+
+
+def test_path_route_strips_prefix_and_redirects_bare_prefix():
+    text = proxy().render([demo(paths=("/demo",))])
+    front = section(text, "frontend cdlib")
+    assert ("http-request set-var(txn.route) str(path:/demo/) if !{ var(txn.route) -m found } "
+            "{ path_beg /demo/ }") in front
+    assert "http-request replace-path ^/demo/(.*) /\\1 if { var(txn.route) -m str path:/demo/ }" in front
+    assert ("http-request redirect code 301 location /demo/?%[query] if !{ var(txn.route) -m found } "
+            "{ path /demo } { query -m found }") in front
+    assert ("http-request redirect code 301 location /demo/ if !{ var(txn.route) -m found } { path /demo }"
+            in front)
+    assert "use_backend demo_blue if { var(txn.route) -m str path:/demo/ }" in front
+    back = section(text, "backend demo_blue")
+    assert "server s1 127.0.0.1:32001 check inter 1s fall 2 rise 2" in back
+    assert "server s2 127.0.0.1:32002 check inter 1s fall 2 rise 2" in back
+
+
+def test_redirect_comes_before_any_shorter_prefix_claims_the_request():
+    text = proxy().render([demo(paths=("/",)), Backend("a", "blue", "r", Routes(paths=("/a/b",)), ())])
+    front = section(text, "frontend cdlib")
+    assert front.index("location /a/b/ if") < front.index("str(path:/) if")
+
+
+def test_longest_prefix_is_decided_first_and_only_once():
+    text = proxy().render([demo(paths=("/a/",)), Backend("b", "green", "r", Routes(paths=("/a/b/",)),
+                                                          (("10.0.0.2", 1),))])
+    front = section(text, "frontend cdlib")
+    assert front.index("str(path:/a/b/)") < front.index("str(path:/a/)")
+    # every decision is guarded, so a stripped path is never routed a second time
+    for line in front.splitlines():
+        if "set-var(txn.route)" in line:
+            assert "if !{ var(txn.route) -m found }" in line, line
+        if "replace-path" in line:
+            assert "if { var(txn.route) -m str path:" in line, line
+
+
+def test_host_route_keeps_the_path_and_comes_first():
+    text = proxy().render([api()])
+    front = section(text, "frontend cdlib")
+    assert "acl host_api var(txn.host) -m str api.example.com" in front
+    assert "acl host_api var(txn.host) -m end .api.test" in front  # *.api.test, not api.test itself
+    assert "http-request set-var(txn.route) str(host:api) if !{ var(txn.route) -m found } host_api" in front
+    assert front.index("str(host:api)") < front.index("/_cdlib/health") < front.index("str(path:/api/)")
+    strips = [line.strip() for line in front.splitlines() if "replace-path" in line]
+    assert strips == ["http-request replace-path ^/api/(.*) /\\1 if { var(txn.route) -m str path:/api/ }"]
+    assert "use_backend api_green if { var(txn.route) -m str host:api path:/api/ }" in front
+    assert "http-request set-var(txn.host) req.hdr(host),field(1,:),lower" in front  # port dropped
+
+
+def test_root_path_replaces_the_404_rule():
+    text = proxy().render([demo(paths=("/",))])
+    assert "str(path:/) if !{ var(txn.route) -m found } { path_beg / }" in text
+    assert "no route for this path" not in text
+    assert "http-request replace-path" not in text  # nothing to strip
+    assert "http-request redirect" not in text  # no bare prefix
+
+
+def test_backend_without_servers_answers_503():
+    text = proxy().render([demo(servers=())])
+    back = section(text, "backend demo_blue")
+    assert ('http-request return status 503 content-type text/plain string "no running instance of demo\\n"'
+            in back)
+    assert "    server " not in back
+    assert "(no servers)" in text
+
+
+def test_header_lists_services_colors_and_releases():
+    head = proxy().render([demo(), api()]).split("\n\n", 1)[0]
+    assert "do not edit" in head
+    assert "api green release r-0042" in head and "demo blue release r-0001" in head
+    assert f"-f {DIR}/haproxy.cfg" in head
+
+
+def test_ipv6_server_is_bracketed():
+    text = proxy().render([demo(servers=(("::1", 9000),))])
+    assert "server s1 [::1]:9000 check" in text
+
+
+def test_render_is_deterministic_whatever_the_order():
+    p = proxy()
+    a = p.render([demo(servers=(("127.0.0.1", 2), ("127.0.0.1", 1))), api()])
+    b = p.render([api(), demo(servers=(("127.0.0.1", 1), ("127.0.0.1", 2)))])
+    assert a == b
+    assert a.index("backend api_green") < a.index("backend demo_blue")
+
+
+def test_probe_headers_only_when_the_request_asked():
+    text = proxy().render([demo()])
+    front = section(text, "frontend cdlib")
+    assert "http-request set-var(txn.probe) req.fhdr(x-cdlib-probe)" in front
+    back = section(text, "backend demo_blue")
+    # the backend's own headers go first (forgeries), then the proxy's, only for a probe
+    assert back.index("http-response del-header X-Cdlib-Upstream") < back.index("set-header X-Cdlib-Upstream")
+    assert "http-response del-header X-Cdlib-Color" in back
+    assert f"http-response set-header X-Cdlib-Upstream %si:%sp {PROBED}" in back
+    assert f"http-response set-header X-Cdlib-Color blue {PROBED}" in back
+    assert text.count("set-header X-Cdlib-") == 2
+
+
+def test_drain_timeout_bounds_hard_stop_after():
+    assert "hard-stop-after 4s" in proxy(drain_timeout=5).render([])
+    assert "hard-stop-after 12s" in proxy().render([])
+    assert "hard-stop-after 1s" in proxy(drain_timeout=0).render([])
+
+
+@pytest.mark.parametrize("listen, bind", [("8880", ":8880"), ("127.0.0.1:81", "127.0.0.1:81"),
+                                          ("[::1]:82", "[::1]:82"), ("0.0.0.0:83", "0.0.0.0:83")])
+def test_bind_address_from_listen(listen, bind):
+    assert bind_address(listen) == bind
+    assert f"    bind {bind}\n" in HaproxyProxy(DIR, listen=listen).render([])
+
+
+@pytest.mark.parametrize("listen", ["", "host:80", "1.2.3.4:99999", "80;"])
+def test_bad_listen_is_a_config_error(listen):
+    with pytest.raises(ConfigError):
+        HaproxyProxy(DIR, listen=listen)
+
+
+@pytest.mark.parametrize("listen, url", [("8880", "http://127.0.0.1:8880"), ("[::]:82", "http://[::1]:82")])
+def test_url_from_listen(listen, url):
+    assert HaproxyProxy(DIR, listen=listen).url() == url
+
+
+# -- conflicts --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backends, words", [
+    ([demo(), demo("green")], "two backends for service 'demo'"),
+    ([demo(), Backend("other", "blue", "r", Routes(paths=("/demo",)), ())], "both route the path /demo/"),
+    ([api(), Backend("web", "blue", "r", Routes(hosts=("api.example.com",)), ())], "both route the host"),
+    ([demo(paths=("/_cdlib/x",))], "reserved"),
+    ([demo(servers=(("127.0.0.1", 0),))], "not from 1 to 65535"),
+])
+def test_conflicts_are_refused_with_the_service_named(backends, words):
+    with pytest.raises(ProxyError, match=words):
+        proxy().render(backends)
+
+
+# -- the injection guard ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", [
+    Backend("demo", "blue", "r", Routes(paths=("/demo/;return 200 x;",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/demo/ }",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/demo/\nbackend x",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/demo/#",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=('/"${HOME}"/',)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(hosts=("a.test b.test",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(hosts=("a.test\nacl x",)), (("127.0.0.1", 1),)),
+    Backend("demo;", "blue", "r", Routes(paths=("/d/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue\n", "r", Routes(paths=("/d/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r\nglobal", Routes(paths=("/d/",)), (("127.0.0.1", 1),)),
+    Backend("demo", "blue", "r", Routes(paths=("/d/",)), (("127.0.0.1 backup", 1),)),
+])
+def test_injection_through_a_backend_is_refused(backend):
+    with pytest.raises(ProxyError, match="unsafe configuration value"):
+        proxy().render([backend])
+
+
+@pytest.mark.parametrize("backend, char", [
+    (Backend("demo", "blue", "r", Routes(paths=("/demo/%[src]/",)), (("127.0.0.1", 1),)), "%"),
+    (Backend("demo", "blue", "r", Routes(paths=("/a(b)/",)), (("127.0.0.1", 1),)), "("),
+    (Backend("demo", "blue", "r", Routes(paths=("/a,b/",)), (("127.0.0.1", 1),)), ","),
+    (Backend("demo", "blue", "r", Routes(paths=("/a*/",)), (("127.0.0.1", 1),)), "*"),
+    (Backend("demo", "blue", "r", Routes(hosts=("a.test,b",)), (("127.0.0.1", 1),)), ","),
+    (Backend("demo", "blue%[src]", "r", Routes(paths=("/d/",)), (("127.0.0.1", 1),)), "%"),
+    (Backend("de)mo", "blue", "r", Routes(paths=("/d/",)), (("127.0.0.1", 1),)), ")"),
+])
+def test_haproxy_syntax_in_a_value_is_refused(backend, char):
+    """Characters harmless to nginx but read by HAProxy: log-format variables, fetch arguments,
+    regular expressions."""
+    with pytest.raises(ProxyError, match="unsafe configuration value") as info:
+        proxy().render([backend])
+    assert repr(char) in str(info.value) and "HAProxy" in str(info.value)
+
+
+def test_host_wildcard_is_allowed_only_as_a_prefix():
+    assert "-m end .api.test" in proxy().render([api()])
+    with pytest.raises(ProxyError, match="unsafe configuration value"):
+        proxy().render([Backend("demo", "blue", "r", Routes(hosts=("a.*.test",)), (("127.0.0.1", 1),))])
+
+
+def test_injection_error_names_the_template_line():
+    bad = Backend("demo", "blue", "r", Routes(paths=("/d;/",)), (("127.0.0.1", 1),))
+    with pytest.raises(ProxyError) as info:
+        proxy().render([bad])
+    assert "haproxy.cfg.j2, line" in str(info.value)
+    assert info.value.line is not None
+
+
+def test_a_directory_with_a_space_is_refused_at_render():
+    with pytest.raises(ProxyError, match="unsafe configuration value"):
+        HaproxyProxy("/srv/my proxy", listen=LISTEN).render([])
+
+
+# -- templates ------------------------------------------------------------------------------------
+def test_override_syntax_error_names_file_and_line(tmp_path):
+    override = tmp_path / "broken.cfg.j2"
+    override.write_text("global\n{% for x in %}\n")
+    with pytest.raises(ProxyError) as info:
+        proxy(override).render([])
+    assert str(override) in str(info.value) and "line 2" in str(info.value)
+
+
+def test_override_undefined_variable_is_an_error_not_an_empty_string(tmp_path):
+    override = tmp_path / "undefined.cfg.j2"
+    override.write_text("# ok\nbind {{ bind }}\nbackend {{ no_such_thing }}\n")
+    with pytest.raises(ProxyError) as info:
+        proxy(override).render([])
+    assert "no_such_thing" in str(info.value) and "line 3" in str(info.value)
+
+
+def test_override_standalone_sees_the_documented_variables(tmp_path):
+    override = tmp_path / "standalone.cfg.j2"
+    override.write_text("{{ listen }} {{ bind }} {{ dir }} {{ health_path }} {{ hard_stop_after }} "
+                        "{{ has_root }}\n"
+                        "{% for b in backends %}{{ b.service }} {{ b.color }} {{ b.release }} "
+                        "{{ b.upstream }} {{ b.servers | join(',') }} {{ b.paths | join(',') }} "
+                        "{{ b.hosts | join(',') }} "
+                        "{{ b.health_path }} {{ b.route_ids | join(',') }}\n{% endfor %}"
+                        "{% for r in routes %}{{ r.path }}>{{ r.prefix }}>{{ r.redirect }}>{{ r.route }}>"
+                        "{{ r.service }}>{{ r.upstream }}{% endfor %}")
+    text = proxy(override).render([api()])
+    assert text == (f"127.0.0.1:8880 127.0.0.1:8880 {DIR} /_cdlib/health 12 False\n"
+                    "api green r-0042 api_green 10.0.0.7:8080 /api api.example.com,*.api.test /health "
+                    "host:api,path:/api/\n"
+                    "/api>/api/>/api>path:/api/>api>api_green")
+
+
+def test_missing_override_file_is_a_proxy_error(tmp_path):
+    with pytest.raises(ProxyError, match="cannot read the template"):
+        proxy(tmp_path / "nope.j2").render([])
+
+
+def test_context_is_pure_and_marks_the_root():
+    ctx = haproxy_context([demo(paths=("/", "/x"))], listen=LISTEN, directory=DIR)
+    assert ctx["has_root"] is True
+    assert [(r["prefix"], r["redirect"]) for r in ctx["routes"]] == [("/x/", "/x"), ("/", None)]
+
+
+# -- reading haproxy's answers ------------------------------------------------------------------------
+def test_first_error_line_is_the_first_alert_without_its_pid():
+    out = ("[NOTICE]   (1234) : haproxy version is 2.6.12\n"
+           "[ALERT]    (1234) : config : parsing [/d/haproxy.cfg.staged:14] : unknown keyword 'x' in "
+           "'global' section\n[ALERT]    (1234) : config : Fatal errors found in configuration.\n")
+    assert _first_error_line(out) == ("config : parsing [/d/haproxy.cfg.staged:14] : unknown keyword 'x' in "
+                                      "'global' section")
+    assert _first_error_line("") == "no output"
+
+
+def test_failed_reloads_are_read_from_show_proc():
+    answer = ("#<PID>          <type>          <reloads>       <uptime>        <version>\n"
+              "4242            master          3 [failed: 2]   0d00h00m08s     2.6.12-1+deb12u4\n"
+              "# workers\n4250            worker          0               0d00h00m01s     2.6.12\n")
+    m = _FAILED_RE.search(answer)
+    assert m and (m.group(1), m.group(2)) == ("4242", "2")
+
+
+# -- haproxy itself accepts every golden file ----------------------------------------------------------
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
+                                  "override-template"])
+def test_haproxy_accepts_the_golden_files(tmp_path, name):
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    cfg = tmp_path / "haproxy.cfg"
+    shutil.copyfile(GOLDEN / f"{name}.cfg", cfg)
+    proc = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "[WARNING]" not in proc.stderr and "[ALERT]" not in proc.stderr, proc.stderr
