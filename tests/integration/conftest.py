@@ -12,7 +12,6 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,11 +64,12 @@ def web_images(docker_client):
 class Service:
     """One test service: its descriptor, store, proxy; helpers to run the CLI and read the state."""
 
-    def __init__(self, directory: Path, docker_client):
+    def __init__(self, directory: Path, docker_client, proxy_kind: str = "nginx"):
         self.dir = directory
+        self.proxy_kind = proxy_kind
         self.name = f"cdlibt-{secrets.token_hex(3)}"
         self.port = free_port()
-        self.proxy_dir = directory / "nginx"
+        self.proxy_dir = directory / proxy_kind
         self.db = directory / "state.db"
         self.docker = docker_client
         (directory / "check.py").write_text(CHECK)
@@ -92,7 +92,7 @@ class Service:
             "routes": {"paths": [f"/{self.name}/"]},
             "tests": {"pre-integration": pre, "post-integration": suite},
             "target": {"bind": "127.0.0.1", "stop_timeout": 5},
-            "proxy": {"kind": "nginx", "listen": f"127.0.0.1:{self.port}", "dir": str(self.proxy_dir)},
+            "proxy": {"kind": self.proxy_kind, "listen": f"127.0.0.1:{self.port}", "dir": str(self.proxy_dir)},
             "store": self.store_url,
         }
         self.file.write_text(json.dumps(descriptor, indent=2))  # JSON is YAML
@@ -146,7 +146,8 @@ class Service:
             store.close()
 
     def nginx_conf(self) -> bytes | None:
-        path = self.proxy_dir / "nginx.conf"
+        """The active proxy configuration's bytes (nginx.conf or haproxy.cfg)."""
+        path = self.proxy_dir / ("nginx.conf" if self.proxy_kind == "nginx" else "haproxy.cfg")
         return path.read_bytes() if path.exists() else None
 
     def snapshot(self):
@@ -162,19 +163,23 @@ class Service:
     def teardown(self):
         for c in self.docker.containers.list(all=True, filters={"label": f"cdlib.service={self.name}"}):
             c.remove(force=True, v=True)
-        conf = self.proxy_dir / "nginx.conf"
-        if conf.exists():
-            subprocess.run(["nginx", "-p", str(self.proxy_dir), "-c", str(conf), "-s", "quit"],
-                           capture_output=True)
-            pid = self.proxy_dir / "nginx.pid"
-            deadline = time.monotonic() + 10
-            while pid.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if self.proxy_kind == "nginx":
+            from cdlib.proxy.nginx import NginxProxy as proxy_class
+        else:
+            from cdlib.proxy.haproxy import HaproxyProxy as proxy_class
+        proxy_class(self.proxy_dir, listen=f"127.0.0.1:{self.port}").stop()
 
 
 @pytest.fixture
 def service(tmp_path, docker_client, web_images):
     svc = Service(tmp_path, docker_client)
+    yield svc
+    svc.teardown()
+
+
+@pytest.fixture(params=["nginx", "haproxy"])
+def any_proxy_service(request, tmp_path, docker_client, web_images):
+    svc = Service(tmp_path, docker_client, proxy_kind=request.param)
     yield svc
     svc.teardown()
 

@@ -9,7 +9,8 @@ from tests.support.load import Load
 pytestmark = pytest.mark.integration
 
 
-def test_release_v1_then_v2_under_load_drops_no_request(service):
+def test_release_v1_then_v2_under_load_drops_no_request(any_proxy_service):
+    service = any_proxy_service
     code, out = service.cli_json("release", "--tag", "v1")
     assert code == 0, out
     assert out["color"] == "blue"
@@ -53,7 +54,8 @@ def test_separate_stages_then_quick_rollback(service):
 
 
 @pytest.mark.parametrize("suite", ["pre-integration", "post-integration"])
-def test_failing_suite_restores_exactly_the_prior_state(service, suite):
+def test_failing_suite_restores_exactly_the_prior_state(any_proxy_service, suite):
+    service = any_proxy_service
     service.cli("release", "--tag", "v1", check=True)
     before = service.snapshot()
     code, out = service.cli_json("release", "--tag", "v2", env={"FAIL_TEST_TYPE": suite})
