@@ -23,6 +23,11 @@ def _targets(spec: ServiceSpec, build_only: bool) -> list[tuple[str, ImageSpec]]
     return out
 
 
+def _select(targets: list, only: str | None) -> list:
+    """The service image comes first in targets, the test images after it."""
+    return {"service": targets[:1], "tests": targets[1:]}.get(only, targets)
+
+
 def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str | None = None) -> Outcome:
     """Build the service image and the test images (only="service" or only="tests": just those,
     so a pipeline can run its pre-deployment tests before it builds the service image)."""
@@ -30,12 +35,7 @@ def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str 
         raise ConfigError(f"{spec.source}: image.build: expected a build context to build "
                           f"{spec.image.repository} (image.build.context)", key="image.build")
     steps, built = [], []
-    targets = _targets(spec, build_only=True)
-    if only == "service":
-        targets = targets[:1]
-    elif only == "tests":
-        targets = targets[1:]
-    for label, img in targets:
+    for label, img in _select(_targets(spec, build_only=True), only):
         args = dict(img.build.args)
         args.setdefault("CDLIB_TAG", spec.image.tag)
         t0 = time.monotonic()
@@ -50,12 +50,7 @@ def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str 
 
 def push(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str | None = None) -> Outcome:
     steps, pushed = [], []
-    targets = _targets(spec, build_only=False)
-    if only == "service":
-        targets = targets[:1]
-    elif only == "tests":
-        targets = targets[1:]
-    for label, img in targets:
+    for label, img in _select(_targets(spec, build_only=False), only):
         t0 = time.monotonic()
         digest = runtime.push_image(img.ref)
         step = StepReport(f"push {label}", "done", time.monotonic() - t0, f"{img.ref} {digest}")

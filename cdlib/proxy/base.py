@@ -53,14 +53,7 @@ class Proxy(ABC):
     def request(self, path: str, headers: dict | None = None, timeout: float = 3.0) -> tuple[int, dict, bytes]:
         """One GET through the proxy: (status, headers, first 64 KiB of the body). Status 0 means no
         answer at all. The switch's probe uses it; memory adapters answer from their own state."""
-        req = urllib.request.Request(self.url() + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, dict(resp.headers.items()), resp.read(65536)
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers.items()) if exc.headers else {}, b""
-        except (urllib.error.URLError, OSError, ValueError):
-            return 0, {}, b""
+        return http_get(self.url() + path, headers or {}, timeout)
 
     def ensure_running(self) -> None:
         """Start the proxy when it is not running (private instances only)."""
@@ -70,3 +63,15 @@ class Proxy(ABC):
 
     def describe(self) -> str:
         return self.kind
+
+
+def http_get(url: str, headers: dict, timeout: float) -> tuple[int, dict, bytes]:
+    """(status, headers, first 64 KiB of the body); status 0 when nothing answered."""
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()) if exc.headers else {}, b""
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, {}, b""

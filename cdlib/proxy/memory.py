@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import ProxyError
 from ..model import Backend
 from ..render import cfg_token
-from .base import PROBE_HEADER, UPSTREAM_HEADER, Proxy
+from .base import PROBE_HEADER, UPSTREAM_HEADER, Proxy, http_get
 from .nginx import HEALTH_PATH, check_backends
 
 FORMAT = "cdlib-memory-proxy/1"
@@ -172,7 +172,7 @@ class MemoryProxy(Proxy):
                 status, out = 200, {}
                 body = f"{routed.service} {routed.color} {server} {routed.path}\n".encode()
                 break
-            status, out, body = _fetch(f"http://{server}{routed.path}", headers or {}, timeout)
+            status, out, body = http_get(f"http://{server}{routed.path}", headers or {}, timeout)
             if status not in (0, 502, 503):
                 break
         status = 502 if status == 0 else status
@@ -241,20 +241,6 @@ class MemoryProxy(Proxy):
                 raise ProxyError("memory proxy refused the new configuration: a backend lacks "
                                  "service, color, paths, hosts or servers")
         return doc
-
-
-def _fetch(url: str, headers: dict, timeout: float) -> tuple[int, dict, bytes]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers.items()), resp.read(65536)
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()) if exc.headers else {}, b""
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0, {}, b""
 
 
 def _host_matches(pattern: str, host: str) -> bool:

@@ -138,13 +138,15 @@ class Store(ABC):
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             try:
-                return self._try_lock(key, holder, ttl)
+                return self.try_lock(key, holder, ttl)
             except LockHeld:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(poll, max(0.01, deadline - time.monotonic())))
 
-    def _try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+    def try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+        """One attempt: take the lock or raise LockHeld. Adapters with native leases or sessions
+        override this (and refresh_lock/release_lock), keeping the record and LockHeld semantics."""
         token = uuid.uuid4().hex
         record = dict(holder, token=token, expires=time.time() + ttl)
         current = self.get(key)

@@ -254,19 +254,8 @@ class ConsulStore(Store):
             pass  # the session dies with its TTL anyway
 
     # -- the lock: a session-held key with the holder record ----------------------------------------------
-    def acquire_lock(self, key: str, holder: dict, ttl: float, wait: float = 0.0, poll: float = 0.5) -> Lock:
-        """Take the lock or raise LockHeld; an expired holder (record past ``expires``, or session gone)
-        is taken over. With wait, retry until then."""
-        deadline = time.monotonic() + max(0.0, wait)
-        while True:
-            try:
-                return self._try_session_lock(key, holder, ttl)
-            except LockHeld:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(poll, max(0.01, deadline - time.monotonic())))
-
-    def _try_session_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+    def try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+        """One attempt; an expired holder (record past ``expires``, or session gone) is taken over."""
         self._check_key(key)
         current = self._get_raw(key)
         taken_over = None

@@ -239,21 +239,10 @@ class EtcdStore(Store):
         self._clients.clear()
 
     # -- the lock: a leased key with the holder record ---------------------------------------------------
-    def acquire_lock(self, key: str, holder: dict, ttl: float, wait: float = 0.0, poll: float = 0.5) -> Lock:
-        """Take the lock or raise LockHeld; an expired holder is taken over. With wait, retry until then.
-
-        The record is attached to a lease of LOCK_LEASE_FACTOR x ttl: it expires (``expires``) at ttl as
-        in every store, and the key itself goes when the lease does, so a killed holder frees it."""
-        deadline = time.monotonic() + max(0.0, wait)
-        while True:
-            try:
-                return self._try_leased_lock(key, holder, ttl)
-            except LockHeld:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(min(poll, max(0.01, deadline - time.monotonic())))
-
-    def _try_leased_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+    def try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
+        """One attempt; an expired holder is taken over. The record is attached to a lease of
+        LOCK_LEASE_FACTOR x ttl: it expires (``expires``) at ttl as in every store, and the key itself
+        goes when the lease does, so a killed holder frees it."""
         current = self._raw(key)
         taken_over = None
         previous: dict = {}
