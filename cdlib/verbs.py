@@ -80,10 +80,6 @@ def live_record(store, service: str) -> dict | None:
     return store.get_json(keys.live(service))
 
 
-def registered(store, service: str, color: str | None = None) -> list[dict]:
-    return store.registrations(service, color)
-
-
 def backends(store, override: Backend | None = None) -> list[Backend]:
     """What the proxy serves: every service's live color and its registered instances, with one
     service replaced by override (the color being switched to)."""
@@ -94,7 +90,7 @@ def backends(store, override: Backend | None = None) -> list[Backend]:
         name = keys.service_of(entry.key)
         live = entry.json()
         spec = store.get_json(keys.spec(name)) or {}
-        servers = tuple(sorted((i["address"], int(i["port"])) for i in registered(store, name, live["color"])))
+        servers = tuple(sorted((i["address"], int(i["port"])) for i in store.registrations(name, live["color"])))
         if not servers:
             continue
         out[name] = Backend(name, live["color"], live.get("release", ""), Routes.from_dict(spec.get("routes", {})),
@@ -405,14 +401,11 @@ def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: st
             # the lock was free or expired, yet a release is open: its process died. Undo it first.
             ctx.emit(StepReport("take-over", "done", 0.0,
                                 f"release {abandoned.id} was abandoned (lock expired); rolling it back first"))
-            ctx.journal = abandoned
-            failed = plan.undo(ctx, abandoned, UNDO, ctx.emit)
-            if failed:
-                abandoned.phase = jr.STUCK
-                abandoned.save()
-                raise UndoIncomplete(f"the abandoned release {abandoned.id} of {s.name} could not be fully "
-                                     f"rolled back ({', '.join(failed)}); fix that and run 'cdlib rollback'")
-            abandoned.close("rolled-back", "taken over after its lock expired")
+            ctx.journal = abandoned  # its lock token is stale: releasing it below is a no-op
+            out = _rollback_open(ctx, "taken over after its lock expired")
+            if out.exit_code == EXIT_UNDO_INCOMPLETE:
+                raise UndoIncomplete(f"the abandoned release {abandoned.id} of {s.name} could not be fully rolled "
+                                     "back; fix the cause and run 'cdlib rollback'")
         live = store.get(keys.live(s.name))
         prev = live.json() if live else None
         color = other_color(prev["color"] if prev else None)
@@ -706,7 +699,7 @@ def status(ctx: Ctx, *, check_health: bool = True) -> Outcome:
     live = live_record(store, s.name)
     j = Journal.load(store, s.name)
     lock = store.lock_info(keys.lock(s.name))
-    regs = registered(store, s.name)
+    regs = store.registrations(s.name)
     data = {"live": live, "next_color": other_color(live["color"] if live else None),
             "open_release": None, "lock": lock, "registered": regs}
     if j is not None:
