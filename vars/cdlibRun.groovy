@@ -95,6 +95,7 @@ List options() {
         [key: 'lockTtl', alias: 'lock-ttl', flag: '--lock-ttl'],
         [key: 'to', flag: '--to'],
         [key: 'next', flag: '--next', bool: true],
+        [key: 'limit', flag: '--limit'],
         [key: 'resultFile', alias: 'result-file', flag: '--result-file'],
     ]
 }

@@ -164,7 +164,7 @@ try {
 } catch (Throwable t) {
     report.check('compiles Jenkinsfile', false, t.message)
 }
-List expectedSteps = ['cdlibBuild', 'cdlibCleanup', 'cdlibColor', 'cdlibDeploy', 'cdlibPipeline', 'cdlibPush',
+List expectedSteps = ['cdlibBuild', 'cdlibCleanup', 'cdlibColor', 'cdlibDeploy', 'cdlibHistory', 'cdlibPipeline', 'cdlibPush',
                       'cdlibRelease', 'cdlibRollback', 'cdlibRun', 'cdlibStatus', 'cdlibSwitch', 'cdlibTest']
 report.equal('one step per verb, plus cdlibPipeline and cdlibRun', steps.keySet().sort(), expectedSteps)
 
@@ -312,6 +312,8 @@ section('3. argument lists') {
          argv: ['color', '--store', 'etcd://127.0.0.1:2379', '--next', '--result-file', 'cdlib-result-color.json']],
         [name: 'color next false', step: 'cdlibColor', params: [next: false],
          argv: ['color', '--result-file', 'cdlib-result-color.json']],
+        [name: 'history', step: 'cdlibHistory', params: [limit: 5],
+         argv: ['history', '--limit', '5', '--result-file', 'cdlib-result-history.json']],
         [name: 'build', step: 'cdlibBuild', params: [tag: 'abc123def456', file: 'svc/cdlib.yml'],
          argv: ['build', '--file', 'svc/cdlib.yml', '--tag', 'abc123def456', '--result-file', 'cdlib-result-build.json']],
         [name: 'push', step: 'cdlibPush', params: [tag: 'v2'],

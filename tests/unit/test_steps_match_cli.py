@@ -67,8 +67,8 @@ def verbs():
 def test_the_sources_are_understood():
     """Guards the regular expressions: if the Groovy changes shape, this fails instead of passing vacuously."""
     steps = step_table()
-    assert set(steps) == {"cdlibStatus", "cdlibColor", "cdlibBuild", "cdlibPush", "cdlibTest", "cdlibDeploy",
-                          "cdlibSwitch", "cdlibCleanup", "cdlibRollback", "cdlibRelease"}
+    assert set(steps) == {"cdlibStatus", "cdlibColor", "cdlibHistory", "cdlibBuild", "cdlibPush", "cdlibTest",
+                          "cdlibDeploy", "cdlibSwitch", "cdlibCleanup", "cdlibRollback", "cdlibRelease"}
     options = option_table()
     assert len(options) >= 12 and options["tag"] == "--tag" and options["type"] is None
     assert set(common_keys()) == {"file", "store", "credentials", "resultFile"}
@@ -132,6 +132,9 @@ def test_every_recorded_argument_list_parses(recorded):
             if flag in argv:
                 assert getattr(ns, dest) == float(argv[argv.index(flag) + 1]), (command["case"], flag)
                 seen.add(flag)
+        if "--limit" in argv:
+            assert ns.limit == int(argv[argv.index("--limit") + 1]), command["case"]
+            seen.add("--limit")
         for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback")):
             if flag in argv:
                 assert getattr(ns, dest) is True
