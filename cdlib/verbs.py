@@ -392,6 +392,7 @@ def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str
 # ================================================================================================
 def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: str | None = None) -> None:
     store, s = ctx.ports.store, ctx.spec
+    ctx.ports.runtime.ping()  # an unreachable engine fails the release before anything is changed
     release_id = jr.new_release_id()
     holder = default_holder(release=release_id, image=image)
     lock = store.acquire_lock(keys.lock(s.name), holder, lock_ttl, wait=lock_wait)

@@ -95,6 +95,10 @@ class Runtime(ABC):
     def push_image(self, ref: str) -> str:
         raise NotImplementedError(f"{self.kind} runtime cannot push images")
 
+    def ping(self) -> None:
+        """Raise RuntimeBackendError when the runtime cannot be reached: checked before a release
+        opens, so an unreachable engine fails it with nothing to undo."""
+
     def close(self) -> None:
         pass
 

@@ -111,8 +111,12 @@ class DockerRuntime(Runtime):
         return text
 
     def _unreachable(self, exc: BaseException) -> RuntimeBackendError:
-        return RuntimeBackendError(f"docker runtime: cannot reach {self.describe()}: {self._reason(exc)}; "
+        return RuntimeBackendError(f"docker runtime: cannot reach {self.describe()} ({_transport_reason(exc)}); "
                                    "check DOCKER_HOST and that dockerd is running", host=self.describe())
+
+    def ping(self) -> None:
+        with self._translate("ping the engine"):
+            self._client.ping()
 
     @contextmanager
     def _translate(self, action: str, hint: str = "") -> Iterator[None]:
@@ -440,6 +444,27 @@ def _host_port(container) -> int:
 
 def _aside_release(name: str) -> str:
     return name.split(ASIDE, 1)[1] if ASIDE in name else ""
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """The short cause of a connection failure (refused, timed out, no such socket...), not the
+    whole urllib3 retry story."""
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror.lower()
+        for arg in getattr(cur, "args", ()):
+            if isinstance(arg, BaseException):
+                found = _transport_reason(arg)
+                if found:
+                    return found
+        cur = cur.__cause__ or cur.__context__
+    text = _reason(exc)
+    for marker in ("Connection refused", "timed out", "No such file or directory", "Name or service not known"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text[:160]
 
 
 def _reason(exc: BaseException) -> str:

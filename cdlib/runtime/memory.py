@@ -67,6 +67,9 @@ class MemoryRuntime(Runtime):
         self.containers[name] = c
 
     # -- the port -------------------------------------------------------------------------------
+    def ping(self) -> None:
+        self._enter("ping")
+
     def start(self, req: StartRequest) -> list[Instance]:
         self._enter("start", req)
         out = []

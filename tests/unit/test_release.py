@@ -370,3 +370,13 @@ def test_sigterm_during_a_release_rolls_it_back(world):
     world.proxy.apply = original
     assert out.exit_code == 1 and "interrupted" in out.message
     assert world.snapshot() == before
+
+
+def test_unreachable_runtime_fails_before_anything_changes(world):
+    released(world, "v1")
+    before = world.snapshot()
+    world.runtime.fail_next["ping"] = RuntimeBackendError("docker runtime: cannot reach tcp://h:1 (connection refused)")
+    with pytest.raises(RuntimeBackendError):
+        rel.release(world.ctx("v2"))
+    assert world.snapshot() == before
+    assert world.store.get(keys.lock("shop")) is None and world.store.get(keys.release("shop")) is None
