@@ -101,7 +101,9 @@ class DockerRuntime(Runtime):
 
     def _reason(self, exc: BaseException) -> str:
         """The error's one line, with the host URL's password (if any) masked."""
-        text = _reason(exc)
+        return self._mask(_reason(exc))
+
+    def _mask(self, text: str) -> str:
         try:
             password = urlsplit(self.host).password
         except ValueError:
@@ -111,7 +113,7 @@ class DockerRuntime(Runtime):
         return text
 
     def _unreachable(self, exc: BaseException) -> RuntimeBackendError:
-        return RuntimeBackendError(f"docker runtime: cannot reach {self.describe()} ({_transport_reason(exc)}); "
+        return RuntimeBackendError(f"docker runtime: cannot reach {self.describe()} ({self._mask(_transport_reason(exc))}); "
                                    "check DOCKER_HOST and that dockerd is running", host=self.describe())
 
     def ping(self) -> None:
