@@ -23,7 +23,7 @@ from ..errors import ProxyError
 from ..model import Backend
 from ..render import cfg_token
 from .base import PROBE_HEADER, UPSTREAM_HEADER, Proxy, http_get
-from .nginx import HEALTH_PATH, check_backends
+from .managed import HEALTH_PATH, check_backends
 
 FORMAT = "cdlib-memory-proxy/1"
 

@@ -1,13 +1,13 @@
 """Rendering haproxy.cfg: golden files, the injection guard, template errors, determinism.
 
 The golden files in tests/golden/haproxy/ double as documentation of what cdlib writes (the same
-scenarios as tests/golden/nginx/). They are rewritten only when CDLIB_UPDATE_GOLDEN=1 is set;
-otherwise a difference fails the test. Rendering is pure, so the directory below never exists.
+scenarios as tests/golden/nginx/, from tests/unit/_render_cases.py). They are rewritten only when
+CDLIB_UPDATE_GOLDEN=1 is set; otherwise a difference fails the test. Rendering is pure, so the
+directory below never exists.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -24,9 +24,10 @@ from cdlib.proxy.haproxy import (
     bind_address,
     haproxy_context,
 )
+from tests.unit import _render_cases as cases
+from tests.unit._render_cases import LISTEN, api, demo
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "haproxy"
-LISTEN = "127.0.0.1:8880"
+GOLDEN = cases.GOLDEN_ROOT / "haproxy"
 DIR = Path("/srv/cdlib/haproxy")  # only written into the text: render() does no I/O
 PROBED = "if { var(txn.probe) -m str 1 }"
 
@@ -43,37 +44,8 @@ OVERRIDE = """\
 """
 
 
-def demo(color: str = "blue", servers=(("127.0.0.1", 32001), ("127.0.0.1", 32002)), **routes) -> Backend:
-    return Backend("demo", color, "r-0001", Routes(**(routes or {"paths": ("/demo/",)})), tuple(servers))
-
-
-def api() -> Backend:
-    return Backend("api", "green", "r-0042", Routes(paths=("/api",), hosts=("api.example.com", "*.api.test")),
-                   (("10.0.0.7", 8080),), health_path="/health")
-
-
 def proxy(template: Path | None = None, **kwargs) -> HaproxyProxy:
     return HaproxyProxy(DIR, listen=LISTEN, template=template, **kwargs)
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / f"{name}.cfg"
-    if os.environ.get("CDLIB_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"{path} is missing: run with CDLIB_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(encoding="utf-8"), f"{path} differs (CDLIB_UPDATE_GOLDEN=1 rewrites it)"
-
-
-def golden_cases(tmp_path: Path) -> dict[str, str]:
-    override = tmp_path / "my-haproxy.cfg.j2"
-    override.write_text(OVERRIDE)
-    return {
-        "no-backends": proxy().render([]),
-        "one-path-two-servers": proxy().render([demo()]),
-        "two-services-hosts": proxy().render([demo(), api()]),
-        "override-template": proxy(override).render([demo()]),
-    }
 
 
 def section(text: str, header: str) -> str:
@@ -84,10 +56,11 @@ def section(text: str, header: str) -> str:
 
 
 # -- golden files ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
-                                  "override-template"])
+@pytest.mark.parametrize("name", cases.SCENARIOS)
 def test_golden(tmp_path, name):
-    check_golden(name, golden_cases(tmp_path)[name])
+    override = tmp_path / "my-haproxy.cfg.j2"
+    override.write_text(OVERRIDE)
+    cases.check_golden(GOLDEN / f"{name}.cfg", cases.golden_text(name, proxy, override))
 
 
 def test_global_section_runs_a_private_master_worker_instance():
@@ -220,7 +193,7 @@ def test_bind_address_from_listen(listen, bind):
     assert f"    bind {bind}\n" in HaproxyProxy(DIR, listen=listen).render([])
 
 
-@pytest.mark.parametrize("listen", ["", "host:80", "1.2.3.4:99999", "80;"])
+@pytest.mark.parametrize("listen", cases.BAD_LISTENS)
 def test_bad_listen_is_a_config_error(listen):
     with pytest.raises(ConfigError):
         HaproxyProxy(DIR, listen=listen)
@@ -232,13 +205,7 @@ def test_url_from_listen(listen, url):
 
 
 # -- conflicts --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backends, words", [
-    ([demo(), demo("green")], "two backends for service 'demo'"),
-    ([demo(), Backend("other", "blue", "r", Routes(paths=("/demo",)), ())], "both route the path /demo/"),
-    ([api(), Backend("web", "blue", "r", Routes(hosts=("api.example.com",)), ())], "both route the host"),
-    ([demo(paths=("/_cdlib/x",))], "reserved"),
-    ([demo(servers=(("127.0.0.1", 0),))], "not from 1 to 65535"),
-])
+@pytest.mark.parametrize("backends, words", cases.CONFLICTS)
 def test_conflicts_are_refused_with_the_service_named(backends, words):
     with pytest.raises(ProxyError, match=words):
         proxy().render(backends)
@@ -287,11 +254,7 @@ def test_host_wildcard_is_allowed_only_as_a_prefix():
 
 
 def test_injection_error_names_the_template_line():
-    bad = Backend("demo", "blue", "r", Routes(paths=("/d;/",)), (("127.0.0.1", 1),))
-    with pytest.raises(ProxyError) as info:
-        proxy().render([bad])
-    assert "haproxy.cfg.j2, line" in str(info.value)
-    assert info.value.line is not None
+    cases.assert_injection_names_the_template_line(proxy(), "haproxy.cfg.j2")
 
 
 def test_a_directory_with_a_space_is_refused_at_render():
@@ -302,18 +265,14 @@ def test_a_directory_with_a_space_is_refused_at_render():
 # -- templates ------------------------------------------------------------------------------------
 def test_override_syntax_error_names_file_and_line(tmp_path):
     override = tmp_path / "broken.cfg.j2"
-    override.write_text("global\n{% for x in %}\n")
-    with pytest.raises(ProxyError) as info:
-        proxy(override).render([])
-    assert str(override) in str(info.value) and "line 2" in str(info.value)
+    message = cases.override_error(proxy, override, "global\n{% for x in %}\n")
+    assert str(override) in message and "line 2" in message
 
 
 def test_override_undefined_variable_is_an_error_not_an_empty_string(tmp_path):
-    override = tmp_path / "undefined.cfg.j2"
-    override.write_text("# ok\nbind {{ bind }}\nbackend {{ no_such_thing }}\n")
-    with pytest.raises(ProxyError) as info:
-        proxy(override).render([])
-    assert "no_such_thing" in str(info.value) and "line 3" in str(info.value)
+    message = cases.override_error(proxy, tmp_path / "undefined.cfg.j2",
+                             "# ok\nbind {{ bind }}\nbackend {{ no_such_thing }}\n")
+    assert "no_such_thing" in message and "line 3" in message
 
 
 def test_override_standalone_sees_the_documented_variables(tmp_path):
@@ -364,8 +323,7 @@ def test_failed_reloads_are_read_from_show_proc():
 
 # -- haproxy itself accepts every golden file ----------------------------------------------------------
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
-                                  "override-template"])
+@pytest.mark.parametrize("name", cases.SCENARIOS)
 def test_haproxy_accepts_the_golden_files(tmp_path, name):
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     cfg = tmp_path / "haproxy.cfg"

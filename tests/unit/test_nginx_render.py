@@ -1,12 +1,12 @@
 """Rendering nginx.conf: golden files, the injection guard, template errors, determinism.
 
 The golden files in tests/golden/nginx/ double as documentation of what cdlib writes. They are
-rewritten only when CDLIB_UPDATE_GOLDEN=1 is set; otherwise a difference fails the test.
+rewritten only when CDLIB_UPDATE_GOLDEN=1 is set; otherwise a difference fails the test. The
+scenarios and the inputs every proxy refuses are shared with HAProxy (tests/unit/_render_cases.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,9 +17,10 @@ from cdlib.errors import ConfigError, ProxyError
 from cdlib.model import Backend, Routes
 from cdlib.proxy.nginx import NginxProxy, nginx_context, parse_listen
 from cdlib.render import cfg_token, render_template
+from tests.unit import _render_cases as cases
+from tests.unit._render_cases import LISTEN, api, demo
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "nginx"
-LISTEN = "127.0.0.1:8880"
+GOLDEN = cases.GOLDEN_ROOT / "nginx"
 
 OVERRIDE = """\
 {% extends "nginx.conf.j2" %}
@@ -34,44 +35,17 @@ OVERRIDE = """\
 """
 
 
-def demo(color: str = "blue", servers=(("127.0.0.1", 32001), ("127.0.0.1", 32002)), **routes) -> Backend:
-    return Backend("demo", color, "r-0001", Routes(**(routes or {"paths": ("/demo/",)})), tuple(servers))
-
-
-def api() -> Backend:
-    return Backend("api", "green", "r-0042", Routes(paths=("/api",), hosts=("api.example.com", "*.api.test")),
-                   (("10.0.0.7", 8080),), health_path="/health")
-
-
 def proxy(tmp_path: Path, template: Path | None = None) -> NginxProxy:
     return NginxProxy(tmp_path / "nginx", listen=LISTEN, template=template)
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / f"{name}.conf"
-    if os.environ.get("CDLIB_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"{path} is missing: run with CDLIB_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(encoding="utf-8"), f"{path} differs (CDLIB_UPDATE_GOLDEN=1 rewrites it)"
-
-
-def golden_cases(tmp_path: Path) -> dict[str, str]:
+# -- golden files ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", cases.SCENARIOS)
+def test_golden(tmp_path, name):
     override = tmp_path / "my-nginx.conf.j2"
     override.write_text(OVERRIDE)
-    return {
-        "no-backends": proxy(tmp_path).render([]),
-        "one-path-two-servers": proxy(tmp_path).render([demo()]),
-        "two-services-hosts": proxy(tmp_path).render([demo(), api()]),
-        "override-template": proxy(tmp_path, override).render([demo()]),
-    }
-
-
-# -- golden files ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
-                                  "override-template"])
-def test_golden(tmp_path, name):
-    check_golden(name, golden_cases(tmp_path)[name])
+    text = cases.golden_text(name, lambda template: proxy(tmp_path, template), override)
+    cases.check_golden(GOLDEN / f"{name}.conf", text)
 
 
 def test_no_backends_answers_503_but_health(tmp_path):
@@ -143,13 +117,7 @@ def test_drain_timeout_bounds_worker_shutdown(tmp_path):
 
 
 # -- conflicts --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backends, words", [
-    ([demo(), demo("green")], "two backends for service 'demo'"),
-    ([demo(), Backend("other", "blue", "r", Routes(paths=("/demo",)), ())], "both route the path /demo/"),
-    ([api(), Backend("web", "blue", "r", Routes(hosts=("api.example.com",)), ())], "both route the host"),
-    ([demo(paths=("/_cdlib/x",))], "reserved"),
-    ([demo(servers=(("127.0.0.1", 0),))], "not from 1 to 65535"),
-])
+@pytest.mark.parametrize("backends, words", cases.CONFLICTS)
 def test_conflicts_are_refused_with_the_service_named(tmp_path, backends, words):
     with pytest.raises(ProxyError, match=words):
         proxy(tmp_path).render(backends)
@@ -196,28 +164,20 @@ def test_injection_through_a_backend_is_refused(tmp_path, backend):
 
 
 def test_injection_error_names_the_template_line(tmp_path):
-    bad = Backend("demo", "blue", "r", Routes(paths=("/d;/",)), (("127.0.0.1", 1),))
-    with pytest.raises(ProxyError) as info:
-        proxy(tmp_path).render([bad])
-    assert "nginx.conf.j2, line" in str(info.value)
-    assert info.value.line is not None
+    cases.assert_injection_names_the_template_line(proxy(tmp_path), "nginx.conf.j2")
 
 
 # -- templates ------------------------------------------------------------------------------------
 def test_override_syntax_error_names_file_and_line(tmp_path):
     override = tmp_path / "broken.conf.j2"
-    override.write_text("events {}\n{% for x in %}\n")
-    with pytest.raises(ProxyError) as info:
-        proxy(tmp_path, override).render([])
-    assert str(override) in str(info.value) and "line 2" in str(info.value)
+    message = cases.override_error(lambda t: proxy(tmp_path, t), override, "events {}\n{% for x in %}\n")
+    assert str(override) in message and "line 2" in message
 
 
 def test_override_undefined_variable_is_an_error_not_an_empty_string(tmp_path):
-    override = tmp_path / "undefined.conf.j2"
-    override.write_text("# ok\nlisten {{ listen }};\nupstream {{ no_such_thing }};\n")
-    with pytest.raises(ProxyError) as info:
-        proxy(tmp_path, override).render([])
-    assert "no_such_thing" in str(info.value) and "line 3" in str(info.value)
+    message = cases.override_error(lambda t: proxy(tmp_path, t), tmp_path / "undefined.conf.j2",
+                             "# ok\nlisten {{ listen }};\nupstream {{ no_such_thing }};\n")
+    assert "no_such_thing" in message and "line 3" in message
 
 
 def test_override_standalone_sees_the_documented_variables(tmp_path):
@@ -262,7 +222,7 @@ def test_url_from_listen(tmp_path, listen, url):
     assert NginxProxy(tmp_path, listen=listen).url() == url
 
 
-@pytest.mark.parametrize("listen", ["", "host:80", "1.2.3.4:99999", "80;"])
+@pytest.mark.parametrize("listen", cases.BAD_LISTENS)
 def test_bad_listen_is_a_config_error(listen):
     with pytest.raises(ConfigError):
         parse_listen(listen)
@@ -270,8 +230,7 @@ def test_bad_listen_is_a_config_error(listen):
 
 # -- nginx itself accepts every golden file ----------------------------------------------------------
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["no-backends", "one-path-two-servers", "two-services-hosts",
-                                  "override-template"])
+@pytest.mark.parametrize("name", cases.SCENARIOS)
 def test_nginx_accepts_the_golden_files(tmp_path, name):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     prefix = tmp_path / "prefix"

@@ -1,0 +1,520 @@
+"""A proxy that cdlib runs itself, as a private instance in a directory of its own.
+
+nginx and HAProxy are switched the same way; only their commands, signals and messages differ.
+This module holds what they share, so the guarantees are written once:
+
+- the directory: the active file, the staged candidate (``<config>.staged``), the file that was
+  active before the last successful apply (``<config>.last-good``), the master's pid file and
+  ``.cdlib.lock``; nothing outside it is touched;
+- one change at a time per directory, across processes (two services released at the same time);
+- a change goes: write and fsync the staged file -> let the binary check it -> rename it over the
+  active file (fsync the directory) -> start the proxy, or reload it and wait until every worker
+  that ran before the reload has exited. That last wait (the drain) is what makes blue-green
+  switching lossless: old workers keep serving the old upstream for a while after a reload
+  (about 100 ms for nginx, 50 ms for HAProxy), so stopping the old color earlier drops requests
+  (see docs/proxy.md);
+- any failure after the rename puts the previous bytes back exactly, reloads (and drains) again
+  and raises ProxyError.
+
+An adapter says how to check a file, start the binary, reload it and wait for the new workers,
+how to recognise its master and its processes, and how to render its configuration
+(:class:`ManagedProxy`'s abstract methods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ..errors import ConfigError, ProxyError
+from ..model import Backend
+from .base import Proxy
+
+LOCK_FILE = ".cdlib.lock"
+HEALTH_PATH = "/_cdlib/health"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'8880', '127.0.0.1:8880', '[::1]:8880' -> the host and port a client connects to."""
+    from ..config import LISTEN_RE
+
+    m = LISTEN_RE.match(str(listen))
+    if not m or not 1 <= int(m.group("port")) <= 65535:
+        raise ConfigError(f"proxy.listen: expected PORT or ADDRESS:PORT, got {listen!r}", key="proxy.listen")
+    host = m.group("host") or "127.0.0.1"
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    elif host.startswith("["):
+        host = host[1:-1]
+        host = "::1" if host == "::" else host
+    return host, int(m.group("port"))
+
+
+def hostport(address: str, port: int) -> str:
+    """A server as a configuration file writes it: IPv6 addresses in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def check_backends(backends: Sequence[Backend]) -> None:
+    """Refuse what no proxy can serve: two backends for one service, one path or one host claimed
+    by two services, a path under the proxy's own /_cdlib/ prefix, a malformed server. Pure.
+
+    nginx and HAProxy would refuse most of these too, but with a message about their file, not
+    about services.
+    """
+    seen_services: set[str] = set()
+    seen_paths: dict[str, str] = {}
+    seen_hosts: dict[str, str] = {}
+    for b in backends:
+        if b.service in seen_services:
+            raise ProxyError(f"two backends for service {b.service!r}: the proxy routes one color per "
+                             "service")
+        seen_services.add(b.service)
+        for path in b.routes.paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ProxyError(f"service {b.service}: route path {path!r} must start with '/'")
+            if path == "/_cdlib" or path.startswith("/_cdlib/"):
+                raise ProxyError(f"service {b.service}: route path {path!r} is reserved for the proxy itself")
+            prefix = path.rstrip("/") + "/"
+            owner = seen_paths.setdefault(prefix, b.service)
+            if owner != b.service:
+                raise ProxyError(f"services {owner} and {b.service} both route the path {prefix}")
+        for host in b.routes.hosts:
+            owner = seen_hosts.setdefault(host, b.service)
+            if owner != b.service:
+                raise ProxyError(f"services {owner} and {b.service} both route the host {host}")
+        for server in b.servers:
+            try:
+                address, port = server
+            except (TypeError, ValueError):
+                raise ProxyError(f"service {b.service}: server {server!r} is not (address, port)") from None
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ProxyError(f"service {b.service}: server port {port!r} is not from 1 to 65535")
+            if not isinstance(address, str):
+                raise ProxyError(f"service {b.service}: server address {address!r} is not a string")
+
+
+def first_error_line(output: str, markers: Sequence[str], clean: Callable[[str], str], *,
+                     anchored: bool = False, noise: str | None = None) -> str:
+    """The line of a tool's output that says what went wrong, passed through ``clean`` (which cuts
+    the tool's own prefix): the first line holding the most severe marker (``markers`` from most to
+    least severe; ``anchored``: only where the line starts with it), else the first line that does
+    not start with ``noise``, else the first line; 'no output' when there is none."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for marker in markers:
+        for ln in lines:
+            if ln.startswith(marker) if anchored else marker in ln:
+                return clean(ln)
+    rest = [ln for ln in lines if noise is None or not ln.startswith(noise)]
+    return clean((rest or lines or ["no output"])[0])
+
+
+# -- /proc --------------------------------------------------------------------------------------
+def proc_stat(pid: int) -> tuple[str, str, int] | None:
+    """(comm, state, ppid) of a process, None when it does not exist."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    close = data.rfind(")")
+    fields = data[close + 2:].split()
+    try:
+        return data[data.find("(") + 1:close], fields[0], int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    st = proc_stat(pid)
+    return st is not None and st[1] not in ("Z", "X")
+
+
+def children(ppid: int) -> set[int]:
+    """Living processes whose parent is ``ppid`` (the workers of a master)."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = proc_stat(int(name))
+            if st is not None and st[2] == ppid and st[1] not in ("Z", "X"):
+                out.add(int(name))
+    return out
+
+
+# -- durable files ------------------------------------------------------------------------------
+def write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ManagedProxy(Proxy):
+    """The private-instance mechanics; ``kind`` names the binary in every message."""
+
+    config_file: str  # the active configuration, e.g. nginx.conf
+    staged_file: str  # the candidate being validated (left behind when the binary refuses it)
+    last_good_file: str  # what was active before the most recent successful apply
+    pid_file: str  # written by the master
+    template_name: str  # the packaged Jinja2 template a user's override may extend
+    subdirs: tuple[str, ...] = ()  # created in the directory before the binary runs
+    stop_signal: signal.Signals  # the graceful stop, tried before SIGTERM and SIGKILL
+
+    def __init__(self, directory: str | os.PathLike, listen: str, binary: str,
+                 template: str | os.PathLike | None, drain_timeout: float, *,
+                 reload_timeout: float, start_timeout: float):
+        self.dir = Path(directory).absolute()
+        self.listen = str(listen)
+        self.host, self.port = parse_listen(self.listen)
+        self.binary = binary
+        self.template = Path(template) if template is not None else None
+        self.drain_timeout = float(drain_timeout)
+        self.reload_timeout = reload_timeout
+        self.start_timeout = start_timeout
+
+    # -- what each proxy does its own way ---------------------------------------------------------
+    @abstractmethod
+    def _context(self, backends: Sequence[Backend]) -> dict:
+        """The template's variables for these backends. Pure."""
+
+    @abstractmethod
+    def _validate_command(self, path: Path) -> list[str]:
+        """The command that checks the file at ``path`` without binding or touching the instance."""
+
+    @abstractmethod
+    def _error_line(self, output: str) -> str:
+        """The line of the binary's output that says what it refused."""
+
+    @abstractmethod
+    def _start(self) -> None:
+        """Start the master on the active file; return once it serves (see ``_wait_until_serving``)."""
+
+    @abstractmethod
+    def _reload(self, master: int, old: set[int]) -> float:
+        """Signal ``master`` to load the active file (``_signal_master``) and wait until it runs a
+        worker that is not in ``old``. Raise ProxyError as soon as the reload is known to be refused,
+        when the master exits or after ``reload_timeout``. Returns when the signal was sent
+        (time.monotonic()): the reload timing starts there."""
+
+    @abstractmethod
+    def _is_master(self, pid: int, cmdline: bytes) -> bool:
+        """Whether the living process ``pid`` with this /proc cmdline is this directory's master."""
+
+    @abstractmethod
+    def _is_own_name(self, comm: str) -> bool:
+        """Whether a process with this name (the executable's, cut to 15 characters by the
+        kernel) is one of this binary's."""
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.dir / self.config_file
+
+    @property
+    def staged_path(self) -> Path:
+        return self.dir / self.staged_file
+
+    @property
+    def last_good_path(self) -> Path:
+        return self.dir / self.last_good_file
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / self.pid_file
+
+    # -- the port -----------------------------------------------------------------------------------
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.kind} at {self.url()} (dir {self.dir})"
+
+    def read_config(self) -> bytes | None:
+        try:
+            return self.config_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProxyError(f"cannot read {self.config_path}: {exc.strerror}") from exc
+
+    def render(self, backends: Sequence[Backend]) -> str:
+        from ..render import render_template
+
+        return render_template(self.template_name, self._context(backends), self.template)
+
+    def _forced_stop_after(self) -> int:
+        """Seconds after which the proxy itself closes what an old worker still holds: a little
+        before the drain gives up waiting for it (80 % of drain_timeout, at least 1 s)."""
+        return max(1, int(self.drain_timeout * 0.8))
+
+    def apply(self, text: str) -> dict:
+        data = text.encode("utf-8")
+        with self._locked():
+            t0 = time.monotonic()
+            self._stage_and_validate(data)
+            t_validate = time.monotonic() - t0
+            prior = self.read_config()
+            was_running = self.master_pid() is not None
+            self._swap_in()
+            try:
+                t_reload, t_drain = self._activate()
+            except (ProxyError, OSError) as exc:
+                cause = exc if isinstance(exc, ProxyError) else ProxyError(
+                    f"{self.kind} in {self.dir}: {exc}")
+                self._undo(prior, was_running, cause)
+                raise ProxyError(f"{cause}; the previous {self.kind} configuration was put back",
+                                 **cause.data) from exc
+            self._keep_last_good(prior)
+        return {"validate": round(t_validate, 4), "reload": round(t_reload, 4), "drain": round(t_drain, 4)}
+
+    def restore(self, prior: bytes | None) -> None:
+        """Put prior back byte for byte and reload. prior None means there was no configuration
+        (nothing was ever served from this directory): the exact prior state is then a proxy that
+        does not run and no configuration file, so that is what restore(None) leaves."""
+        if prior is None:
+            self.stop()
+            with self._locked():
+                for path in (self.config_path, self.staged_path):
+                    path.unlink(missing_ok=True)
+            return
+        with self._locked():
+            self._stage_and_validate(prior)
+            self._swap_in()
+            try:
+                self._activate()
+            except (ProxyError, OSError) as exc:
+                raise ProxyError(f"restoring the {self.kind} configuration in {self.dir} failed: "
+                                 f"{exc}") from exc
+
+    def ensure_running(self) -> None:
+        with self._locked():
+            if self.read_config() is None:
+                self._stage_and_validate(self.render([]).encode("utf-8"))
+                self._swap_in()
+            if self.master_pid() is None:
+                self._start()
+
+    def status(self) -> dict:
+        pid = self.master_pid()
+        return {"kind": self.kind, "url": self.url(), "running": pid is not None, "pid": pid,
+                "workers": sorted(children(pid)) if pid else [], "config": str(self.config_path),
+                "dir": str(self.dir), "listen": self.listen}
+
+    # -- process control -------------------------------------------------------------------------
+    def master_pid(self) -> int | None:
+        """The master's pid when this directory's instance runs (pid file + /proc, so a stale pid
+        file or a reused pid never counts)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if self._is_master(pid, cmdline) else None
+
+    def workers(self) -> set[int]:
+        pid = self.master_pid()
+        return children(pid) if pid else set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop gracefully (``stop_signal``: workers finish their requests), then SIGTERM, then
+        SIGKILL to the master and the workers it had; wait until they are gone. True if it ran."""
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        kids = children(pid)
+        timeout = self.drain_timeout + 5 if timeout is None else timeout
+        for sig, wait in ((self.stop_signal, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            # only signal what is still this binary: a pid is reused once its process has exited
+            for target in [pid] + (sorted(kids) if sig == signal.SIGKILL else []):
+                if self._is_ours(target):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(target, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not self._is_ours(pid) and not any(self._is_ours(k) for k in kids):
+                    return True
+                time.sleep(0.01)
+        raise ProxyError(f"{self.kind} master {pid} in {self.dir} did not exit; kill it by hand")
+
+    def _is_ours(self, pid: int) -> bool:
+        """Alive and still a process of this binary (a pid can be reused once a worker has exited)."""
+        st = proc_stat(pid)
+        return st is not None and st[1] not in ("Z", "X") and self._is_own_name(st[0])
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _prepare_dir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for name in self.subdirs:
+                (self.dir / name).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ProxyError(f"cannot create the {self.kind} directory {self.dir}: {exc.strerror}; "
+                             "check proxy.dir") from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One change at a time per directory, across processes (two services released at once)."""
+        self._prepare_dir()
+        wait = self.drain_timeout + self.reload_timeout + self.start_timeout + 30
+        with open(self.dir / LOCK_FILE, "a+") as fh:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        raise ProxyError(f"another process keeps {self.dir / LOCK_FILE} locked; "
+                                         "is another release switching the proxy?") from exc
+                    time.sleep(0.02)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _stage_and_validate(self, data: bytes) -> None:
+        """Write the staged file and let the binary check it. Touches nothing else."""
+        try:
+            write_synced(self.staged_path, data)
+        except OSError as exc:
+            raise ProxyError(f"cannot write {self.staged_path}: {exc.strerror}") from exc
+        proc = self._run(self._validate_command(self.staged_path), timeout=30)
+        if proc.returncode != 0:
+            raise ProxyError(f"{self.kind} refused the new configuration: {self._error_line(proc.stderr)}",
+                             staged=str(self.staged_path))
+
+    def _swap_in(self) -> None:
+        try:
+            os.replace(self.staged_path, self.config_path)
+            fsync_dir(self.dir)
+        except OSError as exc:
+            raise ProxyError(f"cannot rename {self.staged_path} to {self.config_path}: "
+                             f"{exc.strerror}") from exc
+
+    def _activate(self) -> tuple[float, float]:
+        """Start the proxy, or reload it and drain the old workers. Returns (reload s, drain s)."""
+        pid = self.master_pid()
+        if pid is None:
+            t0 = time.monotonic()
+            self._start()
+            return time.monotonic() - t0, 0.0
+        return self._reload_and_drain(pid)
+
+    def _wait_until_serving(self, timeout_message: str) -> float:
+        """After the start command returned: wait until this directory's master runs, has workers
+        and the listen address accepts connections. Returns the deadline (start_timeout from now),
+        for whatever else the adapter waits for within the same bound."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            pid = self.master_pid()
+            if pid is not None and children(pid) and self._listening():
+                return deadline
+            if time.monotonic() > deadline:
+                raise ProxyError(timeout_message)
+            time.sleep(0.01)
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _signal_master(self, master: int, sig: signal.Signals) -> float:
+        """Send the reload signal; returns when it was sent (time.monotonic())."""
+        t0 = time.monotonic()
+        try:
+            os.kill(master, sig)
+        except OSError as exc:
+            raise ProxyError(f"cannot signal the {self.kind} master {master}: {exc.strerror}") from exc
+        return t0
+
+    def _reload_and_drain(self, master: int) -> tuple[float, float]:
+        """Reload, then wait until every worker from before the reload has exited (they keep
+        serving the old upstream until then). Returns (reload s, drain s)."""
+        old = children(master)
+        t0 = self._reload(master, old)
+        t1 = time.monotonic()
+        if self.drain_timeout <= 0:
+            return t1 - t0, 0.0
+        deadline = t1 + self.drain_timeout
+        while True:
+            left = [p for p in old if alive(p) and (proc_stat(p) or ("", "", 0))[2] == master]
+            if not left:
+                return t1 - t0, time.monotonic() - t1
+            if time.monotonic() > deadline:
+                raise ProxyError(f"{self.kind} workers {sorted(left)} from before the reload still run after "
+                                 f"{self.drain_timeout:g}s; raise proxy.drain_timeout or look for "
+                                 "long-running requests", workers=sorted(left))
+            time.sleep(0.002)
+
+    def _undo(self, prior: bytes | None, was_running: bool, cause: ProxyError) -> None:
+        """Put the bytes that were active before back and make the proxy run them again."""
+        try:
+            if prior is None:
+                self.config_path.unlink(missing_ok=True)
+                fsync_dir(self.dir)
+                self.stop()
+                return
+            write_synced(self.staged_path, prior)
+            self._swap_in()
+            pid = self.master_pid()
+            if pid is not None:
+                self._reload_and_drain(pid)
+            elif was_running:
+                self._start()
+        except (ProxyError, OSError) as exc:
+            raise ProxyError(f"{cause}; putting the previous {self.kind} configuration back failed too: "
+                             f"{exc}", **cause.data) from exc
+
+    def _keep_last_good(self, prior: bytes | None) -> None:
+        try:
+            if prior is None:
+                self.last_good_path.unlink(missing_ok=True)
+            else:
+                tmp = self.last_good_path.with_name(self.last_good_file + ".tmp")
+                write_synced(tmp, prior)
+                os.replace(tmp, self.last_good_path)
+        except OSError as exc:
+            raise ProxyError(f"the new configuration is active but {self.last_good_path} could not be "
+                             f"written: {exc.strerror}") from exc
+
+    def _run(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+        # stderr goes to a file, not a pipe: the daemonized master inherits it and would keep a pipe open
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                      timeout=timeout, check=False)
+            except FileNotFoundError as exc:
+                raise ProxyError(f"{self.kind} binary {self.binary!r} not found; install {self.kind} or set "
+                                 "proxy.binary in cdlib.yml") from exc
+            except subprocess.TimeoutExpired as exc:
+                raise ProxyError(f"{' '.join(cmd)} did not finish within {timeout:g}s") from exc
+            except OSError as exc:
+                raise ProxyError(f"cannot run {self.binary!r}: {exc.strerror}") from exc
+            err.seek(0)
+            proc.stderr = err.read().decode("utf-8", "replace")
+        return proc
