@@ -5,9 +5,10 @@
 Both cases send the same steady traffic (THREADS clients, one new connection per request) through
 a private nginx to a busybox web service and replace v1 with v2 in the middle:
 - naive: `docker stop` + `docker rm` the v1 container, `docker run` v2 on the same host port;
-- cdlib: `cdlib release` of v2 over v1 (blue-green, switch, drain, cleanup).
-It prints requests sent, failed, and the longest time without a successful answer. Needs dockerd and
-nginx (scripts/setup); uses its own names (cdlibb-*) and free ports; removes what it started.
+- cdlib: `cdlib release` of v2 over v1 (blue-green, switch, drain, cleanup), through nginx and
+  through HAProxy.
+It prints requests sent, failed, and the longest time without a successful answer. Needs dockerd,
+nginx and HAProxy (scripts/setup); uses its own names (cdlibb-*) and free ports; removes what it started.
 """
 
 from __future__ import annotations
@@ -60,15 +61,16 @@ def naive(client, workdir: Path, seconds: float, threads: int) -> Load:
         proxy.stop()
 
 
-def cdlib_release(workdir: Path, seconds: float, threads: int) -> Load:
+def cdlib_release(workdir: Path, seconds: float, threads: int, proxy: str = "nginx") -> Load:
     service = f"cdlibb-{secrets.token_hex(3)}"
     listen = free_port()
+    proxy_dir = workdir / f"cdlib-{proxy}"
     descriptor = {
         "service": service, "image": {"repository": IMAGE, "tag": "v1"}, "port": 8080,
         "health": {"path": "/health", "timeout": 30}, "probe": {"path": "/version"}, "replicas": 2,
         "routes": {"paths": ["/bench/"]}, "target": {"stop_timeout": 10},
-        "proxy": {"listen": f"127.0.0.1:{listen}", "dir": str(workdir / "cdlib-nginx")},
-        "store": f"sqlite:///{workdir / 'state.db'}",
+        "proxy": {"kind": proxy, "listen": f"127.0.0.1:{listen}", "dir": str(proxy_dir)},
+        "store": f"sqlite:///{workdir / f'{service}.db'}",
     }
     file = workdir / "cdlib.yml"
     file.write_text(json.dumps(descriptor))
@@ -91,7 +93,12 @@ def cdlib_release(workdir: Path, seconds: float, threads: int) -> Load:
         client = docker.from_env()
         for c in client.containers.list(all=True, filters={"label": f"cdlib.service={service}"}):
             c.remove(force=True)
-        NginxProxy(workdir / "cdlib-nginx", listen=f"127.0.0.1:{listen}").stop()
+        if proxy == "nginx":
+            NginxProxy(proxy_dir, listen=f"127.0.0.1:{listen}").stop()
+        else:
+            from cdlib.proxy.haproxy import HaproxyProxy
+
+            HaproxyProxy(proxy_dir, listen=f"127.0.0.1:{listen}").stop()
 
 
 def main() -> None:
@@ -112,8 +119,10 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="cdlibb-") as tmp:
                 for label, fn in (("naive stop + run on the same port", lambda: naive(client, Path(tmp), args.seconds,
                                                                                         args.threads)),
-                                  ("cdlib release (blue-green)", lambda: cdlib_release(Path(tmp), args.seconds,
-                                                                                        args.threads))):
+                                  ("cdlib release, nginx", lambda: cdlib_release(Path(tmp), args.seconds,
+                                                                                  args.threads)),
+                                  ("cdlib release, HAProxy", lambda: cdlib_release(Path(tmp), args.seconds,
+                                                                                    args.threads, "haproxy"))):
                     load = fn()
                     rows.append((label, run + 1, load.sent, len(load.failed), load.longest_gap))
     finally:
