@@ -1,6 +1,6 @@
 """A thin client over python-jenkins for job management, with errors reported by HTTP status.
 
-python-jenkins reports failures unevenly (jenkins facts, 1.4): a 400 (duplicate or unsafe name) comes
+python-jenkins 1.8 reports failures unevenly: a 400 (duplicate or unsafe name) comes
 out as a bare ``requests.HTTPError``; 401, 403 and 500 all become "Possibly authentication failed";
 a 404 loses its context. This client keeps the failing response (python-jenkins' response handler
 is the one place every answer passes through), and turns it into a one-line JenkinsError subclass

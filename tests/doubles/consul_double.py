@@ -1,7 +1,7 @@
 """A Consul agent double: the parts of Consul's HTTP API that cdlib uses, with Consul's documented behaviour.
 
 Consul cannot be installed on the test machines, so the Consul adapter is tested against this server.
-It follows hashicorp/consul's API documentation and agent code (see the Consul facts reference) rather
+It follows hashicorp/consul's API documentation and agent code rather
 than what the adapter happens to need, so the adapter cannot lean on a convenient mistake:
 
 - KV: GET (exact, ``?recurse``, ``?keys`` + ``?separator``, ``?raw``), PUT (``?cas``, ``?flags``,

@@ -1,5 +1,5 @@
 """A Jenkins controller double: the part of Jenkins' HTTP API that job management uses, answering
-the way Jenkins core answers (see the Jenkins facts reference, section 1b), so that python-jenkins and
+the way Jenkins core answers (ItemGroupMixIn, AbstractItem.doConfigDotXml, CrumbFilter), so that python-jenkins and
 cdlib's client behave against it as they do against the real thing.
 
 - Items: a tree of folders and jobs. Every URL under a missing folder (or of an item the caller may

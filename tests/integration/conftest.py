@@ -118,8 +118,8 @@ class Service:
     # -- state ----------------------------------------------------------------------------------
     def containers(self):
         found = self.docker.containers.list(all=True, filters={"label": f"cdlib.service={self.name}"})
-        return sorted((c.name, c.status, c.labels.get("cdlib.release"), c.image.tags[0] if c.image.tags else "")
-                      for c in found)
+        # the image as the container was created with it (identical builds share an id, and so tags)
+        return sorted((c.name, c.status, c.labels.get("cdlib.release"), c.attrs["Config"]["Image"]) for c in found)
 
     def _store(self):
         from cdlib.wiring import open_store

@@ -23,7 +23,7 @@ from cdlib.jobs.sync import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "jobs"
-SAMPLES = ROOT.parent / "shared" / "reference" / "jenkins-config-xml"
+SAMPLES = ROOT / "tests" / "fixtures" / "jenkins-config-xml"
 
 # features the bundled catalog does not use: a job at the Jenkins root, no credentials, all three
 # triggers, every parameter type, a disabled job, characters that need escaping
