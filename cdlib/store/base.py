@@ -214,6 +214,26 @@ def _held_message(key: str, holder: dict) -> str:
     return "; ".join(parts) + " (wait with --lock-wait SECONDS, or run 'cdlib rollback' if it is abandoned)"
 
 
+def tls_failure(exc: BaseException) -> str | None:
+    """The short reason when exc (or anything it wraps) is a TLS failure, e.g. 'certificate verify
+    failed', or 'unexpected EOF' when https meets a plain-http endpoint; None otherwise."""
+    import ssl
+
+    seen, todo, wrapped = set(), [exc], False
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError):
+            reason = getattr(cur, "reason", None) or getattr(cur, "strerror", None) or type(cur).__name__
+            return " ".join(str(reason).replace("_", " ").lower().split())[:120]
+        wrapped = wrapped or type(cur).__name__ == "SSLError"
+        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None),
+                     *[a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]])
+    return "TLS handshake failed" if wrapped else None
+
+
 def wrap(kind: str, what: str, exc: Exception) -> StoreError:
     """Translate a client exception into a one-line StoreError (never with a secret in it)."""
     text = " ".join(str(exc).split())[:300]

@@ -23,7 +23,7 @@ import urllib.parse
 import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
-from .base import Entry, Lock, Store, _held_message, _public
+from .base import Entry, Lock, Store, _held_message, _public, tls_failure
 
 DEFAULT_PORT = 8500
 MAX_SESSION_TTL = 86400.0
@@ -93,6 +93,11 @@ class ConsulStore(Store):
                              "check CONSUL_HTTP_ADDR / the store URL and that Consul is running",
                              store=self.kind) from exc
         except requests.exceptions.ConnectionError as exc:
+            tls = tls_failure(exc)
+            if tls:
+                raise StoreError(f"{where}: TLS with the agent failed ({tls}); check CONSUL_CACERT, "
+                                 "CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY, CONSUL_HTTP_SSL and that the address speaks "
+                                 "https", store=self.kind) from exc
             raise StoreError(f"{where}: cannot reach the agent ({what}: connection failed); "
                              "check CONSUL_HTTP_ADDR / the store URL and that Consul is running",
                              store=self.kind) from exc

@@ -24,7 +24,7 @@ import urllib.parse
 import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
-from .base import Entry, Lock, Store, _held_message, _public
+from .base import Entry, Lock, Store, _held_message, _public, tls_failure
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 API_PATH = "/v3/"
@@ -132,6 +132,11 @@ class EtcdStore(Store):
                 raise StoreError(f"{where}: authentication failed for user {self.user!r}; check ETCDCTL_USER",
                                  store=self.kind) from exc
             except (ex.ConnectionFailedError, requests.exceptions.ConnectionError) as exc:
+                tls = tls_failure(exc)
+                if tls:
+                    raise StoreError(f"{where}: TLS with {endpoint} failed ({tls}); check ETCDCTL_CACERT, "
+                                     "ETCDCTL_CERT, ETCDCTL_KEY and that the endpoint speaks https (etcds://)",
+                                     store=self.kind) from exc
                 last = exc
                 self._clients.pop(endpoint, None)
                 continue

@@ -657,3 +657,18 @@ def test_registration_with_ttl_expires(harness, health_server):
         assert wait_until(lambda: store.registrations(service) == [], harness.expiry_bound(ttl), step=0.1)
     finally:
         store.deregister(service, "blue", f"{service}-blue-1")
+
+
+@pytest.mark.integration
+def test_etcd_tls_failure_is_one_line_naming_the_tls_settings(etcd_server):
+    with pytest.raises(StoreError) as err:
+        EtcdStore(f"etcds://{etcd_server.endpoint}", timeout=3).get("cdlib/x")
+    message = str(err.value)
+    assert "TLS with" in message and "ETCDCTL_CACERT" in message and "\n" not in message
+
+
+def test_consul_tls_failure_is_one_line_naming_the_tls_settings(consul_double):
+    with pytest.raises(StoreError) as err:
+        ConsulStore(f"consuls://{consul_double.address}", timeout=3).get("cdlib/x")
+    message = str(err.value)
+    assert "TLS with the agent failed" in message and "CONSUL_CACERT" in message and "\n" not in message
