@@ -14,12 +14,18 @@ def _targets(spec: ServiceSpec, build_only: bool) -> list[tuple[str, ImageSpec]]
     """(label, image) for the service image and every distinct test image, with the release tag."""
     out = [("service", spec.image)]
     seen = {spec.image.repository}
-    for ttype, suite in sorted(spec.tests.items()):
+    users: dict[str, list[str]] = {}
+    for ttype, suite in spec.tests.items():
+        if suite.image is not None:
+            users.setdefault(suite.image.repository, []).append(ttype)
+    for _, suite in sorted(spec.tests.items()):
         img = suite.image
         if img is None or img.repository in seen or (build_only and img.build is None):
             continue
         seen.add(img.repository)
-        out.append((f"{ttype} tests", ImageSpec(img.repository, spec.image.tag, img.build)))
+        types = users[img.repository]
+        label = f"{types[0]} tests" if len(types) == 1 else "test image"
+        out.append((label, ImageSpec(img.repository, spec.image.tag, img.build)))
     return out
 
 
