@@ -47,15 +47,22 @@ DEFAULT_CATALOG = "jenkins/catalog.yml"
 # Jenkins.checkGoodName rejects these anywhere in an item name
 JENKINS_UNSAFE = set("?*/\\%!@#$^&|<>[]:;")
 FOLDER_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-REPOSITORY_RE = re.compile(r"^(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s\x00-\x1f]+)$")
-BRANCH_RE = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
+REPOSITORY_RE = re.compile(r"^(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f\x7f-\x9f]+"
+                           r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s\x00-\x1f\x7f-\x9f]+)$")
+BRANCH_RE = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")
 CREDENTIALS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
-SCRIPT_PATH_RE = re.compile(r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\x00-\x1f\\]{1,200}$")
+SCRIPT_PATH_RE = re.compile(r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\x00-\x1f\x7f-\x9f\u2028\u2029\\]{1,200}$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 PROPERTY_CLASS_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)+$")
 CRON_FIELD_RE = re.compile(r"^[0-9H*/,()-]+$")
 CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-TEXT_RE = re.compile(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$")
+# The rendered config.xml declares XML 1.1, as Jenkins writes it. XML 1.1 forbids C1 controls (U+007F
+# to U+009F) in text and turns NEL, U+2028 and U+2029 into line feeds when Jenkins parses the upload,
+# so such a character would come back changed on every read: refused here, with lone surrogates and
+# the non-characters U+FFFE/U+FFFF (not XML at all).
+_NOT_XML_TEXT = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff"
+TEXT_RE = re.compile(f"^[^{_NOT_XML_TEXT}]*$")
+CHOICE_RE = re.compile(f"^[^\n\r\t{_NOT_XML_TEXT}]{{1,200}}$")
 MARKER_TEXT = "[managed by cdlib"
 
 JOB_KEYS = {"name", "repository", "folder", "branch", "credentials", "jenkinsfile", "lightweight", "description",
@@ -169,7 +176,8 @@ def parse(data: object, source: str = DEFAULT_CATALOG) -> Catalog:
     ignore = r.str_list(data, "", "ignore_properties", PROPERTY_CLASS_RE, "Java class names")
 
     jobs: list[JobSpec] = []
-    owner: dict[str, str] = {}
+    owner: dict[str, str] = {}  # by full name in lower case: Jenkins ignores case in item names
+    spelled: dict[str, tuple[str, str]] = {}  # folder path in lower case -> (as written, by which service)
     for i, entry in enumerate(services):
         key = f"services[{i}]"
         if not isinstance(entry, dict):
@@ -182,16 +190,21 @@ def parse(data: object, source: str = DEFAULT_CATALOG) -> Catalog:
         merged = {**base, **own}
         merged["triggers"] = Triggers(**{**base.get("triggers", {}), **own.get("triggers", {})})
         job = JobSpec(**merged)
-        if job.fullname in owner:
+        for f in folder_chain(job.folder):
+            first, by = spelled.setdefault(f.lower(), (f, key))
+            if first != f:
+                raise r.fail(f"{key}.folder", f"the folder spelled as {by} spells it ('{first}'): Jenkins ignores "
+                                              "case in item names, so both are one folder", job.folder)
+        if job.fullname.lower() in owner:
             raise r.fail(f"{key}.name", f"a job name not used before in folder '{job.folder or '/'}' "
-                                        f"(taken by {owner[job.fullname]})", job.name)
-        owner[job.fullname] = key
+                                        f"(taken by {owner[job.fullname.lower()]})", job.name)
+        owner[job.fullname.lower()] = key
         jobs.append(job)
 
     folders = sorted({f for j in jobs for f in folder_chain(j.folder)}, key=lambda f: (f.count("/"), f))
     for f in folders:
-        if f in owner:
-            raise r.fail(f"{owner[f]}.name", f"a name that is not also a folder of another service ('{f}')", f)
+        if f.lower() in owner:
+            raise r.fail(f"{owner[f.lower()]}.name", f"a name that is not also a folder of another service ('{f}')", f)
     jobs.sort(key=lambda j: j.fullname)
     return Catalog(source=source, jobs=tuple(jobs), ignore_properties=ignore, folders=tuple(folders))
 
@@ -298,7 +311,7 @@ def _parameters(r: _Reader, data: dict, key: str) -> tuple[Parameter, ...]:
             param = Parameter(name, ptype, description, r.boolean(p, pkey, "default", False))
         else:
             r.only(p, pkey, {"name", "type", "description", "choices"})
-            choices = r.str_list(p, pkey, "choices", re.compile(r"^[^\x00-\x1f]{1,200}$"), "choices (one line each)")
+            choices = r.str_list(p, pkey, "choices", CHOICE_RE, "choices (one line each)")
             if not choices:
                 raise r.fail(f"{pkey}.choices", "a non-empty list (the first choice is the default)")
             param = Parameter(name, ptype, description, choices[0], choices=choices)

@@ -259,8 +259,6 @@ class JenkinsClient:
         One request for ``depth`` levels of folders (like python-jenkins' get_all_jobs), then one per
         folder found deeper down.
         """
-        import json
-
         import requests
 
         fields = "name,description"
@@ -273,9 +271,9 @@ class JenkinsClient:
         while pending:
             folder = pending.pop(0)
             url = self.url + _job_path(folder) + query
-            text = self._call("list the items of", folder,
-                              lambda s, url=url: s.jenkins_open(requests.Request("GET", url)))
-            self._walk(folder, json.loads(text).get("jobs") or [], out, pending)
+            answer = self._call("list the items of", folder,
+                                lambda s, url=url: _json(s.jenkins_request(requests.Request("GET", url)), url))
+            self._walk(folder, answer.get("jobs") or [], out, pending)
         return out
 
     def _walk(self, folder: str, jobs: list, out: dict, pending: list) -> None:
@@ -288,9 +286,21 @@ class JenkinsClient:
                 pending.append(name)
 
     def get_config(self, fullname: str) -> str | None:
-        """The item's config.xml as Jenkins serialises it, or None when it does not exist."""
+        """The item's config.xml as Jenkins serialises it, or None when it does not exist.
+
+        Jenkins sends it as ``application/xml`` without a charset (it copies the file), so the text
+        is decoded as its XML declaration says (UTF-8 from Jenkins), not as requests would guess.
+        """
+        import jenkins
+        import requests
+
+        def call(s):
+            folder_url, short_name = s._get_job_folder(fullname)
+            url = s._build_url(jenkins.CONFIG_JOB, {"folder_url": folder_url, "short_name": short_name})
+            return _xml_text(s.jenkins_request(requests.Request("GET", url)).content, fullname)
+
         try:
-            return self._call("read the config of", fullname, lambda s: s.get_job_config(fullname))
+            return self._call("read the config of", fullname, call)
         except JenkinsNotFound:
             return None
 
@@ -313,6 +323,42 @@ class JenkinsClient:
     def delete(self, fullname: str) -> None:
         """POST doDelete: the item and, for a folder, everything in it."""
         self._call("delete", fullname, lambda s: s.delete_job(fullname))
+
+
+def _json(response, url: str) -> dict:
+    """The JSON of a read API answer; anything else means JENKINS_URL is not a Jenkins."""
+    import json
+
+    try:
+        doc = json.loads(response.text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        kind = (response.headers.get("Content-Type") or "no content type").split(";")[0]
+        raise JenkinsError(f"{_safe_url(url.split('?')[0])} answered {response.status_code} with {kind}, not "
+                           "Jenkins' JSON: check that JENKINS_URL is the Jenkins root (a login page of a proxy "
+                           "in front of Jenkins answers like this too)", status=response.status_code)
+    return doc
+
+
+_DECLARED_ENCODING = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+
+
+def _xml_text(data: bytes, fullname: str) -> str:
+    """A config.xml's bytes as text, in the encoding its declaration names (UTF-8 without one)."""
+    import codecs
+
+    m = _DECLARED_ENCODING.match(data)
+    encoding = m.group(1).decode("ascii") if m else "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise JenkinsError(f"the config.xml of '{fullname}' is not valid {encoding}: {exc.reason} at byte "
+                           f"{exc.start}", item=fullname) from exc
 
 
 def _safe_url(url: str) -> str:
@@ -339,6 +385,9 @@ def _recording_class():
             client: JenkinsClient | None = None
 
             def _request(self, req, stream=None):
+                # the failure to report is the one of the last request: a 404 from the crumb issuer
+                # (crumbs off) must not be reported for a later request that timed out
+                self.failed = None
                 if self.client is not None:
                     self.client._count(req.method)
                 return super()._request(req, stream)

@@ -11,8 +11,15 @@ structure, where
 - the root of a job and the list containers (properties, parameter definitions, triggers, remotes,
   branches, Git extensions) must match exactly: an extra parameter or trigger is a change someone
   made in the UI;
-- any other element may carry extra children: fields Jenkins filled in are not differences;
-- a folder is compared the same lenient way throughout (people add views and folder properties).
+- any other element may carry extra children: fields Jenkins filled in are not differences; except
+  a Git remote and a branch spec, where Jenkins fills in nothing (it drops empty fields), so a
+  refspec or a credentials id added in the UI is a difference;
+- a folder is compared the same lenient way throughout (people add views and folder properties),
+  and updated the same way: what the catalog sets is written into the server's config, so views,
+  folder credentials and libraries people added survive an update.
+
+Jenkins ignores case in item names (``Team`` and ``team`` are one folder; ``job/TEAM/`` finds it),
+so catalog and server names are matched without case.
 
 ``plan`` reads the server once (one listing, then the config of each item it has to compare) and
 says per item: create, update (the catalog changed since the last apply), drift (the catalog did
@@ -36,11 +43,13 @@ from ..errors import CdlibError, ConfigError, JenkinsError
 from ..model import Outcome, StepReport
 from .catalog import Catalog
 from .jenkins import JenkinsBadRequest, JenkinsClient, Remote
-from .render import MARKER_RE, Rendered, Renderer, managed, render_catalog
+from .render import MARKER_RE, Rendered, Renderer, managed, marker, render_catalog
 
 LIST_CONTAINERS = frozenset({"properties", "parameterDefinitions", "triggers", "userRemoteConfigs", "branches",
                              "extensions", "a"})
 UNORDERED = frozenset({"properties", "triggers"})
+# elements Jenkins writes back with no field added (empty fields are dropped): extra children are changes
+STRICT_ELEMENTS = frozenset({"hudson.plugins.git.UserRemoteConfig", "hudson.plugins.git.BranchSpec"})
 WRITE_ACTIONS = ("create", "update", "drift", "adopt", "recreate")
 
 
@@ -87,10 +96,13 @@ def _short(text: str | None) -> str:
 
 
 def _mask_rev(root: ET.Element) -> None:
-    """The marker's rev says which catalog wrote the item; it is not itself a setting to compare."""
+    """The marker's rev says which catalog wrote the item; it is not itself a setting to compare.
+    The item it names is (a copy of a managed job names the original), but without case, as Jenkins."""
     description = root.find("description")
     if description is not None and description.text:
-        description.text = MARKER_RE.sub("[managed by cdlib]", description.text)
+        description.text = MARKER_RE.sub(
+            lambda m: f"[managed by cdlib as {m.group('name').lower()}]" if m.group("name") else "[managed by cdlib]",
+            description.text)
 
 
 def differences(desired: ET.Element, actual: ET.Element, kind: str = "job") -> list[str]:
@@ -128,7 +140,7 @@ def _compare(d: ET.Element, a: ET.Element, path: str, strict: bool, lists: bool,
             else:
                 same = [c for c in dc if _key(c) == _key(dc[i])]
                 _compare(dc[i], ac[i], f"{prefix}{_label(dc[i])}" + (f"[{same.index(dc[i]) + 1}]" if len(same) > 1 else ""),
-                         False, lists, out)
+                         lists and dc[i].tag in STRICT_ELEMENTS, lists, out)
         return
     used: set[int] = set()
     for child in d:
@@ -137,7 +149,7 @@ def _compare(d: ET.Element, a: ET.Element, path: str, strict: bool, lists: bool,
             out.append(f"{prefix}{_label(child)}: missing on the server")
             continue
         used.add(match)
-        _compare(child, a[match], f"{prefix}{_label(child)}", False, lists, out)
+        _compare(child, a[match], f"{prefix}{_label(child)}", lists and child.tag in STRICT_ELEMENTS, lists, out)
     if strict:
         for i, c in enumerate(a):
             if i not in used:
@@ -166,7 +178,7 @@ def _project(d: ET.Element, a: ET.Element, nested: bool, lists: bool) -> ET.Elem
     for i, c in enumerate(a):
         if i in pairs:
             out.append(_project(pairs[i], c, True, lists))
-        elif lists and not nested:  # the root of a job is compared strictly: keep what the server added
+        elif lists and (not nested or d.tag in STRICT_ELEMENTS):  # compared strictly: keep what the server added
             out.append(c)
     return out
 
@@ -193,6 +205,45 @@ def pretty(el: ET.Element) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_into(server_text: str, desired_xml: str) -> str:
+    """The server's config with everything the catalog sets written into it, and nothing removed.
+
+    For folders, which are compared leniently: a folder's views, credentials, libraries and
+    properties are added by people, and posting the catalog's bare folder would delete them.
+    Children are paired the way the comparison pairs them (by tag, in order); after the merge the
+    comparison finds no difference.
+    """
+    strip = re.compile(r"^\s*<\?xml[^>]*\?>")
+    try:
+        server = ET.fromstring(strip.sub("", server_text, count=1))
+        desired = ET.fromstring(strip.sub("", desired_xml, count=1))
+    except ET.ParseError as exc:
+        raise JenkinsError(f"config.xml is not well-formed XML: {exc}") from exc
+    _merge(desired, server)
+    return "<?xml version='1.1' encoding='UTF-8'?>\n" + ET.tostring(server, encoding="unicode")
+
+
+def _merge(d: ET.Element, a: ET.Element) -> None:
+    plugin = a.get("plugin")
+    a.attrib.clear()
+    a.attrib.update(d.attrib)
+    if plugin:
+        a.set("plugin", plugin)
+    if not len(d):
+        if len(a) == 0 or (d.text or "").strip():
+            a.text = d.text
+        return
+    used: set[int] = set()
+    for child in d:
+        match = next((i for i, c in enumerate(a) if i not in used and c.tag == child.tag), None)
+        if match is None:
+            a.append(child)
+            used.add(len(a) - 1)
+        else:
+            used.add(match)
+            _merge(child, a[match])
+
+
 def _drop_properties(root: ET.Element, classes: tuple[str, ...]) -> None:
     props = root.find("properties")
     if props is not None and classes:
@@ -213,6 +264,7 @@ class Action:
     desired: Rendered | None = None
     via: str | None = None  # deleted together with this folder
     done: bool = False
+    server: str | None = None  # the server's config.xml as read (a folder update is merged into it)
 
     def to_dict(self) -> dict:
         return {"name": self.fullname, "kind": self.kind, "action": self.action, "changes": self.changes,
@@ -238,31 +290,43 @@ def plan(catalog: Catalog, client: JenkinsClient, *, prune: bool = False, recrea
     renderer = renderer or Renderer()
     items = render_catalog(catalog, renderer)
     remote = client.list_items()
+    by_key = {name.lower(): r for name, r in remote.items()}  # Jenkins ignores case in item names
     actions: list[Action] = []
     to_read: list[tuple[Action, Remote]] = []
     for item in items:
-        r = remote.get(item.fullname)
+        r = by_key.get(item.fullname.lower())
         act = Action(item.fullname, item.kind, "unchanged", desired=item)
         actions.append(act)
         if r is None:
             act.action = "create"
         elif r.item_class != item.item_class:
             _type_change(act, r, remote, recreate)
-        elif item.kind == "folder" and not managed(r.description)[0]:
+        elif item.kind == "folder" and not _ours(r.description, item.fullname):
             act.action, act.detail = "keep", "an existing folder cdlib did not create: left as it is"
         else:
             to_read.append((act, r))
     configs = _read_all(client, [a.fullname for a, _ in to_read], workers)
     for act, r in to_read:
         _compare_item(act, r, configs[act.fullname], catalog, renderer)
-    actions += _orphans(remote, {i.fullname for i in items}, prune)
+    actions += _orphans(remote, {i.fullname.lower() for i in items}, prune)
     return Plan(actions, len(remote))
+
+
+def _ours(description: str | None, fullname: str) -> bool:
+    """Written by cdlib for this item (or by an older cdlib, whose marker named no item)."""
+    m = marker(description)
+    return m is not None and (m.name is None or m.names(fullname))
+
+
+def _inside(remote: dict[str, Remote], fullname: str) -> list[str]:
+    prefix = fullname.lower() + "/"
+    return [n for n in remote if n.lower().startswith(prefix)]
 
 
 def _type_change(act: Action, r: Remote, remote: dict[str, Remote], recreate: bool) -> None:
     what = f"{r.item_class.rsplit('.', 1)[-1]} on the server, {act.desired.item_class.rsplit('.', 1)[-1]} in the catalog"
     act.changes = [f"type: {what}"]
-    inside = [n for n in remote if n.startswith(act.fullname + "/")]
+    inside = _inside(remote, act.fullname)
     if not recreate:
         act.action, act.detail = "refuse", f"the item's type differs ({what}); --recreate deletes and creates it"
     elif inside:
@@ -284,6 +348,7 @@ def _compare_item(act: Action, r: Remote, text: str | None, catalog: Catalog, re
     if text is None:  # deleted between the listing and the read
         act.action = "create"
         return
+    act.server = text
     actual = parse_config(text)
     desired_item = act.desired
     if act.kind == "job":
@@ -298,12 +363,13 @@ def _compare_item(act: Action, r: Remote, text: str | None, catalog: Catalog, re
     act.changes = differences(desired, actual, act.kind)
     if not act.changes:
         return
-    is_managed, rev = managed(r.description)
-    if not is_managed:
+    if not _ours(r.description, act.fullname):
         act.action = "adopt"
-        act.detail = ("exists without cdlib's marker (made outside cdlib, or the marker was removed in the UI): "
-                      "apply takes it over")
-    elif rev == desired_item.rev:
+        act.detail = ("exists without cdlib's marker for it (made outside cdlib, copied from or renamed from a "
+                      "managed job, or the marker was removed in the UI): apply takes it over")
+    elif marker(r.description).name is None:
+        act.action, act.detail = "update", "written by an older cdlib, whose marker names no item"
+    elif marker(r.description).rev == desired_item.rev:
         act.action, act.detail = "drift", "changed in the Jenkins UI since the last apply: apply overwrites it"
     else:
         act.action, act.detail = "update", "the catalog changed since the last apply"
@@ -313,13 +379,17 @@ def _compare_item(act: Action, r: Remote, text: str | None, catalog: Catalog, re
 
 
 def _orphans(remote: dict[str, Remote], desired: set[str], prune: bool) -> list[Action]:
-    """Managed items that the catalog no longer has: delete (with --prune) or report them."""
-    candidates = {n for n, r in remote.items() if n not in desired and managed(r.description)[0]}
+    """Managed items that the catalog no longer has: delete (with --prune) or report them.
+
+    ``desired`` holds the catalog's full names in lower case. Only an item whose marker names the
+    item itself is a candidate: a copy or a renamed job keeps the marker of the job it came from.
+    """
+    candidates = {n for n, r in remote.items() if n.lower() not in desired and managed(r.description, n)[0]}
     out = []
     for name in sorted(candidates, key=lambda n: (n.count("/"), n)):
         r = remote[name]
         kind = "folder" if r.is_folder else "job"
-        inside = [n for n in remote if n.startswith(name + "/")]
+        inside = _inside(remote, name)
         foreign = [n for n in inside if n not in candidates]
         if foreign:
             out.append(Action(name, kind, "keep", detail=f"managed by cdlib and no longer in the catalog, but it holds "
@@ -375,6 +445,8 @@ def _write(act: Action, client: JenkinsClient, catalog: Catalog) -> None:
     elif act.action == "recreate":
         client.delete(item.fullname)
         client.create(item.fullname, item.xml)
+    elif act.kind == "folder" and act.server is not None:
+        client.update(item.fullname, merge_into(act.server, item.xml))
     else:
         client.update(item.fullname, item.xml)
     _read_back(act, client, catalog)

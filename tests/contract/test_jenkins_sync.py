@@ -12,13 +12,16 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jenkins
 import pytest
 import requests
 
 from cdlib.cli import main
+from cdlib.errors import JenkinsError
 from cdlib.jobs import catalog as cat
 from cdlib.jobs import sync
 from cdlib.jobs.jenkins import (
@@ -270,6 +273,32 @@ def test_ui_additions_to_lists_are_drift(double):
     assert item["changes"] == ["properties/PipelineTriggersJobProperty/triggers/TimerTrigger: added on the server"]
 
 
+def test_a_refspec_or_credentials_added_to_the_git_remote_in_the_ui_is_drift(double):
+    """Jenkins fills in no field of a Git remote (it drops empty ones), so an extra child there is a
+    setting someone made: which refs are fetched, or with which credentials."""
+    target = DoubleTarget(double)
+    entries = services(target.root)
+    entries[2]["credentials"] = None  # gamma checks out without credentials
+    catalog = make_catalog(target.root, entries)
+    sync.apply(catalog, target.client())
+    alpha, gamma = f"{target.root}/team/cdlibt-alpha", f"{target.root}/cdlibt-gamma"
+    url = "<url>https://git.example.com/shop/alpha.git</url>"
+    double.ui_set_config(alpha, double.config(alpha).replace(
+        url, url + "<refspec>+refs/pull/*:refs/remotes/origin/pr/*</refspec>", 1))
+    url = "<url>https://git.example.com/gamma.git</url>"
+    double.ui_set_config(gamma, double.config(gamma).replace(url, url + "<credentialsId>someone-else</credentialsId>", 1))
+    out = sync.diff(catalog, target.client())
+    items = {i["name"]: i for i in out.data["items"]}
+    assert items[alpha]["action"] == "drift" and items[gamma]["action"] == "drift", out.message
+    assert items[alpha]["changes"] == ["definition/scm/userRemoteConfigs/UserRemoteConfig/refspec: added on the server"]
+    assert items[gamma]["changes"] == [
+        "definition/scm/userRemoteConfigs/UserRemoteConfig/credentialsId: added on the server"]
+    assert "-          <credentialsId>someone-else</credentialsId>" in items[gamma]["diff"]
+    client = target.client()
+    assert sync.apply(catalog, client).ok and client.writes == 2
+    assert "refspec" not in double.config(alpha) and "someone-else" not in double.config(gamma)
+
+
 def test_a_property_a_plugin_adds_everywhere_can_be_ignored(double):
     """Some plugins (GitLab, Jira, ...) add a property to every job on save: drift forever, unless ignored."""
     target = DoubleTarget(double)
@@ -298,7 +327,7 @@ def test_a_removed_marker_means_adopt_and_a_disabled_job_stays_disabled(double):
     client = target.client()
     assert sync.apply(catalog, client).ok and client.writes == 1
     assert "<disabled>true</disabled>" in double.config(gamma)
-    assert "[managed by cdlib, rev " in double.config(alpha)
+    assert f"[managed by cdlib as {alpha}, rev " in double.config(alpha)
     entries = services(target.root)
     entries[2]["disabled"] = False  # now the catalog says it: the UI's choice is drift, overwritten
     enabled = sync.apply(make_catalog(target.root, entries), target.client())
@@ -351,6 +380,92 @@ def test_a_create_that_races_another_writer_updates_instead(double, monkeypatch)
     out = sync.apply(catalog, client)
     assert out.ok, out.message
     assert all(i["detail"] == "created by someone else meanwhile: updated instead" for i in out.data["items"])
+
+
+def test_names_that_differ_only_in_case_are_one_item_as_in_jenkins(double):
+    """Jenkins' item maps ignore case: 'CdlibT-Jobs' in the catalog is the folder 'cdlibt-jobs' on the
+    server. Matching names by their exact spelling made apply --prune create (then update) every item
+    and delete them all again as orphans of the old spelling."""
+    target = DoubleTarget(double)
+    sync.apply(make_catalog(target.root), target.client())
+    before = double.names()
+    respelled = make_catalog("CdlibT-Jobs")
+    out = sync.apply(respelled, target.client(), prune=True)
+    assert out.ok, out.message
+    assert not {"create", "delete", "orphan", "adopt"} & set(actions(out).values()), actions(out)
+    assert double.names() == before
+    assert double.exists("CDLIBT-JOBS/team/cdlibt-alpha")  # the double resolves names as Jenkins does
+    client = target.client()
+    again = sync.apply(respelled, client, prune=True)
+    assert set(actions(again).values()) == {"unchanged"} and client.writes == 0, again.message
+
+
+def test_prune_spares_copies_renamed_jobs_and_look_alike_descriptions(double):
+    """'New Item > Copy from' and a rename keep the description, marker included; a person may also end
+    a description with something like the marker. None of these was written by cdlib for that item."""
+    target = DoubleTarget(double)
+    root = target.root
+    sync.apply(make_catalog(root), target.client())
+    alpha = f"{root}/team/cdlibt-alpha"
+    double.ui_create(f"{alpha}-hotfix", double.config(alpha))  # a copy, made in the UI
+    double.ui_create(f"{root}/team/cdlibt-lookalike", "<flow-definition><description>Release tooling "
+                     "[managed by cdlib-ops team]</description><disabled>false</disabled></flow-definition>")
+    pruned = sync.apply(make_catalog(root, services(root)[:2]), target.client(), prune=True)
+    assert pruned.ok, pruned.message
+    assert actions(pruned)[f"{root}/cdlibt-gamma"] == "delete" and not double.exists(f"{root}/cdlibt-gamma")
+    assert double.exists(f"{alpha}-hotfix") and double.exists(f"{root}/team/cdlibt-lookalike")
+    assert f"{alpha}-hotfix" not in actions(pruned) and f"{root}/team/cdlibt-lookalike" not in actions(pruned)
+
+
+def test_an_older_marker_without_a_name_is_updated_and_never_pruned(double):
+    target = DoubleTarget(double)
+    root = target.root
+    catalog = make_catalog(root)
+    sync.apply(catalog, target.client())
+    alpha, gamma = f"{root}/team/cdlibt-alpha", f"{root}/cdlibt-gamma"
+    for job in (alpha, gamma):
+        double.ui_set_config(job, double.config(job).replace(f"[managed by cdlib as {job}, rev ", "[managed by cdlib, rev "))
+    out = sync.apply(make_catalog(root, [services(root)[0], services(root)[1]]), target.client(), prune=True)
+    assert out.ok, out.message
+    assert actions(out)[alpha] == "update" and gamma not in actions(out) and double.exists(gamma)
+    assert f"[managed by cdlib as {alpha}, rev " in double.config(alpha)
+
+
+def test_a_folder_update_keeps_what_people_added_to_the_folder(double):
+    """Folders are compared leniently because people add views, libraries and credentials to them; an
+    update (here: the description was edited in the UI) must write the catalog's settings into the
+    folder, not replace the folder's config and delete what was added."""
+    target = DoubleTarget(double)
+    catalog = make_catalog(target.root)
+    sync.apply(catalog, target.client())
+    folder = f"{target.root}/team"
+    library = ("<org.jenkinsci.plugins.workflow.libs.FolderLibraries><libraries><org.jenkinsci.plugins.workflow."
+               "libs.LibraryConfiguration><name>team-lib</name></org.jenkinsci.plugins.workflow.libs."
+               "LibraryConfiguration></libraries></org.jenkinsci.plugins.workflow.libs.FolderLibraries>")
+    served = double.config(folder)
+    assert "  <properties/>" in served and "Pipeline jobs of the services in" in served
+    edited = served.replace("  <properties/>", f"  <properties>{library}</properties>", 1)
+    double.ui_set_config(folder, edited.replace("Pipeline jobs of the services in", "Jobs of the team", 1))
+    assert actions(sync.diff(catalog, target.client()))[folder] == "drift"
+
+    out = sync.apply(catalog, target.client())
+    assert out.ok and actions(out)[folder] == "drift", out.message
+    config = double.config(folder)
+    assert "<name>team-lib</name>" in config and f"[managed by cdlib as {folder}, rev " in config
+    client = target.client()
+    assert set(actions(sync.apply(catalog, client)).values()) == {"unchanged"} and client.writes == 0
+
+
+def test_config_xml_without_a_charset_is_read_as_the_utf8_it_is(double):
+    """Jenkins sends config.xml as application/xml without a charset; requests then guesses the encoding
+    from the bytes, and a short config rich in accented letters is guessed wrong."""
+    text = "öafñägfdäeöebàbcgükbbhäü"
+    double.ui_create("cdlibt-enc", f"<flow-definition><description>{text}</description></flow-definition>")
+    raw = requests.get(double.url + "job/cdlibt-enc/config.xml", auth=(USER, TOKEN), timeout=5)
+    assert "charset" not in raw.headers["Content-Type"]
+    assert text not in raw.text  # the guess that made config.xml unreadable
+    config = JenkinsClient(double.url, USER, TOKEN, timeout=5).get_config("cdlibt-enc")
+    assert sync.parse_config(config).find("description").text == text
 
 
 def test_listing_reaches_folders_deeper_than_one_request(double):
@@ -494,6 +609,61 @@ def test_unreachable_and_silent_servers():
         for conn in accepted:
             conn.close()
         silent.close()
+
+
+class _Stub:
+    """A tiny HTTP server answering by path: {path prefix: (status, content type, body, delay)}."""
+
+    def __init__(self, routes: dict):
+        routes_ = routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                for prefix, (status, ctype, body, delay) in routes_.items():
+                    if self.path.startswith(prefix):
+                        time.sleep(delay)
+                        data = body.encode()
+                        self.send_response(status)
+                        self.send_header("Content-Type", ctype)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+                self.send_error(500)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_crumb_issuer_404_is_not_reported_for_a_later_timeout():
+    """With crumbs off, the crumb issuer answers 404 before the real request; when that request then
+    times out, the error is the timeout, not 'Jenkins has no ... (404)'."""
+    with _Stub({"/crumbIssuer/": (404, "text/html", "<html>Not Found</html>", 0),
+                "/": (200, "application/json", "{}", 2.0)}) as url:
+        with pytest.raises(JenkinsUnreachable, match=r"did not answer within 0.5s"):
+            JenkinsClient(url, USER, TOKEN, timeout=0.5, retries=0).list_items()
+
+
+def test_an_answer_that_is_not_json_is_a_one_line_jenkins_error():
+    """A JENKINS_URL that is not the Jenkins root, or a login proxy in front of it, answers 200 with HTML."""
+    with _Stub({"/crumbIssuer/": (404, "text/html", "<html>Not Found</html>", 0),
+                "/": (200, "text/html", "<html><body>\n<h1>Sign in</h1>\n</body></html>", 0)}) as url:
+        with pytest.raises(JenkinsError) as exc:
+            JenkinsClient(url, USER, TOKEN, timeout=5, retries=0).list_items()
+    text = _one_line_without_token(exc.value)
+    assert text.startswith(f"{url}api/json answered 200 with text/html, not Jenkins' JSON") and "JENKINS_URL" in text
 
 
 def test_the_token_never_shows(double):

@@ -3,13 +3,16 @@ the way Jenkins core answers (ItemGroupMixIn, AbstractItem.doConfigDotXml, Crumb
 cdlib's client behave against it as they do against the real thing.
 
 - Items: a tree of folders and jobs. Every URL under a missing folder (or of an item the caller may
-  not read) is a 404, as Jenkins hides what you cannot see.
+  not read) is a 404, as Jenkins hides what you cannot see. Names ignore case, as Jenkins' item maps
+  do (``CaseInsensitiveComparator``): ``job/TEAM/`` is the folder ``team``, and ``Team`` cannot be
+  created beside it.
 - ``createItem`` with an XML body: 200 with an empty body; as a form with ``mode=<folder class>``:
   302 to ``job/NAME/configure``, which is served (python-jenkins follows it); duplicate or unsafe
   names: 400 with ``X-Error`` (``A job already exists with the name ‘x’``, ``‘:’ is an unsafe
   character``); no Content-Type: 400 ``No Content-Type header set``; a form without mode: 400
   ``No mode given``; malformed XML: 500 (and nothing is created); a missing parent folder: 404.
-- ``config.xml``: GET returns the stored config re-serialised as Jenkins does: an XML 1.1
+- ``config.xml``: GET returns the stored config as ``application/xml`` without a charset (Jenkins
+  copies the file to the response), re-serialised as Jenkins does: an XML 1.1
   declaration with double quotes, ``plugin="name@version"`` attributes on plugin classes, two-space
   indentation, ``&quot;``/``&apos;`` in text, ``<actions/>`` added, and default fields filled in
   (``removeLastBuild`` in a LogRotator, ``abortPrevious``, the Git plugin's submodule fields, a
@@ -74,9 +77,11 @@ WRITE_ACTIONS = ("createItem", "config.xml", "doDelete")
 class Reply(Exception):
     """An HTTP answer raised from deep inside a handler."""
 
-    def __init__(self, status: int, body: str = "", headers: dict | None = None, content_type="text/html"):
+    def __init__(self, status: int, body: str = "", headers: dict | None = None, content_type="text/html",
+                 charset: bool = True):
         super().__init__(status)
         self.status, self.body, self.headers, self.content_type = status, body, headers or {}, content_type
+        self.charset = charset
 
 
 def _page(title: str, text: str) -> str:
@@ -102,7 +107,7 @@ class Item:
     parent: Item | None
     root: str = ""  # the root element of its config.xml
     config: ET.Element | None = None
-    children: dict = field(default_factory=dict)
+    children: dict = field(default_factory=dict)  # by name in lower case: Jenkins ignores case
     queue: int = 0
 
     @property
@@ -353,7 +358,7 @@ class JenkinsDouble:
     def item(self, fullname: str) -> Item | None:
         node = self.root
         for part in [p for p in fullname.split("/") if p]:
-            node = node.children.get(part) if node.is_group else None
+            node = node.children.get(part.lower()) if node.is_group else None
             if node is None:
                 return None
         return node
@@ -385,7 +390,7 @@ class JenkinsDouble:
         with self._lock:
             parent_name, _, name = fullname.rpartition("/")
             parent = self.item(parent_name)
-            assert parent is not None and parent.is_group and name not in parent.children, fullname
+            assert parent is not None and parent.is_group and name.lower() not in parent.children, fullname
             self._store_new(parent, name, xml.encode())
 
     def ui_create_folder(self, fullname: str) -> None:
@@ -409,7 +414,7 @@ class JenkinsDouble:
     def _store_new(self, parent: Item, name: str, body: bytes) -> Item:
         item = Item(name, parent)
         self._store(item, body, creating=True)
-        parent.children[name] = item
+        parent.children[name.lower()] = item
         return item
 
     def _store(self, item: Item, body: bytes, creating: bool) -> None:
@@ -529,7 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = reply.body.encode("utf-8")
         self.send_response(reply.status)
         self.send_header("X-Jenkins", d.version)
-        self.send_header("Content-Type", reply.content_type + ";charset=utf-8")
+        self.send_header("Content-Type", reply.content_type + (";charset=utf-8" if reply.charset else ""))
         self.send_header("Content-Length", str(len(payload)))
         for k, v in reply.headers.items():
             # Jenkins' messages have curly quotes; Jetty sends them as UTF-8 bytes
@@ -576,7 +581,7 @@ class _Handler(BaseHTTPRequestHandler):
                          content_type="application/json")
         item = d.root
         while len(segments) >= 2 and segments[0] == "job":
-            child = item.children.get(segments[1]) if item.is_group else None
+            child = item.children.get(segments[1].lower()) if item.is_group else None
             if child is None or not d._may(user, "hudson.model.Item.Read"):
                 raise Reply(404, _page("Not Found", "Not Found"))
             item = child
@@ -591,7 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._config(item, method, body, user)
         if item.parent is not None and action == "doDelete" and method == "POST":
             d.need(user, "hudson.model.Item.Delete")
-            del item.parent.children[item.name]
+            del item.parent.children[item.name.lower()]
             return Reply(302, "", {"Location": d.url + item.parent.url_path})
         if item.parent is not None and action == "configure" and method == "GET":
             if not d.serve_configure:
@@ -620,10 +625,10 @@ class _Handler(BaseHTTPRequestHandler):
         problem = check_good_name(name)
         if problem:
             raise _failure(400, problem)
-        if name in parent.children:
+        if name.lower() in parent.children:
             raise _failure(400, f"A job already exists with the name ‘{name}’")
         if mode == "copy":
-            source = parent.children.get((query.get("from") or form.get("from") or [""])[0])
+            source = parent.children.get((query.get("from") or form.get("from") or [""])[0].lower())
             if source is None:
                 raise _failure(400, "No such job: " + str(query.get("from")))
             d._store_new(parent, name, ET.tostring(source.config))
@@ -643,7 +648,7 @@ class _Handler(BaseHTTPRequestHandler):
         d = self.server_double
         if method == "GET":
             d.need(user, "hudson.model.Item.ExtendedRead")
-            return Reply(200, serialise(d._served(item.config)), content_type="application/xml")
+            return Reply(200, serialise(d._served(item.config)), content_type="application/xml", charset=False)
         d.need(user, "hudson.model.Item.Configure")
         d._store(item, body, creating=False)
         return Reply(200, "")

@@ -735,12 +735,23 @@ class Stage {
 class Post {
     Map into
     def always(Closure body) { into.always = body }
+    def changed(Closure body) { into.changed = body }
+    def fixed(Closure body) { into.fixed = body }
+    def regression(Closure body) { into.regression = body }
     def success(Closure body) { into.success = body }
     def failure(Closure body) { into.failure = body }
     def unstable(Closure body) { into.unstable = body }
+    def unsuccessful(Closure body) { into.unsuccessful = body }
     def aborted(Closure body) { into.aborted = body }
     def cleanup(Closure body) { into.cleanup = body }
 }
+
+/**
+ * The order in which declarative runs post conditions, whatever order the Jenkinsfile writes them
+ * in (BuildCondition ordinals): always first, cleanup last.
+ */
+final List POST_ORDER = ['always', 'changed', 'fixed', 'regression', 'aborted', 'failure', 'success', 'unstable',
+                         'unsuccessful', 'cleanup']
 
 /** Loads the Jenkinsfile into a run; returns the model (stages not yet executed). */
 Closure declare = { Ctx ctx ->
@@ -752,7 +763,7 @@ Closure declare = { Ctx ctx ->
     return d.model
 }
 
-/** Runs the stages in order, then the post conditions, as declarative does; returns the failure. */
+/** Runs the stages in order, then the post conditions in declarative's order; returns the failure. */
 Closure execute = { Ctx ctx, Map model ->
     String failure = null
     for (Stage st in model.stages) {
@@ -764,8 +775,8 @@ Closure execute = { Ctx ctx, Map model ->
             break
         }
     }
-    List conditions = failure ? ['failure', 'always'] : ['success', 'always']
-    conditions.each { String c ->
+    List applies = failure ? ['always', 'failure', 'unsuccessful', 'cleanup'] : ['always', 'success', 'cleanup']
+    POST_ORDER.findAll { it in applies }.each { String c ->
         if (model.post[c]) {
             ctx.calls << [name: 'post', args: c]
             Declarative.run(model.post[c], new Object())
@@ -785,7 +796,7 @@ if (jenkinsfileClass != null) try {
                  model.stages.every { s -> s.options.any { it.name == 'timeout' && it.args.time > 0 && it.args.unit == 'MINUTES' } },
                  model.stages.collect { [it.name, it.options] })
     report.equal('Jenkinsfile: the tag is the short commit', model.environment.CDLIB_TAG, commit.substring(0, 12))
-    report.check('Jenkinsfile: post failure and always', model.post.keySet().containsAll(['failure', 'always']),
+    report.check('Jenkinsfile: post failure and cleanup', model.post.keySet().containsAll(['failure', 'cleanup']),
                  model.post.keySet())
 
     String failed = execute(jctx, model)
@@ -854,6 +865,11 @@ if (jenkinsfileClass != null) try {
         report.check("Jenkinsfile (library), ${f[0]} exits ${f[1]}: the build fails", run[1] != null, run[1])
         report.equal("Jenkinsfile (library), ${f[0]} exits ${f[1]}: ${f[2] ? 'rolls back' : 'no rollback'}",
                      run[0].verbs(), pipelineVerbs.subList(0, at + 1) + (f[2] ? ['rollback'] : []))
+        // the result files are archived after every cdlib step ran, the rollback's included
+        int archived = run[0].calls.findIndexOf { it.name == 'archiveArtifacts' }
+        int lastCli = run[0].calls.findLastIndexOf { it.name == 'sh' && String.valueOf(it.args.label).startsWith('cdlib ') }
+        report.check("Jenkinsfile (library), ${f[0]} exits ${f[1]}: archives the results after the last cdlib step",
+                     archived > lastCli && lastCli >= 0, "archiveArtifacts at ${archived}, last cdlib step at ${lastCli}")
         emitAll("Jenkinsfile, ${f[0]} exits ${f[1]}", run[0])
     }
     Ctx noCommit = newCtx(stubs: true)

@@ -19,7 +19,7 @@ from cdlib.cli import main
 from cdlib.errors import ConfigError
 from cdlib.jobs import catalog as cat
 from cdlib.jobs.render import MARKER_RE, Renderer, managed, render_catalog, write_tree
-from cdlib.jobs.sync import parse_config
+from cdlib.jobs.sync import differences, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "jobs"
@@ -171,6 +171,30 @@ def test_the_comparison_treats_a_real_export_like_the_template_it_came_from():
     assert real.find("actions") is None and "plugin" not in real.attrib
 
 
+@pytest.mark.parametrize("name, spec", [
+    ("pipeline-scm-git-build-discarder.xml", {"repository": "https://github.com/suryadevta/test_code",
+                                              "branch": "*/master", "jenkinsfile": "jenkins"}),
+    ("pipeline-scm-git-github-push-trigger.xml", {"repository": "https://github.com/prashanth-1993/hello-world-servlet.git",
+                                                  "branch": "*/master"}),
+    ("pipeline-scm-git-parameters.xml", {"repository": "https://github.com/Rakeshgoniguntla/jenkinspipeline.git",
+                                         "jenkinsfile": "jenkinsparambuild2"}),
+])
+def test_the_git_definition_of_a_real_export_equals_the_render_of_its_settings(name, spec):
+    """Jenkins' own serialisation of the SCM definition (submodule fields, plugin versions) is no
+    difference, although remotes and branch specs are compared strictly."""
+    def definition_only(root: ET.Element) -> ET.Element:
+        job = ET.Element(root.tag)
+        job.append(root.find("definition"))
+        return job
+
+    ours = definition_only(parse_config(Renderer().job(cat.JobSpec(name="pipeline", **spec)).xml))
+    real = definition_only(parse_config((SAMPLES / name).read_text()))
+    assert differences(ours, real) == []
+    real.find("definition/scm/userRemoteConfigs/hudson.plugins.git.UserRemoteConfig").append(ET.Element("refspec"))
+    real.find("definition/scm/userRemoteConfigs/hudson.plugins.git.UserRemoteConfig/refspec").text = "+refs/*:refs/*"
+    assert differences(ours, real) == ["definition/scm/userRemoteConfigs/UserRemoteConfig/refspec: added on the server"]
+
+
 # ---- escaping and the marker ----------------------------------------------------------------------------
 def test_every_value_is_xml_escaped():
     item = next(i for i in rendered_items() if i.fullname == "edge")
@@ -195,6 +219,14 @@ def test_the_marker_carries_the_rev_of_the_render_without_it():
     assert changed.rev != item.rev
     assert managed("a job someone made") == (False, None)
     assert managed(None) == (False, None)
+    # the marker names the item it was written for: a copy or a renamed job is not managed as itself
+    assert description.endswith("[managed by cdlib as svc, rev " + item.rev +
+                                "; changes made here are overwritten by cdlib jobs apply]")
+    assert managed(description, "svc") == (True, item.rev) and managed(description, "SVC") == (True, item.rev)
+    assert managed(description, "svc-copy") == (False, None)
+    assert managed("Ops tooling [managed by cdlib-ops team]") == (False, None)
+    assert managed("[managed by cdlib, rev 0123456789ab; changes made here are overwritten by cdlib jobs apply]",
+                   "svc") == (False, None)  # an older marker names no item: never pruned
     # disabled kept from the server: same rev, different XML
     kept = renderer.job(spec, disabled=True, rev=item.rev)
     assert kept.rev == item.rev and "<disabled>true</disabled>" in kept.xml
@@ -249,6 +281,19 @@ GOOD = {"name": "svc", "repository": "https://git.example.com/svc.git"}
     ({"services": []}, "cat.yml: services: expected a non-empty list"),
     ({"services": [GOOD], "ignore_properties": ["not a class"]}, "cat.yml: ignore_properties[0]: expected Java class names"),
     (["a list"], "cat.yml: expected a mapping with defaults and services"),
+    # XML 1.1 (the declaration Jenkins writes and the templates copy) forbids C1 controls and turns NEL,
+    # U+2028 and U+2029 into line feeds: such a value would read back changed on every apply
+    ({"services": [{**GOOD, "description": "Orders\u2028API"}]}, "cat.yml: services[0].description: expected text without"),
+    ({"services": [{**GOOD, "parameters": [{"name": "N", "default": "a\x85b"}]}]},
+     "cat.yml: services[0].parameters[0].default: expected text without control characters"),
+    ({"services": [{**GOOD, "parameters": [{"name": "N", "description": "a\x80"}]}]},
+     "cat.yml: services[0].parameters[0].description: expected text without control characters"),
+    ({"services": [{**GOOD, "parameters": [{"name": "M", "type": "choice", "choices": ["a\u2029b"]}]}]},
+     "cat.yml: services[0].parameters[0].choices[0]: expected choices (one line each)"),
+    ({"services": [{**GOOD, "jenkinsfile": "ci/\x9bJenkinsfile"}]}, "cat.yml: services[0].jenkinsfile: expected a relative path"),
+    # Jenkins ignores case in item names: two spellings of one folder are one folder
+    ({"services": [{**GOOD, "folder": "Team"}, {**GOOD, "name": "other", "folder": "team/sub"}]},
+     "cat.yml: services[1].folder: expected the folder spelled as services[0] spells it ('Team')"),
 ])
 def test_a_bad_catalog_gives_one_line_naming_the_file_and_key(data, message):
     with pytest.raises(ConfigError) as exc:
