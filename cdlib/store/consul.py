@@ -104,6 +104,10 @@ class ConsulStore(Store):
         except (consul.ConsulException, requests.exceptions.RequestException, ValueError) as exc:
             text = self._scrub(" ".join(str(exc).split()))[:300]
             raise StoreError(f"{where}: {what} failed: {type(exc).__name__}: {text}", store=self.kind) from exc
+        except OSError as exc:  # requests refuses a missing CA or client certificate file with a bare OSError
+            text = self._scrub(" ".join(str(exc).split()))[:300]
+            raise StoreError(f"{where}: {what} failed: {text}; check CONSUL_CACERT, CONSUL_CLIENT_CERT and "
+                             "CONSUL_CLIENT_KEY", store=self.kind) from exc
 
     def _denied(self) -> StoreError:
         return StoreError(f"consul store {self.describe()}: permission denied (ACL token rejected or lacking "
@@ -278,7 +282,13 @@ class ConsulStore(Store):
         if old:
             ops.append(_kv("unlock", key, value, session=old))
         ops.append(_kv("lock", key, value, session=session))
-        ok, _, _ = self._txn(f"lock {key}", ops)
+        try:
+            ok, _, _ = self._txn(f"lock {key}", ops)
+        except BaseException:
+            # the write may have been applied; its caller will never release it: destroying the session
+            # deletes such a record instead of leaving it (and the session) for 2 x ttl
+            self._destroy_quietly(session)
+            raise
         if not ok:
             self._destroy_quietly(session)
             now = self._record_of(key)
@@ -479,6 +489,9 @@ def _address(url: str, env) -> tuple[str, int, str]:
             if addr_parts.scheme == "https":
                 scheme = "https"
             addr = addr_parts.netloc
+        if "@" in addr:  # user:password@ would reach every message through describe()
+            raise StoreError("consul store: credentials in CONSUL_HTTP_ADDR are not supported (addresses end up "
+                             "in logs); set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE instead", store="consul")
         netloc = addr or f"127.0.0.1:{DEFAULT_PORT}"
     if parts.scheme == "consul" and _parse_bool(env.get("CONSUL_HTTP_SSL", "")):
         scheme = "https"

@@ -104,9 +104,11 @@ class EtcdStore(Store):
             raise _AuthFailed(_etcd_message(exc)) from exc
         client.session.headers["Authorization"] = result["token"]
 
-    def _call(self, what: str, fn):
+    def _call(self, what: str, fn, *, resend: bool = True):
         """Run fn(client) on the current endpoint, moving on to the next one when it cannot connect,
-        and translate every client exception into a StoreError."""
+        and translate every client exception into a StoreError. A request that may have reached etcd
+        before its connection broke is sent again elsewhere only when resend says that is harmless: a
+        compare-and-set sent twice would fail against its own first write."""
         import etcd3gw.exceptions as ex
         import requests
 
@@ -131,18 +133,25 @@ class EtcdStore(Store):
             except _AuthFailed as exc:
                 raise StoreError(f"{where}: authentication failed for user {self.user!r}; check ETCDCTL_USER",
                                  store=self.kind) from exc
-            except (ex.ConnectionFailedError, requests.exceptions.ConnectionError) as exc:
+            except (ex.ConnectionFailedError, requests.exceptions.ConnectionError, ex.ConnectionTimeoutError,
+                    requests.exceptions.Timeout) as exc:
                 tls = tls_failure(exc)
                 if tls:
                     raise StoreError(f"{where}: TLS with {endpoint} failed ({tls}); check ETCDCTL_CACERT, "
                                      "ETCDCTL_CERT, ETCDCTL_KEY and that the endpoint speaks https (etcds://)",
                                      store=self.kind) from exc
-                last = exc
-                self._clients.pop(endpoint, None)
-                continue
-            except (ex.ConnectionTimeoutError, requests.exceptions.Timeout) as exc:
-                raise StoreError(f"{where}: cannot reach etcd ({what} timed out after {self.timeout:g}s); check "
-                                 "ETCDCTL_ENDPOINTS / the store URL and that etcd is running",
+                unsent = _never_sent(exc)
+                timed_out = isinstance(exc, (ex.ConnectionTimeoutError, requests.exceptions.Timeout))
+                if unsent or (not timed_out and (unsent is None or resend)):
+                    last = exc
+                    self._clients.pop(endpoint, None)
+                    continue
+                if timed_out:
+                    raise StoreError(f"{where}: cannot reach etcd ({what} timed out after {self.timeout:g}s); "
+                                     "check ETCDCTL_ENDPOINTS / the store URL and that etcd is running",
+                                     store=self.kind) from exc
+                raise StoreError(f"{where}: the connection to {endpoint} broke during {what}, which may or may "
+                                 "not have been applied; check that etcd is healthy and run 'cdlib status'",
                                  store=self.kind) from exc
             except ex.Etcd3Exception as exc:
                 message = _etcd_message(exc)
@@ -154,15 +163,19 @@ class EtcdStore(Store):
             except (requests.exceptions.RequestException, ValueError, KeyError) as exc:
                 text = " ".join(str(exc).split())[:300]
                 raise StoreError(f"{where}: {what} failed: {type(exc).__name__}: {text}", store=self.kind) from exc
+            except OSError as exc:  # requests refuses a missing CA or client certificate file with a bare OSError
+                text = " ".join(str(exc).split())[:300]
+                raise StoreError(f"{where}: {what} failed: {text}; check ETCDCTL_CACERT, ETCDCTL_CERT and "
+                                 "ETCDCTL_KEY", store=self.kind) from exc
         raise StoreError(f"{where}: cannot reach etcd ({what}: connection failed on every endpoint); check "
                          "ETCDCTL_ENDPOINTS / the store URL and that etcd is running", store=self.kind) from last
 
-    def _post(self, what: str, path: str, payload: dict) -> dict:
-        return self._call(what, lambda c: c.post(c.get_url(path), json=payload))
+    def _post(self, what: str, path: str, payload: dict, *, resend: bool = True) -> dict:
+        return self._call(what, lambda c: c.post(c.get_url(path), json=payload), resend=resend)
 
     def _txn(self, what: str, compare: list, success: list, failure: list | None = None) -> dict:
         txn = {"compare": compare, "success": success, "failure": failure or []}
-        return self._call(what, lambda c: c.transaction(txn))
+        return self._call(what, lambda c: c.transaction(txn), resend=False)
 
     @staticmethod
     def _compare(key: str, expect: int) -> dict:
@@ -210,7 +223,7 @@ class EtcdStore(Store):
 
     def put(self, key: str, value: str, *, expect: int | None = None, ttl: float | None = None) -> int:
         lease = self._grant(ttl)[0] if ttl else None
-        request = {"key": _b64(key), "value": _b64(str(value))}
+        request = {"key": _b64(key), "value": _b64(str(value)), "prev_kv": True}
         if lease:
             request["lease"] = lease
         if expect is None:
@@ -220,20 +233,33 @@ class EtcdStore(Store):
             if not result.get("succeeded"):
                 self._revoke_quietly(lease)
                 raise ConflictError(f"etcd store: {key} changed concurrently", key=key)
+        previous = ((result.get("responses") or [{}])[0].get("response_put") or {}).get("prev_kv") or {}
+        self._revoke_replaced([previous], keep=lease)
         return int(result["header"]["revision"])
 
     def delete(self, key: str, *, expect: int | None = None) -> bool:
-        request = {"request_delete_range": {"key": _b64(key)}}
+        request = {"request_delete_range": {"key": _b64(key), "prev_kv": True}}
         if expect is None:
-            result = self._post(f"delete {key}", "/kv/deleterange", {"key": _b64(key)})
-            return int(result.get("deleted", 0) or 0) > 0
-        result = self._txn(f"delete {key}", [self._compare(key, expect)], [] if expect == 0 else [request])
-        if not result.get("succeeded"):
-            raise ConflictError(f"etcd store: {key} changed concurrently", key=key)
-        if expect == 0:
-            return False
-        responses = result.get("responses") or [{}]
-        return int((responses[0].get("response_delete_range") or {}).get("deleted", 0) or 0) > 0
+            result = self._post(f"delete {key}", "/kv/deleterange", {"key": _b64(key), "prev_kv": True},
+                                resend=False)
+        else:
+            txn = self._txn(f"delete {key}", [self._compare(key, expect)], [] if expect == 0 else [request])
+            if not txn.get("succeeded"):
+                raise ConflictError(f"etcd store: {key} changed concurrently", key=key)
+            if expect == 0:
+                return False
+            result = (txn.get("responses") or [{}])[0].get("response_delete_range") or {}
+        self._revoke_replaced(result.get("prev_kvs") or [])
+        return int(result.get("deleted", 0) or 0) > 0
+
+    def _revoke_replaced(self, previous: list[dict], keep: int | None = None) -> None:
+        """Revoke the lease a key was written with once the key left it (overwritten or deleted). Every
+        lease here is granted for one write of one key, so it holds nothing else; left alone, each TTL
+        registration refresh would keep one more lease alive for a whole TTL."""
+        for kv in previous:
+            lease = int(kv.get("lease") or 0)
+            if lease and lease != keep:
+                self._revoke_quietly(lease)
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -260,7 +286,13 @@ class EtcdStore(Store):
         record = dict(holder, token=uuid.uuid4().hex, expires=time.time() + ttl, lease=lease, lease_ttl=lease_ttl)
         version = int(current["mod_revision"]) if current else 0
         put = {"request_put": {"key": _b64(key), "value": _b64(_dump(record)), "lease": lease}}
-        result = self._txn(f"lock {key}", [self._compare(key, version)], [put])
+        try:
+            result = self._txn(f"lock {key}", [self._compare(key, version)], [put])
+        except BaseException:
+            # the write may have been applied; its caller will never release it: revoking the lease
+            # removes such a record instead of blocking every release for 2 x ttl
+            self._revoke_quietly(lease)
+            raise
         if not result.get("succeeded"):
             self._revoke_quietly(lease)
             now = self._raw(key)
@@ -311,8 +343,9 @@ class EtcdStore(Store):
         that change, or None when timeout passes first.
 
         A range read first answers at once when a key was written after since_version. Otherwise a
-        gateway watch from since_version + 1 (etcd3gw's watch, through the grpc-gateway's streaming
-        /v3/watch) reports the first put or delete. When since_version has been compacted away, etcd
+        gateway watch from since_version + 1 (from the current revision + 1 when since_version is 0 or not
+        behind; etcd3gw's watch, through the grpc-gateway's streaming /v3/watch) reports the first put or
+        delete. When since_version has been compacted away, etcd
         cancels such a watch, so that case is detected beforehand and answered with the current
         revision: the caller re-reads, which is always safe."""
         since = max(0, int(since_version or 0))
@@ -321,9 +354,16 @@ class EtcdStore(Store):
         newest = max((int(kv["mod_revision"]) for kv in ranged.get("kvs") or []), default=0)
         if newest > since:
             return newest
-        if 0 < since < head and self._compacted(prefix, since):
+        if since == 0 or since >= head:
+            # nothing under the prefix to report (since 0: nothing exists): only later changes count; a watch
+            # from revision 1 would replay old history, or be cancelled by etcd once it is compacted
+            return self._watch_events(prefix, head + 1, timeout)
+        if self._compacted(prefix, since):
             return head
-        return self._watch_events(prefix, min(since, head) + 1, timeout)
+        found = self._watch_events(prefix, since + 1, timeout)
+        # a change at or before head (keys since deleted) is reported as head: a re-read covers them all,
+        # where the first one's own revision would make the caller step through history one call at a time
+        return None if found is None else max(found, head)
 
     def _compacted(self, prefix: str, revision: int) -> bool:
         import etcd3gw.exceptions as ex
@@ -376,6 +416,27 @@ def _dump(record: dict) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
+def _never_sent(exc: BaseException) -> bool | None:
+    """True when the request never left for the endpoint (refused, unresolvable, connect timeout);
+    False when it may have reached etcd before the connection broke or the answer timed out; None when
+    no transport error is involved (etcd itself answered, e.g. 503 unavailable)."""
+    import requests
+    import urllib3.exceptions as u3
+
+    seen, todo, transport = set(), [exc], False
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, (u3.ConnectTimeoutError, requests.exceptions.ConnectTimeout)):
+            return True  # urllib3's NewConnectionError (refused, DNS) is a ConnectTimeoutError too
+        transport = transport or isinstance(cur, (requests.exceptions.RequestException, u3.HTTPError))
+        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None),
+                     *[a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]])
+    return False if transport else None
+
+
 def _etcd_message(exc) -> str:
     """The gateway's error text ({"error": "etcdserver: ..."}), or the exception's own."""
     detail = getattr(exc, "detail_text", None) or ""
@@ -413,6 +474,9 @@ def _endpoints(url: str, env) -> tuple[str, list[str]]:
                          "set ETCDCTL_USER instead", store="etcd")
     protocol = "https" if parts.scheme == "etcds" else "http"
     raw = parts.netloc or env.get("ETCDCTL_ENDPOINTS", "") or DEFAULT_ENDPOINT
+    if "@" in raw:  # user:password@ would reach every message through describe()
+        raise StoreError("etcd store: credentials in ETCDCTL_ENDPOINTS are not supported (endpoints end up in "
+                         "logs); set ETCDCTL_USER instead", store="etcd")
     endpoints = []
     for item in raw.split(","):
         item = item.strip()

@@ -80,6 +80,8 @@ class MemoryStore(Store):
                 newer = [rev for rev, key in self._log if rev > since_version and key.startswith(prefix)]
                 if newer:
                     return max(newer)
+                if self._log and since_version < self._log[0][0] - 1:
+                    return self._rev  # changes after since_version were trimmed from the log: re-read
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None

@@ -1,13 +1,15 @@
 """The embedded default store: one SQLite file, no server, safe across processes on one machine.
 
 Compare-and-set runs inside ``BEGIN IMMEDIATE`` transactions, so two processes (two Jenkins stages,
-or two releases) never both win. Versions come from one revision counter, so they only grow.
+or two releases) never both win. Versions come from one revision counter, so they only grow. One
+connection serves every thread of a process, one statement sequence at a time.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -43,21 +45,34 @@ class SqliteStore(Store):
             raise StoreError(f"sqlite store: cannot open {self.path}: {exc}; check the path in "
                              "CDLIB_STORE and that its directory is writable", store="sqlite") from exc
         self.ops = 0
+        # the connection is shared by threads (check_same_thread=False): a transaction is a sequence of
+        # statements on it, so two threads interleaving them would commit or roll back each other's writes
+        self._mutex = threading.RLock()
 
     def describe(self):
         return f"sqlite:///{self.path}"
 
     def _run(self, what, fn):
-        self.ops += 1
-        try:
-            return fn()
-        except sqlite3.Error as exc:
+        with self._mutex:
+            self.ops += 1
             try:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise StoreError(f"sqlite store {self.path}: {what} failed: {exc}", store="sqlite") from exc
+                return fn()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"sqlite store {self.path}: {what} failed: {exc}", store="sqlite") from exc
+            except BaseException:
+                # SIGTERM (plan.Interrupted) or Ctrl-C between BEGIN IMMEDIATE and COMMIT: an open
+                # transaction would keep the write lock, blocking every other process for the busy
+                # timeout, and make this connection's next BEGIN fail
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
     def get(self, key):
         def q():

@@ -428,6 +428,64 @@ def test_watch_times_out_when_nothing_changes_under_the_prefix(harness):
     assert 0.9 <= time.monotonic() - started < 3
 
 
+def test_memory_watch_behind_its_trimmed_change_log_reports_a_change():
+    store = MemoryStore()
+    since = store.put("cdlib/w/a", "1")
+    store.put("cdlib/w/b", "2")
+    for i in range(10001):  # the change to cdlib/w/b leaves the log
+        store.put("cdlib/other", str(i))
+    assert store.watch("cdlib/w/", since, 0.3) is not None
+
+
+# -- SQLite: one file shared by processes and threads ------------------------------------------------------
+def test_sqlite_store_shared_by_threads_loses_no_write(tmp_path):
+    store = SqliteStore(tmp_path / "threads.db")
+    errors: list[Exception] = []
+
+    def writer(n: int) -> None:
+        for i in range(100):
+            try:
+                store.put(f"cdlib/t/{n}/{i}", str(i))
+            except StoreError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert errors == []
+        entries = store.list("cdlib/t/")
+        assert len(entries) == 400 and len({e.version for e in entries}) == 400
+    finally:
+        store.close()
+
+
+def test_sqlite_interrupted_write_releases_the_write_lock(tmp_path, monkeypatch):
+    """SIGTERM becomes an exception anywhere, also between BEGIN IMMEDIATE and COMMIT: the write must
+    be rolled back at once, not keep the database locked for the other processes."""
+    from cdlib.plan import Interrupted
+
+    path = tmp_path / "state.db"
+    store, other = SqliteStore(path), SqliteStore(path, timeout=0.5)
+    try:
+        def interrupted(key):
+            raise Interrupted()
+
+        monkeypatch.setattr(store, "_bump", interrupted)
+        with pytest.raises(Interrupted):
+            store.put("cdlib/a", "1")
+        monkeypatch.undo()
+        assert other.get("cdlib/a") is None
+        assert other.put("cdlib/b", "from-other") > 0  # no "database is locked"
+        assert store.put("cdlib/a", "2") > 0  # no "cannot start a transaction within a transaction"
+        assert other.get("cdlib/a").value == "2"
+    finally:
+        store.close()
+        other.close()
+
+
 # -- errors -----------------------------------------------------------------------------------------------
 def test_unreachable_etcd_is_a_store_error():
     store = EtcdStore(f"etcd://127.0.0.1:{free_port()}", timeout=2)
@@ -520,6 +578,35 @@ def test_etcd_endpoints_configuration():
     assert "cdlibt-secret" not in str(err.value) and "CONSUL_HTTP_TOKEN" in str(err.value)
 
 
+def test_credentials_in_address_variables_are_refused_without_echoing_them():
+    secret = "cdlibt-secret-" + secrets.token_hex(4)
+    for env in ({"CONSUL_HTTP_ADDR": f"https://bob:{secret}@consul.example:8501"},
+                {"CONSUL_HTTP_ADDR": f"bob:{secret}@consul.example:8500"}):
+        with pytest.raises(StoreError) as err:
+            ConsulStore("consul://", env=env)
+        assert secret not in str(err.value) and "CONSUL_HTTP_TOKEN" in str(err.value)
+    with pytest.raises(StoreError) as err:
+        EtcdStore("etcd://", env={"ETCDCTL_ENDPOINTS": f"https://bob:{secret}@e1:2379,e2:2379"})
+    assert secret not in str(err.value) and "ETCDCTL_USER" in str(err.value)
+
+
+def test_missing_tls_files_are_store_errors_naming_the_settings(tmp_path):
+    missing = str(tmp_path / "cdlibt-missing.pem")
+    port = free_port()
+    stores = [
+        (ConsulStore(f"consuls://127.0.0.1:{port}", env={"CONSUL_CACERT": missing}, timeout=2), "CONSUL_CACERT"),
+        (ConsulStore(f"consuls://127.0.0.1:{port}", env={"CONSUL_CLIENT_CERT": missing,
+                                                         "CONSUL_CLIENT_KEY": missing}, timeout=2),
+         "CONSUL_CLIENT_CERT"),
+        (EtcdStore(f"etcds://127.0.0.1:{port}", env={"ETCDCTL_CERT": missing, "ETCDCTL_KEY": missing}, timeout=2),
+         "ETCDCTL_CERT"),
+    ]
+    for store, setting in stores:
+        with pytest.raises(StoreError) as err:
+            store.get("cdlib/x")
+        assert setting in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.integration
 def test_etcd_fails_over_to_a_live_endpoint(etcd_server):
     store = EtcdStore(f"etcd://127.0.0.1:{free_port()},{etcd_server.endpoint}", timeout=2)
@@ -527,6 +614,145 @@ def test_etcd_fails_over_to_a_live_endpoint(etcd_server):
     version = store.put(key, "x")
     assert store.get(key) == Entry(key, "x", version)
     assert store.delete(key)
+
+
+class _AnswerDroppingProxy:
+    """A TCP endpoint in front of a store server: it forwards each HTTP request and relays the answer,
+    except for requests whose first line starts with one of ``drop``: those are applied by the server,
+    but the client's connection is closed without the answer (a connection lost after the write)."""
+
+    def __init__(self, target_port: int, drop: tuple[bytes, ...] = (b"",)):
+        import socket
+
+        self._target, self._drop = target_port, drop
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.endpoint = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self._one(conn)
+                except OSError:
+                    pass
+
+    def _one(self, conn) -> None:
+        import socket
+
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+        length = next((int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += conn.recv(65536)
+        answer = b""
+        with socket.create_connection(("127.0.0.1", self._target), timeout=10) as up:
+            up.sendall(b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + body)
+            while chunk := up.recv(65536):
+                answer += chunk
+        if not lines[0].startswith(self._drop):
+            conn.sendall(answer)
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._server.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.integration
+def test_etcd_write_whose_answer_was_lost_is_not_resent_as_a_false_conflict(etcd_server):
+    """A compare-and-set sent again on the next endpoint would fail against its own first write and
+    report "changed concurrently" (or, for the lock, "held by" this very release)."""
+    proxy = _AnswerDroppingProxy(etcd_server.client_port)
+    key = f"cdlib/cdlibt-{secrets.token_hex(4)}/journal"
+    direct = EtcdStore(f"etcd://{etcd_server.endpoint}")
+    try:
+        store = EtcdStore(f"etcd://{proxy.endpoint},{etcd_server.endpoint}", timeout=3)
+        with pytest.raises(StoreError) as err:
+            store.put(key, "v", expect=0)
+        assert "may or may not have been applied" in str(err.value)
+        assert direct.get(key).value == "v"  # it was applied: a ConflictError would have been false
+        assert store.get(key).value == "v"  # a read is simply sent again to the next endpoint
+    finally:
+        proxy.close()
+        direct.delete(key)
+
+
+@pytest.mark.integration
+def test_etcd_lock_attempt_that_failed_in_transit_leaves_no_lock_behind(etcd_server):
+    """The caller of a failed acquire believes it holds nothing and will never release: a lock record
+    its write may have left must go with its lease, not block every release for 2 x TTL."""
+    proxy = _AnswerDroppingProxy(etcd_server.client_port, drop=(b"POST /v3/kv/txn",))
+    key = f"cdlib/cdlibt-{secrets.token_hex(4)}/services/web/lock"
+    direct = EtcdStore(f"etcd://{etcd_server.endpoint}")
+    try:
+        with pytest.raises(StoreError):
+            EtcdStore(f"etcd://{proxy.endpoint}", timeout=3).acquire_lock(key, default_holder(), ttl=600)
+        assert direct.get(key) is None
+        lock = direct.acquire_lock(key, default_holder(), ttl=30)
+        assert lock.taken_over is None and direct.release_lock(key, lock.token)
+    finally:
+        proxy.close()
+        direct.delete(key)
+
+
+def test_consul_lock_attempt_that_failed_in_transit_leaves_no_lock_behind(consul_double):
+    proxy = _AnswerDroppingProxy(consul_double.port, drop=(b"PUT /v1/txn",))
+    key = f"cdlib/cdlibt-{secrets.token_hex(4)}/services/web/lock"
+    direct = ConsulStore(f"consul://{consul_double.address}", session_ttl_min=DOUBLE_TTL_FLOOR)
+    sessions = set(consul_double.session_ids())
+    try:
+        store = ConsulStore(f"consul://{proxy.endpoint}", session_ttl_min=DOUBLE_TTL_FLOOR, timeout=3)
+        with pytest.raises(StoreError):
+            store.acquire_lock(key, default_holder(), ttl=600)
+        assert direct.get(key) is None
+        assert set(consul_double.session_ids()) <= sessions
+    finally:
+        proxy.close()
+        direct.delete(key)
+
+
+@pytest.mark.integration
+def test_etcd_connect_timeout_moves_on_to_the_next_endpoint(etcd_server):
+    import socket
+
+    blackhole = socket.socket()  # a listener with a full backlog: the kernel drops further SYNs
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    try:
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(blackhole.getsockname())
+        time.sleep(0.2)
+        store = EtcdStore(f"etcd://127.0.0.1:{blackhole.getsockname()[1]},{etcd_server.endpoint}", timeout=1)
+        key = f"cdlib/cdlibt-{secrets.token_hex(4)}/k"
+        version = store.put(key, "x")
+        assert store.get(key) == Entry(key, "x", version)
+        assert store.delete(key)
+    finally:
+        for filler in fillers:
+            filler.close()
+        blackhole.close()
 
 
 @pytest.mark.integration
@@ -586,6 +812,74 @@ def test_etcd_watch_after_compaction_reports_a_change(etcd_server):
     got = store.watch(prefix, since, 5)
     assert got is not None and got > since
     store.delete("cdlib/cdlibt-compact-marker")
+
+
+@pytest.mark.integration
+def test_etcd_watch_from_zero_on_an_empty_prefix_wakes_after_compaction(etcd_server):
+    """since 0 with nothing under the prefix waits for the next change; a watch from revision 1 would be
+    cancelled by etcd once that revision is compacted, and wake nobody."""
+    store, writer = EtcdStore(f"etcd://{etcd_server.endpoint}"), EtcdStore(f"etcd://{etcd_server.endpoint}")
+    prefix = f"cdlib/cdlibt-{secrets.token_hex(4)}/"
+    head = writer.put("cdlib/cdlibt-compact-marker", secrets.token_hex(4))
+    etcd_server.etcdctl("compaction", str(head))
+    timer = threading.Timer(0.3, writer.put, args=(prefix + "a", "1"))
+    timer.start()
+    started = time.monotonic()
+    try:
+        got = store.watch(prefix, 0, 5)
+        elapsed = time.monotonic() - started
+        timer.join()
+        assert got == store.get(prefix + "a").version and elapsed < 3
+    finally:
+        timer.join()
+        writer.delete("cdlib/cdlibt-compact-marker")
+        writer.delete(prefix + "a")
+
+
+@pytest.mark.integration
+def test_etcd_watch_behind_deleted_history_wakes_once(etcd_server):
+    """Changes since since_version to keys deleted since then make one wake-up, not one per old event."""
+    store = EtcdStore(f"etcd://{etcd_server.endpoint}")
+    prefix = f"cdlib/cdlibt-{secrets.token_hex(4)}/"
+    since = store.put(prefix + "seen", "0")
+    store.delete(prefix + "seen")
+    for i in range(5):
+        store.put(prefix + "gone", str(i))
+        store.delete(prefix + "gone")
+    got = store.watch(prefix, since, 5)
+    assert got is not None and got > since
+    assert store.watch(prefix, got, 0.5) is None
+
+
+@pytest.mark.integration
+def test_etcd_rewrites_and_deletes_revoke_the_replaced_lease(etcd_server):
+    """A TTL key gets a lease per write: the one it leaves must go, or every registration refresh keeps
+    one more lease alive for a whole TTL (an hour for a release's registrations)."""
+    import json
+
+    store = EtcdStore(f"etcd://{etcd_server.endpoint}")
+    key = f"cdlib/cdlibt-{secrets.token_hex(4)}/instances/blue/web-1"
+
+    def lease_of(k: str) -> int:
+        return int(json.loads(etcd_server.etcdctl("get", k, "-w", "json"))["kvs"][0].get("lease", 0))
+
+    def alive(lease: int) -> bool:
+        out = json.loads(etcd_server.etcdctl("lease", "timetolive", format(lease, "x"), "-w", "json"))
+        return int(out.get("ttl", -1)) > 0
+
+    store.put(key, "a", ttl=600)
+    first = lease_of(key)
+    store.put(key, "b", ttl=600)
+    second = lease_of(key)
+    assert first != second and alive(second) and not alive(first)
+    store.put(key, "c", expect=store.get(key).version)  # permanent now
+    assert lease_of(key) == 0 and not alive(second)
+    store.put(key, "d", ttl=600)
+    third = lease_of(key)
+    assert store.delete(key) is True and not alive(third)
+    store.put(key, "e", ttl=600)
+    fourth = lease_of(key)
+    assert store.delete(key, expect=store.get(key).version) is True and not alive(fourth)
 
 
 # -- registrations ----------------------------------------------------------------------------------------

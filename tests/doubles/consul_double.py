@@ -20,7 +20,8 @@ than what the adapter happens to need, so the adapter cannot lean on a convenien
   ``ttl_multiplier x TTL`` (default 1, so tests stay fast; pass 2 to mimic a server exactly).
 - Agent services and checks: register (case-insensitive and snake_case keys, as py-consul sends them),
   deregister (404 for an unknown id), HTTP, TCP and TTL checks that the double really runs at their
-  interval; new checks start critical; DeregisterCriticalServiceAfter with a configurable minimum
+  interval; new checks start critical, and a re-registered one keeps its last status even over an
+  explicit Status; DeregisterCriticalServiceAfter with a configurable minimum
   (Consul's is one minute) and reaper period (Consul's is 30 s).
 - ``/v1/health/service/NAME`` (``?passing``, ``?tag``), ``/v1/catalog/services``,
   ``/v1/catalog/service/NAME``, ``/v1/agent/services``, ``/v1/agent/checks``, ``/v1/status/leader``.
@@ -164,7 +165,6 @@ class Check:
     next_run: float = 0.0
     ttl_deadline: float | None = None
     running: bool = False
-    explicit_status: bool = False
     create_index: int = 0
     modify_index: int = 0
 
@@ -964,7 +964,7 @@ class ConsulDouble:
                     self._remove_check(check_id)
             for check in checks:
                 old = self._checks.get(check.check_id)
-                if old is not None and not check.explicit_status:
+                if old is not None:  # Consul restores the last state even over an explicit Status
                     check.status, check.output, check.critical_since = old.status, old.output, old.critical_since
                     check.create_index = old.create_index
                 self._checks[check.check_id] = check
@@ -993,7 +993,6 @@ class ConsulDouble:
         check = Check(check_id, _field(spec, "Name") or f"Service '{name}' check", service_id=sid,
                       service_name=name, service_tags=list(tags), status=status or "critical",
                       notes=_field(spec, "Notes") or "")
-        check.explicit_status = bool(status)
         try:
             if _field(spec, "HTTP"):
                 check.kind, check.http = "http", _field(spec, "HTTP")

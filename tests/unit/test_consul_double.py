@@ -264,6 +264,24 @@ def test_new_checks_start_critical_and_ttl_checks_update(double):
     assert client.agent.check.ttl_pass("service:nope") is False  # 404 Unknown check ID
 
 
+def test_reregistering_keeps_the_check_status_even_with_an_explicit_status(double):
+    """Consul's agent restores a re-registered check's last Status and Output over the Status given in
+    the definition: a service registered with Status passing cannot be made healthy by registering it
+    again while its check fails."""
+    body = {"Name": "cdlibt-re", "ID": "cdlibt-re-1", "Check": {"TTL": "10s", "Status": "passing"}}
+
+    def status():
+        return requests.get(f"{double.url}/v1/agent/checks", timeout=10).json()["service:cdlibt-re-1"]["Status"]
+
+    assert requests.put(f"{double.url}/v1/agent/service/register", json=body, timeout=10).status_code == 200
+    assert status() == "passing"
+    requests.put(f"{double.url}/v1/agent/check/fail/service:cdlibt-re-1", params={"note": "down"}, timeout=10)
+    assert status() == "critical"
+    assert requests.put(f"{double.url}/v1/agent/service/register", json=body, timeout=10).status_code == 200
+    assert status() == "critical"
+    assert len(health(double, "cdlibt-re", passing="").json()) == 0
+
+
 def test_blocking_health_query_wakes_on_status_change(double):
     import consul
 
