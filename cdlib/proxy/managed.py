@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,9 @@ from .base import Proxy
 
 LOCK_FILE = ".cdlib.lock"
 HEALTH_PATH = "/_cdlib/health"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# an IPv4 address, an IPv6 address (hex digits, colons, a dotted IPv4 tail) or a DNS name
+SERVER_ADDRESS_RE = re.compile(rf"^(?:[0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_LABEL}(?:\.{_LABEL})*)$")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -102,6 +106,10 @@ def check_backends(backends: Sequence[Backend]) -> None:
                 raise ProxyError(f"service {b.service}: server port {port!r} is not from 1 to 65535")
             if not isinstance(address, str):
                 raise ProxyError(f"service {b.service}: server address {address!r} is not a string")
+            if not SERVER_ADDRESS_RE.match(address):
+                # HAProxy reads "unix@", "abns@", "/path" and the like as other socket families
+                raise ProxyError(f"unsafe configuration value {address!r}: service {b.service} server address "
+                                 "must be an IP address or a host name")
 
 
 def first_error_line(output: str, markers: Sequence[str], clean: Callable[[str], str], *,
@@ -290,10 +298,15 @@ class ManagedProxy(Proxy):
         (nothing was ever served from this directory): the exact prior state is then a proxy that
         does not run and no configuration file, so that is what restore(None) leaves."""
         if prior is None:
-            self.stop()
+            # stop under the lock too: another process's apply between the stop and the unlink
+            # would start the proxy on a file this then deletes
             with self._locked():
-                for path in (self.config_path, self.staged_path):
-                    path.unlink(missing_ok=True)
+                self.stop()
+                try:
+                    for path in (self.config_path, self.staged_path):
+                        path.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise ProxyError(f"cannot remove {path}: {exc.strerror or exc}; check proxy.dir") from exc
             return
         with self._locked():
             self._stage_and_validate(prior)
@@ -350,8 +363,13 @@ class ManagedProxy(Proxy):
             # only signal what is still this binary: a pid is reused once its process has exited
             for target in [pid] + (sorted(kids) if sig == signal.SIGKILL else []):
                 if self._is_ours(target):
-                    with contextlib.suppress(ProcessLookupError):
+                    try:
                         os.kill(target, sig)
+                    except ProcessLookupError:
+                        pass
+                    except PermissionError as exc:
+                        raise ProxyError(f"cannot stop the {self.kind} master {pid} in {self.dir}: "
+                                         f"{exc.strerror}; it runs as another user, stop it as that user") from exc
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 if not self._is_ours(pid) and not any(self._is_ours(k) for k in kids):
@@ -379,7 +397,12 @@ class ManagedProxy(Proxy):
         """One change at a time per directory, across processes (two services released at once)."""
         self._prepare_dir()
         wait = self.drain_timeout + self.reload_timeout + self.start_timeout + 30
-        with open(self.dir / LOCK_FILE, "a+") as fh:
+        try:
+            lock_file = open(self.dir / LOCK_FILE, "a+")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise ProxyError(f"cannot open the lock file {self.dir / LOCK_FILE}: {exc.strerror or exc}; "
+                             "check proxy.dir and its permissions") from exc
+        with lock_file as fh:
             deadline = time.monotonic() + wait
             while True:
                 try:

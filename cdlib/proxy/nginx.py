@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ProxyError
-from ..model import Backend
+from ..model import HOST_RE, Backend
 from .managed import HEALTH_PATH, ManagedProxy, alive, check_backends, children, first_error_line, hostport
 
 # public names of this module that cdlib.proxy.managed now holds (HEALTH_PATH, check_backends,
@@ -45,6 +45,8 @@ def nginx_context(backends: Sequence[Backend], *, listen: str, worker_processes:
     check_backends(backends)
     out = []
     for b in sorted(backends, key=lambda b: str(b.service)):
+        for host in b.routes.hosts:
+            _check_server_name(host, b.service)
         locations = []
         for path in b.routes.paths:
             prefix = path.rstrip("/") + "/"
@@ -64,6 +66,16 @@ def nginx_context(backends: Sequence[Backend], *, listen: str, worker_processes:
         "health_path": HEALTH_PATH,
         "has_root": any(loc["prefix"] == "/" for b in out for loc in b["locations"]),
     }
+
+
+def _check_server_name(host: object, service: object) -> None:
+    """Refuse a host nginx would not read as a plain name. Routes can come from the store, past the
+    descriptor's checks, and ``server_name ~.`` is a regular expression that matches every host:
+    that server block would take the traffic of every path-routed service. Wildcards other than a
+    leading ``*.`` (``example.*``, ``.example.com``) widen a route the same way."""
+    if not isinstance(host, str) or not HOST_RE.match(host):
+        raise ProxyError(f"unsafe configuration value {host!r}: service {service} route host must be a "
+                         "lower-case DNS name, optionally starting with '*.'")
 
 
 def _first_error_line(text: str) -> str:
@@ -151,7 +163,8 @@ def _emerg_since(log: Path, offset: int) -> str | None:
             tail = fh.read(1 << 20).decode("utf-8", "replace")
     except OSError:
         return None
-    marker = f"signal 1 (SIGHUP) received from {os.getpid()}"
+    # the comma ends the pid: "received from 12" must not match a reload sent by pid 123
+    marker = f"signal 1 (SIGHUP) received from {os.getpid()},"
     seen = False
     for line in tail.splitlines():
         if not seen:

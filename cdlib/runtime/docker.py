@@ -125,6 +125,7 @@ class DockerRuntime(Runtime):
         """Turn SDK and transport errors into RuntimeBackendError; ours pass through."""
         import docker
         import requests
+        import urllib3
 
         try:
             yield
@@ -132,9 +133,15 @@ class DockerRuntime(Runtime):
             raise
         except requests.exceptions.ConnectionError as exc:
             raise self._unreachable(exc) from exc
-        except requests.exceptions.Timeout as exc:
+        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as exc:
+            # a streamed answer (build, push, pull) is read straight from urllib3, unwrapped by requests
             raise RuntimeBackendError(f"docker runtime: {action}: no answer from {self.describe()} within "
                                       f"{self.timeout:g}s; check the engine's load") from exc
+        except (urllib3.exceptions.HTTPError, docker.errors.StreamParseError) as exc:
+            # the engine's stream broke off mid-answer (engine restarted, connection cut)
+            first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else _reason(exc)
+            raise RuntimeBackendError(f"docker runtime: {action}: the answer from {self.describe()} broke "
+                                      f"off ({self._mask(first)}); check the engine and retry") from exc
         except docker.errors.APIError as exc:
             tail = f"; {hint}" if hint else ""
             raise RuntimeBackendError(f"docker runtime: {action}: {self._reason(exc)}{tail}") from exc
@@ -144,9 +151,8 @@ class DockerRuntime(Runtime):
 
     # -- lookups --------------------------------------------------------------------------------
     def _containers(self, service: str, color: str | None = None, release: str | None = None) -> list:
-        labels = [f"{LABEL_SERVICE}={service}"]
-        if color is not None:
-            labels.append(f"{LABEL_COLOR}={color}")
+        # a color label always: test-suite containers carry the service label too, and are no instances
+        labels = [f"{LABEL_SERVICE}={service}", LABEL_COLOR if color is None else f"{LABEL_COLOR}={color}"]
         if release is not None:
             labels.append(f"{LABEL_RELEASE}={release}")
         with self._translate(f"list the containers of {service}"):

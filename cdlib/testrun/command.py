@@ -182,18 +182,29 @@ class CommandRunner(TestRunner):
         return code, notes
 
     def _kill_group(self, proc: subprocess.Popen) -> None:
-        """SIGTERM the suite's process group, then SIGKILL whatever is left after the grace period."""
+        """SIGTERM the suite's process group and every process still holding its output, then
+        SIGKILL whatever is left after the grace period.
+
+        A child that left the group (``setsid``, a ``start_new_session`` server in a fixture) is
+        not reached through the group, yet it still holds the output pipe: found through /proc, it
+        ends with the suite instead of outliving the build and keeping the reader blocked.
+        """
         pgid = proc.pid  # start_new_session: the suite leads its own group
-        if not _signal_group(pgid, signal.SIGTERM):
+        pipe = _pipe_name(proc)
+        group = _signal_group(pgid, signal.SIGTERM)
+        holders = _signal_pids(_pipe_holders(pipe), signal.SIGTERM)
+        if not group and not holders:
             proc.poll()
             return
         deadline = time.monotonic() + self.kill_grace
         while time.monotonic() < deadline:
             proc.poll()  # reap the leader so it does not count as alive
-            if not _group_alive(pgid):
+            if not _group_alive(pgid) and not _pipe_holders(pipe):
+                proc.poll()  # the leader may have died since the poll above
                 return
             time.sleep(0.05)
         _signal_group(pgid, signal.SIGKILL)
+        _signal_pids(_pipe_holders(pipe), signal.SIGKILL)
         try:
             proc.wait(timeout=self.kill_grace)
         except subprocess.TimeoutExpired:
@@ -208,6 +219,74 @@ def _signal_group(pgid: int, sig: int) -> bool:
         return False
     except PermissionError:
         return True  # a member changed its user: still there, nothing more we can do
+
+
+def _signal_pids(pids: set[int], sig: int) -> set[int]:
+    """Send sig to each pid; the ones that were there."""
+    sent = set()
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            sent.add(pid)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            sent.add(pid)  # another user's process: still there, nothing more we can do
+    return sent
+
+
+def _pipe_name(proc: subprocess.Popen) -> str | None:
+    """How /proc names the suite's output pipe (``pipe:[inode]``); None without one."""
+    if proc.stdout is None:
+        return None
+    try:
+        return f"pipe:[{os.fstat(proc.stdout.fileno()).st_ino}]"
+    except (OSError, ValueError):
+        return None
+
+
+def _pipe_holders(pipe: str | None) -> set[int]:
+    """Living processes other than this one that hold the write end of the pipe: the suite's
+    descendants, wherever their process group. Empty without /proc or for processes we may not
+    inspect."""
+    proc_dir = Path("/proc")
+    if pipe is None or not (proc_dir / "self" / "fd").is_dir():
+        return set()
+    me = os.getpid()
+    found = set()
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == pipe and _writes(entry / "fdinfo" / fd.name):
+                    found.add(int(entry.name))
+                    break
+            except OSError:
+                continue
+    return {pid for pid in found if _running(pid)}
+
+
+def _writes(fdinfo: Path) -> bool:
+    """Whether the descriptor was opened for writing (a process forked from this one without an
+    exec would hold the read end, and must be left alone)."""
+    for line in fdinfo.read_text().splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -37,6 +37,17 @@ def _redact(text: object) -> str:
     return _USERINFO_RE.sub(r"\1@", str(text))
 
 
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """What talking to the engine can raise. A streamed answer (a pull) is read straight from
+    urllib3, so its timeouts and cut connections are not wrapped in requests' exceptions."""
+    import docker
+    import requests
+    import urllib3
+
+    return (docker.errors.DockerException, docker.errors.StreamParseError, requests.RequestException,
+            urllib3.exceptions.HTTPError)
+
+
 class ContainerRunner(TestRunner):
     """``on_output`` is called with each line as the suite prints it, from a log-following thread."""
 
@@ -118,30 +129,26 @@ class ContainerRunner(TestRunner):
 
     def _ensure_image(self, client, run: TestRun, image: str) -> None:
         import docker
-        import requests
 
         try:
             client.images.get(image)
             return
         except docker.errors.ImageNotFound:
             pass
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+        except _engine_errors() as exc:
             raise self._fail(run, f"cannot look up the test image {image}", exc) from exc
         if not self.pull:
             raise TestRunnerError(f"test image {image} not found locally and pulling is turned off; "
                                   "build or pull it first", suite=run.suite.type, image=image)
         try:
             client.images.pull(image)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+        except _engine_errors() as exc:
             reason = _redact(getattr(exc, "explanation", None) or exc)
             raise TestRunnerError(f"test image {image} not found locally and cannot be pulled: {reason}",
                                   suite=run.suite.type, image=image) from exc
 
     # -- running -----------------------------------------------------------------------------
     def run(self, run: TestRun) -> TestResult:
-        import docker
-        import requests
-
         image = self._image_ref(run)
         command = self._command(run)
         client = self._docker()
@@ -162,7 +169,7 @@ class ContainerRunner(TestRunner):
                 if report_dir is not None:
                     container.put_archive("/", _directory_tar(CONTAINER_JUNIT_DIR))
                 container.start()
-            except (docker.errors.DockerException, requests.RequestException) as exc:
+            except _engine_errors() as exc:
                 shown = shlex.join(command) if command else "its default command"
                 raise self._fail(run, f"cannot start the test image {image} ({shown})", exc) from exc
             streamer = self._stream(container) if self.on_output is not None else None
@@ -172,13 +179,15 @@ class ContainerRunner(TestRunner):
                 lines = self._logs(container)
                 if report_dir is not None:
                     notes.extend(self._copy_reports(container, report_dir))
-            except (docker.errors.DockerException, requests.RequestException) as exc:
+            except _engine_errors() as exc:
                 raise self._fail(run, f"lost the test container {name}", exc) from exc
             if streamer is not None:
                 streamer.join(timeout=2)
         finally:
             if container is not None:
                 notes.extend(self._remove(container))
+            else:
+                self._remove_by_name(client, name)
         for note in notes:
             self._emit(note)
         output = junit.tail([*lines, *notes], self.tail_lines)
@@ -263,16 +272,25 @@ class ContainerRunner(TestRunner):
 
     def _remove(self, container) -> list[str]:
         import docker
-        import requests
 
         try:
-            container.remove(force=True)
+            # v: the anonymous volumes of the image's VOLUME lines go with it, or they pile up
+            container.remove(force=True, v=True)
             return []
         except docker.errors.NotFound:
             return []
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+        except _engine_errors() as exc:
             return [f"cdlib: could not remove the test container {container.name}: {_redact(exc)}; "
                     f"remove containers labelled {LABEL}=1 by hand"]
+
+    @staticmethod
+    def _remove_by_name(client, name: str) -> None:
+        """Creating the container failed on our side (its answer was lost, the caller was
+        interrupted): the engine may have created it all the same."""
+        try:
+            client.api.remove_container(name, force=True, v=True)
+        except _engine_errors():
+            pass  # never created, or the engine is away: nothing more to do
 
     # -- streaming ---------------------------------------------------------------------------
     def _emit(self, line: str) -> None:

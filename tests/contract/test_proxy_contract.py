@@ -7,7 +7,10 @@ method the core's probe uses; the memory proxy runs with ``forward=True`` so it 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import http.client
+import os
 import re
 import socket
 import threading
@@ -19,8 +22,10 @@ import pytest
 
 from cdlib.errors import ProxyError
 from cdlib.model import Backend, Routes
+from cdlib.proxy import managed as managed_module
 from cdlib.proxy.base import PROBE_HEADER, UPSTREAM_HEADER
 from cdlib.proxy.haproxy import HaproxyProxy
+from cdlib.proxy.managed import LOCK_FILE
 from cdlib.proxy.memory import MemoryProxy
 from cdlib.proxy.nginx import NginxProxy, children
 
@@ -402,13 +407,16 @@ def test_drain_no_pre_reload_worker_survives_apply(managed, backends):
     master = p.master_pid()
     old = children(master)
     assert old
+    sent = time.monotonic()
     t, out = _in_background(lambda: raw_get(p, "/demo/slow"))
     time.sleep(0.15)  # the request is now inside an old worker
     timings = p.apply(p.render([backend(backends, "beta", color="green")]))
     assert p.master_pid() == master  # a reload, not a restart
     assert not any(_state(pid) not in ("Z", "X") for pid in old)
     assert children(master) and not children(master) & old
-    assert timings["drain"] > 0.2  # apply waited for the request the old worker still served
+    # apply waited for the request the old worker still served: it cannot return before the
+    # backend's 0.6 s answer (how much of that was drain depends on how long validate and reload took)
+    assert timings["drain"] > 0 and time.monotonic() - sent >= 0.55
     t.join(5)
     assert out and out[0][0] == 200 and out[0][2] == b"slow /slow"  # and that request succeeded
     assert raw_who(p) == "beta"
@@ -536,6 +544,54 @@ def test_stop_waits_for_the_master_and_its_workers_to_exit(managed):
     assert p.master_pid() is None and _state(pid) in ("Z", "X")
     assert all(_state(w) in ("Z", "X") for w in workers)
     assert p.stop() is False
+
+
+@pytest.mark.integration
+def test_restore_none_waits_for_the_lock_before_stopping(managed, backends):
+    """Another process changing the proxy holds the lock: restore(None) must not stop the proxy
+    under it (that apply could start it again on the file restore then deletes)."""
+    backends.start("alpha")
+    p = managed.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    with open(managed.dir / LOCK_FILE, "a+") as other:  # another open file: a lock of its own
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        t, out = _in_background(lambda: p.restore(None))
+        time.sleep(0.3)
+        assert p.master_pid() is not None and p.read_config() is not None
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    t.join(30)
+    assert out == [None]
+    assert p.master_pid() is None and p.read_config() is None
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_a_lock_file_that_cannot_be_opened_is_a_proxy_error(tmp_path, kind):
+    p = PRIVATE[kind](tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}")
+    (tmp_path / "proxy" / LOCK_FILE).mkdir(parents=True)  # open() fails on it, even for root
+    for call in (lambda: p.apply(p.render([])), lambda: p.restore(b"x"), lambda: p.restore(None),
+                 p.ensure_running):
+        with pytest.raises(ProxyError, match="cannot open the lock file"):
+            call()
+    assert p.master_pid() is None
+
+
+@pytest.mark.integration
+def test_stop_of_a_master_of_another_user_is_a_proxy_error(managed, monkeypatch):
+    p = managed.proxy
+    p.ensure_running()
+    master = p.master_pid()
+    real_kill = os.kill
+
+    def kill(pid, sig):
+        if pid == master:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real_kill(pid, sig)
+
+    monkeypatch.setattr(managed_module.os, "kill", kill)
+    with pytest.raises(ProxyError, match="runs as another user"):
+        p.restore(None)
+    monkeypatch.undo()
+    assert p.master_pid() == master  # untouched; the fixture stops it
 
 
 # -- haproxy only -------------------------------------------------------------------------------------

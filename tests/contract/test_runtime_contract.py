@@ -11,7 +11,9 @@ import contextlib
 import json
 import secrets
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -312,6 +314,22 @@ def test_docker_container_configuration(docker_harness):
 
 
 @pytest.mark.integration
+def test_docker_instances_are_only_the_colored_containers_of_the_service(docker_harness):
+    """A test suite's container (cdlib.testrun.container) carries the service label as well: it is
+    not an instance, so status must not list it, running or left behind."""
+    h = docker_harness
+    started = h.runtime.start(h.request(replicas=1))
+    client = _docker_client()
+    try:
+        client.containers.create(h.image, name=f"cdlib-test-{h.service}-pre-integration-{secrets.token_hex(4)}",
+                                 labels={"cdlib.test": "1", LABEL_SERVICE: h.service, "cdlib.suite": "pre-integration"})
+    finally:
+        client.close()
+    assert [i.name for i in h.runtime.instances(h.service, include_aside=True)] == [started[0].name]
+    assert [i.name for i in h.runtime.instances(h.service, "blue")] == [started[0].name]
+
+
+@pytest.mark.integration
 def test_docker_start_on_a_network(docker_harness):
     h = docker_harness
     client = _docker_client()
@@ -459,3 +477,96 @@ def test_redact_host():
     assert redact_host("ssh://deploy:pw@build-1:22") == "ssh://deploy@build-1:22"
     assert redact_host("unix:///var/run/docker.sock") == "unix:///var/run/docker.sock"
     assert redact_host("tcp://10.0.0.5:2376") == "tcp://10.0.0.5:2376"
+
+
+# -- Docker: a stream that breaks off mid-answer -----------------------------------------------------
+class _BrokenEngine:
+    """Just enough of the Engine API on a loopback port for the SDK to connect (``/version``,
+    ``/_ping``); the streamed answers of build and push then stall, are cut mid-chunk, or end in
+    half a JSON object. These are read straight from urllib3, not through requests."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)  # accept() wakes up to see close()
+        self.url = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, name="cdlibt-engine", daemon=True)]
+        self.threads[0].start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        for t in self.threads:
+            t.join(5)
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            t = threading.Thread(target=self._serve, args=(conn,), name="cdlibt-engine-conn", daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f:
+            while not self.stop.is_set():
+                line = f.readline()
+                if not line:
+                    return
+                headers = {}
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    name, _, value = h.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                self._read_body(f, headers)
+                path = line.split()[1].decode()
+                if "/build" in path or "/push" in path:
+                    self._broken_stream(conn)
+                    return
+                body = json.dumps({"ApiVersion": "1.41", "Version": "20.10.24"}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    @staticmethod
+    def _read_body(f, headers: dict) -> None:
+        if headers.get("transfer-encoding") == "chunked":
+            while (size := int(f.readline().strip() or b"0", 16)) > 0:
+                f.read(size + 2)
+            f.readline()
+        elif headers.get("content-length"):
+            f.read(int(headers["content-length"]))
+
+    def _broken_stream(self, conn: socket.socket) -> None:
+        first = b'{"stream":"Step 1/1"}\r\n'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(first):x}\r\n".encode() + first + b"\r\n")
+        if self.mode == "stall":
+            self.stop.wait(5)
+        elif self.mode == "cut":
+            conn.sendall(b"40\r\n{\"stream\":")
+        else:  # half a JSON object, then the end of the stream
+            conn.sendall(b'a\r\n{"stream":\r\n0\r\n\r\n')
+
+
+@pytest.mark.parametrize("operation, mode", [("push", "stall"), ("push", "cut"), ("push", "half-json"),
+                                             ("build", "cut"), ("build", "half-json")])
+def test_docker_a_stream_that_breaks_off_is_a_runtime_backend_error(tmp_path, operation, mode):
+    engine = _BrokenEngine(mode)
+    rt = DockerRuntime(docker_host=engine.url, timeout=1)
+    try:
+        with pytest.raises(RuntimeBackendError, match=f"docker runtime: {operation}") as err:
+            if operation == "push":
+                rt.push_image("127.0.0.1:5999/cdlibt-web:1")
+            else:
+                (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+                rt.build_image(str(tmp_path), "Dockerfile", ["cdlibt-web:broken"])
+        assert err.value.__cause__ is not None
+        assert "\n" not in str(err.value)
+    finally:
+        rt.close()
+        engine.close()

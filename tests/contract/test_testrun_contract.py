@@ -12,6 +12,7 @@ SDK directly, not through the code under test, and the image is removed at the e
 from __future__ import annotations
 
 import http.server
+import json
 import secrets
 import shutil
 import socket
@@ -418,6 +419,116 @@ def test_container_runner_keeps_a_password_in_the_host_url_out_of_messages(conta
         runner.run(TestRun(container_service, _suite(), "", image="cdlibt-any:1"))
     assert "cdlibt-secret" not in str(caught.value)
     assert "cdlibt@127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.integration
+def test_container_anonymous_volumes_go_with_the_container(test_image, target, container_service, tmp_path):
+    """An image with a VOLUME line gets an anonymous volume per run: it is removed with the container."""
+    tag = f"cdlibt-testrun-volume:{secrets.token_hex(4)}"
+    (tmp_path / "Dockerfile").write_text(f"FROM {test_image}\nVOLUME /cdlibt-data\n")
+    client = _docker_client()
+    volumes: list[str] = []
+    runner = ContainerRunner()
+    original = runner._create
+
+    def spy(client_, image, command, env, name, run):
+        container = original(client_, image, command, env, name, run)
+        container.reload()
+        volumes.extend(m["Name"] for m in container.attrs["Mounts"] if m.get("Type") == "volume")
+        return container
+
+    runner._create = spy
+    try:
+        client.images.build(path=str(tmp_path), tag=tag, rm=True, forcerm=True)
+        result = runner.run(TestRun(container_service, _suite(), target.url, image=tag))
+        assert result.passed, result.output
+        assert len(volumes) == 1
+        assert client.volumes.list(filters={"name": volumes[0]}) == []
+    finally:
+        for name in volumes:
+            for volume in client.volumes.list(filters={"name": name}):
+                volume.remove(force=True)
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+@pytest.mark.integration
+def test_container_created_but_answer_lost_is_removed(test_image, target, container_service):
+    """The engine created the container but its answer never arrived: nothing is left behind."""
+    import requests
+
+    runner = ContainerRunner()
+    original = runner._create
+
+    def lost(client, image, command, env, name, run):
+        original(client, image, command, env, name, run)
+        raise requests.exceptions.ReadTimeout("cdlibt: the answer was lost")
+
+    runner._create = lost
+    with pytest.raises(TestRunnerError, match="cannot start the test image"):
+        runner.run(TestRun(container_service, _suite(), target.url, image=test_image))
+    assert _test_containers(container_service) == []
+
+
+class _CutPullEngine:
+    """Enough of the Engine API for the SDK to connect; the test image is missing, and the pull's
+    streamed answer is cut mid-chunk (read straight from urllib3, not wrapped by requests)."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)
+        self.url = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name="cdlibt-engine", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.server.close()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            with conn, conn.makefile("rb") as f:
+                self._serve(conn, f)
+
+    @staticmethod
+    def _serve(conn: socket.socket, f) -> None:
+        while line := f.readline():
+            length = 0
+            while (header := f.readline()) not in (b"\r\n", b""):
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":", 1)[1])
+            f.read(length)
+            path = line.split()[1].decode()
+            if "/images/create" in path:
+                first = b'{"status":"Pulling"}\r\n'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(first):x}\r\n".encode() + first
+                             + b"\r\n40\r\n{\"status\":")
+                return
+            status, body = ("404 Not Found", {"message": "No such image"}) if "/images/" in path else (
+                "200 OK", {"ApiVersion": "1.41", "Version": "20.10.24"})
+            data = json.dumps(body).encode()
+            conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+
+
+def test_container_pull_cut_off_is_a_test_runner_error(container_service):
+    engine = _CutPullEngine()
+    runner = ContainerRunner(docker_host=engine.url)
+    try:
+        with pytest.raises(TestRunnerError, match="cannot be pulled") as caught:
+            runner.run(TestRun(container_service, _suite(), "", image="cdlibt-any:1"))
+        assert caught.value.__cause__ is not None
+    finally:
+        runner.close()
+        engine.close()
 
 
 def test_container_runner_imports_docker_lazily():

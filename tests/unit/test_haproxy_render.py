@@ -247,6 +247,19 @@ def test_haproxy_syntax_in_a_value_is_refused(backend, char):
     assert repr(char) in str(info.value) and "HAProxy" in str(info.value)
 
 
+@pytest.mark.parametrize("address", ["abns@cdlibt", "unix@/run/cdlibt.sock", "/run/cdlibt.sock", "ipv4@127.0.0.1",
+                                     "fd@3", "127.0.0.1/8", "-host"])
+def test_a_server_address_haproxy_reads_as_another_socket_family_is_refused(address):
+    """``server s1 abns@name:port`` or ``unix@/path`` would send the traffic to a local socket."""
+    with pytest.raises(ProxyError, match="server address must be an IP address or a host name"):
+        proxy().render([Backend("demo", "blue", "r", Routes(paths=("/d/",)), ((address, 80),))])
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "fd00::7", "::ffff:10.0.0.1", "web-1", "web.svc.local"])
+def test_ip_addresses_and_host_names_are_servers(address):
+    assert " s1 " in proxy().render([Backend("demo", "blue", "r", Routes(paths=("/d/",)), ((address, 80),))])
+
+
 def test_host_wildcard_is_allowed_only_as_a_prefix():
     assert "-m end .api.test" in proxy().render([api()])
     with pytest.raises(ProxyError, match="unsafe configuration value"):

@@ -7,6 +7,7 @@ scenarios and the inputs every proxy refuses are shared with HAProxy (tests/unit
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from cdlib.errors import ConfigError, ProxyError
 from cdlib.model import Backend, Routes
-from cdlib.proxy.nginx import NginxProxy, nginx_context, parse_listen
+from cdlib.proxy.nginx import NginxProxy, _emerg_since, nginx_context, parse_listen
 from cdlib.render import cfg_token, render_template
 from tests.unit import _render_cases as cases
 from tests.unit._render_cases import LISTEN, api, demo
@@ -163,6 +164,14 @@ def test_injection_through_a_backend_is_refused(tmp_path, backend):
         proxy(tmp_path).render([backend])
 
 
+@pytest.mark.parametrize("host", ["~.", "~^", "example.*", ".example.com", "*", "API.example.com", "a..b"])
+def test_a_host_nginx_would_read_as_a_pattern_is_refused(tmp_path, host):
+    """``server_name ~.`` is a regular expression matching every host: it would take the traffic
+    of every path-routed service (routes can come from the store, past the descriptor's checks)."""
+    with pytest.raises(ProxyError, match="route host must be a lower-case DNS name"):
+        proxy(tmp_path).render([demo(), Backend("evil", "blue", "r", Routes(hosts=(host,)), (("127.0.0.1", 1),))])
+
+
 def test_injection_error_names_the_template_line(tmp_path):
     cases.assert_injection_names_the_template_line(proxy(tmp_path), "nginx.conf.j2")
 
@@ -226,6 +235,19 @@ def test_url_from_listen(tmp_path, listen, url):
 def test_bad_listen_is_a_config_error(listen):
     with pytest.raises(ConfigError):
         parse_listen(listen)
+
+
+# -- reading the outcome of a reload ------------------------------------------------------------------
+def test_a_refused_reload_is_only_ours_when_nginx_names_our_pid(tmp_path):
+    log = tmp_path / "error.log"
+    ours = os.getpid()
+    log.write_text(f"2024/01/01 10:00:00 [notice] 1#1: signal 1 (SIGHUP) received from {ours}0, reconfiguring\n"
+                   "2024/01/01 10:00:00 [emerg] 1#1: bind() to 127.0.0.1:80 failed (98: Address in use)\n")
+    assert _emerg_since(log, 0) is None  # another process's reload (pid 10 times ours, say) failed
+    with log.open("a") as fh:
+        fh.write(f"2024/01/01 10:00:01 [notice] 1#1: signal 1 (SIGHUP) received from {ours}, reconfiguring\n"
+                 "2024/01/01 10:00:01 [emerg] 1#1: unknown directive \"x\" in nginx.conf:3\n")
+    assert _emerg_since(log, 0) == '1#1: unknown directive "x" in nginx.conf:3'
 
 
 # -- nginx itself accepts every golden file ----------------------------------------------------------

@@ -191,6 +191,31 @@ def test_children_left_running_after_the_suite_ends_are_killed(tmp_path, child_p
     assert gone(child)
 
 
+def test_children_that_left_the_process_group_are_killed_too(tmp_path, child_pids):
+    """setsid (or a server a fixture starts in a session of its own) leaves the group but keeps the
+    output pipe: it must not outlive the suite, nor keep the runner waiting for its output."""
+    pidfile = tmp_path / "child.pid"
+    command = f"setsid sleep 300 & echo $! > {pidfile}; echo done"
+    started = time.monotonic()
+    result = CommandRunner(leftover_grace=0.3).run(run_of(suite(command, tmp_path, timeout=30)))
+    child = int(wait_for_file(pidfile))
+    child_pids.append(child)
+    assert (result.passed, result.exit_code) == (True, 0)
+    assert result.output.splitlines() == ["done", "cdlib: processes the suite left running were killed"]
+    assert gone(child)
+    assert time.monotonic() - started < 4  # not the 5 s the runner gives a blocked reader
+
+
+def test_timeout_kills_children_that_left_the_process_group(tmp_path, child_pids):
+    pidfile = tmp_path / "child.pid"
+    command = f"setsid sleep 300 & echo $! > {pidfile}; sleep 300"
+    result = CommandRunner().run(run_of(suite(command, tmp_path, timeout=1)))
+    child = int(wait_for_file(pidfile))
+    child_pids.append(child)
+    assert result.exit_code == 124
+    assert gone(child)
+
+
 def test_an_interrupted_caller_takes_the_suite_with_it(tmp_path, child_pids, monkeypatch):
     pidfile = tmp_path / "child.pid"
     runner = CommandRunner()
