@@ -2,16 +2,19 @@
 
     cdlib/services/<service>/live                    {"color", "release", "image", "since"}
     cdlib/services/<service>/spec                    routes, port, health path: what the proxy renders
-    cdlib/services/<service>/scale                   {"replicas"}
-    cdlib/services/<service>/lock                    the release lock and its holder record
+        cdlib/services/<service>/lock                    the release lock and its holder record
     cdlib/services/<service>/release                 the open release journal
     cdlib/services/<service>/history/<release-id>    closed releases, oldest first by id
     cdlib/services/<service>/instances/<color>/<name>  registered, healthy instances
+    cdlib/proxy/lock                                 held while a proxy configuration changes
 """
 
 from __future__ import annotations
 
 ROOT = "cdlib/services/"
+# one change of the proxies at a time (render from the registry, apply, write the live color):
+# services released at the same time must not render over each other's switch
+PROXY_LOCK = "cdlib/proxy/lock"
 
 
 def service(name: str) -> str:
@@ -24,10 +27,6 @@ def live(name: str) -> str:
 
 def spec(name: str) -> str:
     return f"{ROOT}{name}/spec"
-
-
-def scale(name: str) -> str:
-    return f"{ROOT}{name}/scale"
 
 
 def lock(name: str) -> str:

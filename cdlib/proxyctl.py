@@ -19,7 +19,7 @@ from . import journal as jr
 from . import keys
 from .errors import CdlibError, ProxyError
 from .model import Backend, Instance, Outcome, StepReport
-from .verbs import Ctx, backends
+from .verbs import Ctx, backends, proxy_lock
 
 
 def healthy_backends(ctx: Ctx) -> tuple[list[Backend], dict[str, list[str]]]:
@@ -57,6 +57,11 @@ def render(ctx: Ctx) -> Outcome:
 def apply(ctx: Ctx, *, force: bool = False) -> Outcome:
     """Render from the registry; refuse when a live service has no healthy backend; write only a
     changed configuration (or always, with force)."""
+    with proxy_lock(ctx.ports.store, purpose=f"proxy apply from {ctx.service}"):
+        return _apply(ctx, force)
+
+
+def _apply(ctx: Ctx, force: bool) -> Outcome:
     t0 = time.monotonic()
     proxy = ctx.ports.proxy
     found, dropped = healthy_backends(ctx)

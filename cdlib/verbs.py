@@ -13,10 +13,12 @@ Failure classes:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from .errors import (
     NothingToRollBack,
     ProxyError,
     ReleaseFailed,
+    StoreError,
     TestsFailed,
     UndoIncomplete,
     UsageError,
@@ -44,6 +47,8 @@ from .testrun.base import TestRun
 from .wiring import Ports
 
 DEFAULT_LOCK_TTL = 3600.0
+PROXY_LOCK_TTL = 120.0  # a switch takes seconds; a holder killed mid-switch blocks others this long at most
+PROXY_LOCK_WAIT = 150.0
 Reporter = Callable[[StepReport], None]
 
 
@@ -230,23 +235,39 @@ def undo_restore_keys(ctx: Ctx, data: dict) -> None:
 
 
 def intent_proxy(ctx: Ctx) -> dict:
-    prior = ctx.ports.proxy.read_config()
-    return {"prior": None if prior is None else base64.b64encode(prior).decode("ascii")}
+    """The exact prior configuration and the exact text this step will apply (rendered under the
+    proxy lock): the undo restores the prior bytes when the proxy still holds what we applied."""
+    proxy = ctx.ports.proxy
+    prior = proxy.read_config()
+    backend = _backend_for(ctx, _instances_from(_started(ctx)))
+    text = proxy.render(backends(ctx.ports.store, override=backend))
+    return {"prior": None if prior is None else base64.b64encode(prior).decode("ascii"), "text": text}
 
 
 def do_proxy(ctx: Ctx, data: dict) -> dict:
-    instances = _instances_from(_started(ctx))
-    backend = _backend_for(ctx, instances)
     proxy = ctx.ports.proxy
-    text = proxy.render(backends(ctx.ports.store, override=backend))
-    timings = proxy.apply(text)
+    timings = proxy.apply(data["text"])
+    backend = _backend_for(ctx, _instances_from(_started(ctx)))
     probe_seconds = probe(ctx.spec, proxy, backend)
     return {"timings": {k: round(v, 3) for k, v in (timings or {}).items()}, "probe": round(probe_seconds, 3)}
 
 
 def undo_proxy(ctx: Ctx, data: dict) -> None:
-    prior = data.get("prior")
-    ctx.ports.proxy.restore(None if prior is None else base64.b64decode(prior))
+    """Put the prior bytes back; but when another service's switch changed the proxy since ours,
+    the prior bytes would undo that switch too: render from the registry instead (our live color
+    has been restored by then, since undos run newest first)."""
+    prior = None if data.get("prior") is None else base64.b64decode(data["prior"])
+    proxy = ctx.ports.proxy
+    current = proxy.read_config()
+    ours = data.get("text", "").encode("utf-8")
+    if current is None or current == prior or _digest(current) == _digest(ours):
+        proxy.restore(prior)
+    else:
+        proxy.apply(proxy.render(backends(ctx.ports.store)))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def intent_live(ctx: Ctx) -> dict:
@@ -443,7 +464,7 @@ def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
     """Undo the open release in ctx.journal; close it; return the outcome (exit 1, or 4)."""
     j = ctx.journal
     _save_phase(j, jr.ROLLING_BACK)
-    failed = plan.undo(ctx, j, UNDO, ctx.emit)
+    failed = _undo_all(ctx, j)
     if failed:
         _save_phase(j, jr.STUCK)
         msg = (f"release {j.id} of {ctx.service} failed ({reason}) and the undo of {', '.join(failed)} failed "
@@ -457,6 +478,19 @@ def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
                     f"{where} as before")
 
 
+def _undo_all(ctx: Ctx, j: Journal) -> list[str]:
+    """Undo the journal; under the proxy lock when the proxy step is among the undos (the store may
+    be away: then the undos run without it, as well as they can)."""
+    touches_proxy = any(s["name"] in ("proxy", "live") and s["state"] in jr.NEEDS_UNDO for s in j.steps)
+    if not touches_proxy:
+        return plan.undo(ctx, j, UNDO, ctx.emit)
+    try:
+        with proxy_lock(ctx.ports.store, j.id, f"rollback {ctx.service}"):
+            return plan.undo(ctx, j, UNDO, ctx.emit)
+    except StoreError:
+        return plan.undo(ctx, j, UNDO, ctx.emit)
+
+
 def _save_phase(j: Journal, phase: str) -> None:
     """Best effort: while rolling back, the store may be the thing that is away."""
     j.phase = phase
@@ -464,6 +498,30 @@ def _save_phase(j: Journal, phase: str) -> None:
         j.save()
     except CdlibError:
         pass
+
+
+@contextmanager
+def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None) -> Iterator[None]:
+    """Hold the store-wide proxy lock: one proxy change (render, apply, live write) at a time across
+    services and machines. A lock left by this very release (its process was killed mid-switch) is
+    taken back at once; anyone else's is waited for."""
+    holder = default_holder(release=release, purpose=purpose)
+    try:
+        lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
+    except LockHeld as exc:
+        if release and exc.holder.get("release") == release:
+            store.delete(keys.PROXY_LOCK)
+            lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
+        else:
+            lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL,
+                                      wait=PROXY_LOCK_WAIT if wait is None else wait)
+    try:
+        yield
+    finally:
+        try:
+            store.release_lock(keys.PROXY_LOCK, lock.token)
+        except StoreError:
+            pass  # it expires by itself
 
 
 def _close_success(ctx: Ctx) -> None:
@@ -526,9 +584,10 @@ def switch(ctx: Ctx) -> Outcome:
     """Point the proxy at the new color, prove it answers through the proxy, then store it as live."""
     def body() -> Outcome:
         j = _require_open(ctx, (jr.DEPLOYED,), "switch")
-        j.phase = jr.SWITCHING
-        j.save()
-        plan.run(ctx, j, SWITCH_STEPS, ctx.emit)
+        with proxy_lock(ctx.ports.store, j.id, f"switch {ctx.service}"):
+            j.phase = jr.SWITCHING
+            j.save()
+            plan.run(ctx, j, SWITCH_STEPS, ctx.emit)
         j.phase = jr.SWITCHED
         j.save()
         return _outcome(ctx, "switch", True, 0, f"{ctx.service} now serves {j.record['color']} through "
@@ -662,7 +721,8 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outc
                                else s.intent, describe=s.describe) for s in REVERT_STEPS]
         plan.run(ctx, ctx.journal, steps, ctx.emit)
         ctx.journal.phase = jr.DEPLOYED
-        plan.run(ctx, ctx.journal, SWITCH_STEPS, ctx.emit)
+        with proxy_lock(ctx.ports.store, ctx.journal.id, f"switch {ctx.service}"):
+            plan.run(ctx, ctx.journal, SWITCH_STEPS, ctx.emit)
         ctx.journal.phase = jr.SWITCHED
         ctx.journal.save()
         out = cleanup(ctx)

@@ -380,3 +380,48 @@ def test_unreachable_runtime_fails_before_anything_changes(world):
         rel.release(world.ctx("v2"))
     assert world.snapshot() == before
     assert world.store.get(keys.lock("shop")) is None and world.store.get(keys.release("shop")) is None
+
+
+def test_rollback_after_another_service_switched_keeps_that_switch(world):
+    """Two services on one proxy: A switches, B switches, A's post-integration fails. Restoring A's
+    prior bytes would also undo B's switch; the rollback renders from the registry instead."""
+    other = {"service": "cart", "routes": {"paths": ["/cart/"]}}
+    released(world, "v1")
+    assert rel.release(world.ctx("v1", **other)).ok
+    assert rel.deploy(world.ctx("v2")).ok and rel.switch(world.ctx()).ok
+    assert rel.deploy(world.ctx("v2", **other)).ok and rel.switch(world.ctx(**other)).ok
+    assert world.proxy.served == {"shop": "green", "cart": "green"}
+    world.runner.results["post-integration"] = False
+    out = rel.run_tests(world.ctx(), "post-integration")
+    assert out.exit_code == 1
+    assert world.proxy.served == {"shop": "blue", "cart": "green"}
+    assert world.live()["color"] == "blue"
+
+
+def test_a_switch_waits_for_the_proxy_lock_of_another_release(world, monkeypatch):
+    from cdlib.store.base import default_holder
+
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release="someone-else"), ttl=60)
+    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.2)
+    with pytest.raises(LockHeld):
+        rel.switch(world.ctx())
+    assert world.proxy.served == {"shop": "blue"}
+
+
+def test_a_proxy_lock_left_by_the_same_dead_release_is_taken_back(world):
+    released(world, "v1")
+    before = world.snapshot()
+    restore = _kill_at(world, "proxy", "apply", "after")
+    with pytest.raises(Killed):
+        rel.release(world.ctx("v2"))
+    restore()
+    # a SIGKILL skips every finally: the dead process still holds the proxy lock
+    from cdlib.store.base import default_holder
+
+    dead = world.store.get_json(keys.release("shop"))["id"]
+    world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release=dead), ttl=60)
+    out = rel.rollback(world.ctx())
+    assert out.ok, out.message
+    assert world.snapshot() == before and world.store.get(keys.PROXY_LOCK) is None
