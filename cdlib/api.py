@@ -32,12 +32,12 @@ def load_spec(file=None, *, tag: str | None = None, image: str | None = None, st
     if store:
         from dataclasses import replace
 
-        from .config import STORE_RE
+        from .config import STORE_RE, redact_url
         from .errors import ConfigError
 
         if not STORE_RE.match(store):
-            raise ConfigError(f"--store: expected sqlite:///path, etcd://host:port or consul://host:port, got {store!r}",
-                              key="--store")
+            raise ConfigError(f"--store: expected sqlite:///path, etcd://host:port or consul://host:port, "
+                              f"got {redact_url(store)!r}", key="--store")
         spec = replace(spec, store=store)
     return spec
 

@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     printer = _Printer(args)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a KeyboardInterrupt is no Exception, so it would skip the rollback and leave the
+    # release open behind an exit code that says "rolled back"
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, _interrupt)
     try:
         outcome = _dispatch(args, printer)

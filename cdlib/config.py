@@ -28,6 +28,11 @@ DOCKER_HOST_RE = re.compile(r"^(?:unix|tcp|ssh|npipe|http|https)://\S+$")
 STORE_RE = re.compile(r"^(?:memory:|memory://\S*|sqlite://\S+|etcd://\S+|etcds://\S+|consul://\S+|consuls://\S+)$")
 
 
+def redact_url(url: object) -> str:
+    """A store URL as it may appear in a message: user and password (etcd://user:pass@host) left out."""
+    return re.sub(r"://[\s\S]*@", "://***@", str(url))
+
+
 def cdlib_home() -> Path:
     return Path(os.environ.get("CDLIB_HOME") or ".cdlib").absolute()
 
@@ -321,6 +326,10 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
                          "URL path prefixes starting with '/' (letters, digits, . _ ~ - /)"),
         hosts=r.str_list(rt, "routes", "hosts", HOST_RE, "host names (lower case, e.g. api.example.com)"),
     )
+    for i, path in enumerate(routes.paths):
+        if path.rstrip("/") == "/_cdlib" or path.startswith("/_cdlib/"):
+            # the proxy answers /_cdlib/ itself: such a route would only be refused at the switch
+            raise r.fail(f"routes.paths[{i}]", "a path prefix outside /_cdlib/ (the proxy's own)", path)
     if not routes.paths and not routes.hosts:
         routes = Routes(paths=(f"/{name}/",))
 
@@ -394,13 +403,17 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
     if not 1 <= proxy.listen_port <= 65535:
         raise r.fail("proxy.listen", "a port from 1 to 65535", px.get("listen"))
 
-    store = env.get("CDLIB_STORE") or r.string(data, "", "store", STORE_RE, default=None,
-                                               what="sqlite:///path, etcd://host:port or consul://host:port")
+    store = env.get("CDLIB_STORE")
+    if store is None and data.get("store") is not None:
+        value = data["store"]
+        if not isinstance(value, str) or not STORE_RE.match(value):
+            raise r.fail("store", "sqlite:///path, etcd://host:port or consul://host:port", redact_url(value))
+        store = value
     if store is None:
         store = f"sqlite:///{home / 'state.db'}"
     elif not STORE_RE.match(store):
         raise ConfigError(f"CDLIB_STORE: expected sqlite:///path, etcd://host:port or consul://host:port, "
-                          f"got {store!r}", key="CDLIB_STORE")
+                          f"got {redact_url(store)!r}", key="CDLIB_STORE")
 
     spec = ServiceSpec(
         name=name, image=image, port=port, health=health, probe=probe, replicas=replicas,

@@ -15,7 +15,7 @@ import secrets
 import time
 
 from . import keys
-from .errors import ConflictError, StoreError, UsageError
+from .errors import ConflictError, LockHeld, StoreError, UsageError
 from .store.base import Store
 
 # step states
@@ -29,6 +29,11 @@ NEEDS_UNDO = (INTENT, DONE, FAILED, UNDO_FAILED)
 # release phases
 DEPLOYING, DEPLOYED, SWITCHING, SWITCHED, CLEANING = "deploying", "deployed", "switching", "switched", "cleaning"
 ROLLING_BACK, STUCK = "rolling-back", "undo-incomplete"
+
+
+class JournalConflict(LockHeld, ConflictError):
+    """Another process wrote the record since this one read it: that process drives the release now.
+    This one must stop, and above all not undo anything from its stale copy (exit 3, like a held lock)."""
 
 
 def new_release_id(now: float | None = None) -> str:
@@ -74,8 +79,8 @@ class Journal:
             self.unreachable = exc
             raise
         except ConflictError:
-            raise ConflictError(f"the journal of {self.service} release {self.id} was changed by another "
-                                "process; run 'cdlib status'", service=self.service) from None
+            raise JournalConflict(f"the journal of {self.service} release {self.id} was changed by another "
+                                  "process; run 'cdlib status'", service=self.service) from None
 
     # -- accessors -----------------------------------------------------------------------------------
     @property
@@ -148,8 +153,8 @@ class Journal:
         try:
             self.store.delete(keys.release(self.service), expect=self.version)
         except ConflictError:
-            raise ConflictError(f"the journal of {self.service} release {self.id} was changed by another "
-                                "process while it was closed", service=self.service) from None
+            raise JournalConflict(f"the journal of {self.service} release {self.id} was changed by another "
+                                  "process while it was closed", service=self.service) from None
         return entry
 
 

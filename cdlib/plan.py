@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import CdlibError
-from .journal import DONE, FAILED, INTENT, NEEDS_UNDO, UNDO_FAILED, UNDONE, Journal
+from .journal import DONE, FAILED, INTENT, NEEDS_UNDO, UNDO_FAILED, UNDONE, Journal, JournalConflict
 from .model import StepReport
 
 
@@ -96,10 +96,13 @@ def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]]
 
 
 def _mark(journal: Journal, record: dict, state: str, error: str = "") -> bool:
-    """Record an undo's outcome; False when the store cannot be written (it may be what failed)."""
+    """Record an undo's outcome; False when the store cannot be written (it may be what failed).
+    A lost compare-and-set is not swallowed: another process drives the release, so stop undoing."""
     try:
         journal.mark(record, state, error)
         return True
+    except JournalConflict:
+        raise
     except Exception:
         record["state"] = state
         return False

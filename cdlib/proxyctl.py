@@ -10,6 +10,7 @@ on a timer, which is what heals routing when an instance dies without the regist
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from dataclasses import replace
 
 from . import journal as jr
 from . import keys
-from .errors import CdlibError, ProxyError
+from .errors import CdlibError, ConfigError, ProxyError
 from .model import Backend, Instance, Outcome, StepReport
 from .verbs import Ctx, backends, proxy_lock
 
@@ -86,7 +87,9 @@ def _apply(ctx: Ctx, force: bool) -> Outcome:
 
 def _switching(ctx: Ctx) -> list[str]:
     """Services whose release is between its proxy step and its live-color write right now: their
-    registry and proxy disagree on purpose for that moment, so watch leaves the proxy alone."""
+    registry and proxy disagree on purpose for that moment, so watch leaves the proxy alone. Such a
+    phase counts only while the proxy lock is held: a process killed mid-switch leaves the phase
+    behind for good, and the other services' routing must still heal meanwhile."""
     store = ctx.ports.store
     names = {keys.service_of(e.key) for e in store.list(keys.ROOT) if e.key.endswith("/release")}
     busy = []
@@ -94,12 +97,21 @@ def _switching(ctx: Ctx) -> list[str]:
         record = store.get_json(keys.release(name)) or {}
         if record.get("phase") in (jr.SWITCHING, jr.ROLLING_BACK):
             busy.append(name)
+    if busy:
+        lock = store.lock_info(keys.PROXY_LOCK)
+        if lock is None or lock.get("expired"):
+            return []
     return busy
 
 
 def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_seconds: float | None = None,
           once: bool = False, log: Callable[[str], None] = print) -> Outcome:
     """Keep the proxy in line with the registry until stopped (SIGTERM/SIGINT) or max_seconds."""
+    for name, value, low in (("--debounce", debounce, 0.0), ("--interval", interval, 0.05)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            # an interval of 0 would re-render and health-check every backend in a tight loop
+            raise ConfigError(f"proxy watch {name}: expected a number of seconds from {low:g}, got {value!r}",
+                              key=name)
     store = ctx.ports.store
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     since, applied, failures = 0, 0, 0
@@ -133,7 +145,12 @@ def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_second
             since = changed
             settle = time.monotonic() + debounce  # a burst of changes makes one reload
             while time.monotonic() < settle:
-                more = store.watch(keys.ROOT, since, max(0.0, settle - time.monotonic()))
+                try:
+                    more = store.watch(keys.ROOT, since, max(0.0, settle - time.monotonic()))
+                except CdlibError as exc:  # a registry blip must not end the watch: apply what we have
+                    failures += 1
+                    log(f"registry unavailable: {exc}")
+                    break
                 if more is None:
                     break
                 since = more

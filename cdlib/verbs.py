@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -411,8 +412,41 @@ def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str
 # ================================================================================================
 # lock and journal helpers
 # ================================================================================================
+def _check_lock_times(lock_wait: float, lock_ttl: float) -> None:
+    """A lock TTL of 0, below 0 or NaN expires at once: another process would take the release over
+    while it runs, and the registrations would vanish. Refused before anything changes."""
+    if not isinstance(lock_ttl, (int, float)) or not math.isfinite(lock_ttl) or lock_ttl <= 0:
+        raise ConfigError(f"--lock-ttl: expected a number of seconds above 0, got {lock_ttl!r}", key="--lock-ttl")
+    if not isinstance(lock_wait, (int, float)) or not math.isfinite(lock_wait) or lock_wait < 0:
+        raise ConfigError(f"--lock-wait: expected a number of seconds from 0, got {lock_wait!r}", key="--lock-wait")
+
+
+def _route_keys(routes: Routes) -> dict[str, str]:
+    """Normalized route -> as written: '/shop' and '/shop/' are one prefix to the proxy."""
+    out = {f"path {p.rstrip('/') + '/'}": p for p in routes.paths}
+    out.update({f"host {h}": h for h in routes.hosts})
+    return out
+
+
+def _check_routes(ctx: Ctx) -> None:
+    """A path or host that another service already routes would only fail at the switch, after the
+    new color was started and tested (the proxy refuses to render it): refuse it before anything
+    changes. Other services' routes are their spec keys, written when they registered."""
+    own = _route_keys(ctx.spec.routes)
+    for entry in ctx.ports.store.list(keys.ROOT):
+        other = keys.service_of(entry.key)
+        if other == ctx.service or entry.key != keys.spec(other or ""):
+            continue
+        taken = sorted(own[k] for k in own.keys() & _route_keys(Routes.from_dict(entry.json().get("routes", {}))))
+        if taken:
+            raise ConfigError(f"{ctx.spec.source or 'cdlib.yml'}: routes: {', '.join(taken)} is already routed to "
+                              f"service {other}; give {ctx.service} a path or host of its own", key="routes")
+
+
 def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: str | None = None) -> None:
     store, s = ctx.ports.store, ctx.spec
+    _check_lock_times(lock_wait, lock_ttl)
+    _check_routes(ctx)
     ctx.ports.runtime.ping()  # an unreachable engine fails the release before anything is changed
     release_id = jr.new_release_id()
     holder = default_holder(release=release_id, image=image)
@@ -463,14 +497,22 @@ def _require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
 def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
     """Undo the open release in ctx.journal; close it; return the outcome (exit 1, or 4)."""
     j = ctx.journal
-    _save_phase(j, jr.ROLLING_BACK)
-    failed = _undo_all(ctx, j)
+    _claim(j)
+    try:
+        failed = _undo_all(ctx, j)
+    except plan.Interrupted:  # a second SIGTERM while undoing: what is left stays on record
+        failed = ["the rest (interrupted)"]
     if failed:
         _save_phase(j, jr.STUCK)
         msg = (f"release {j.id} of {ctx.service} failed ({reason}) and the undo of {', '.join(failed)} failed "
                "too: a person is needed; fix the cause and run 'cdlib rollback' again")
         return _outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE, msg)
-    j.close("rolled-back", reason)
+    try:
+        j.close("rolled-back", reason)
+    except StoreError as exc:  # undone, but still on record: exit 4, and 'rollback' closes it
+        return _outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE,
+                        f"release {j.id} of {ctx.service} failed ({reason}) and was undone, but its record could "
+                        f"not be closed ({exc}); run 'cdlib rollback' again")
     ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
     prev = j.record.get("previous")
     where = f"{prev['color']} ({prev.get('image')}) is live" if prev else "nothing is live"
@@ -480,15 +522,31 @@ def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
 
 def _undo_all(ctx: Ctx, j: Journal) -> list[str]:
     """Undo the journal; under the proxy lock when the proxy step is among the undos (the store may
-    be away: then the undos run without it, as well as they can)."""
+    be away: then the undos run without it, as well as they can). When another proxy change holds
+    the lock past the wait, nothing is undone (removing the new color while the proxy may still
+    route to it would drop requests): the record stays open for the next 'rollback'."""
     touches_proxy = any(s["name"] in ("proxy", "live") and s["state"] in jr.NEEDS_UNDO for s in j.steps)
     if not touches_proxy:
         return plan.undo(ctx, j, UNDO, ctx.emit)
     try:
         with proxy_lock(ctx.ports.store, j.id, f"rollback {ctx.service}"):
             return plan.undo(ctx, j, UNDO, ctx.emit)
+    except ProxyBusy as exc:
+        ctx.emit(StepReport("undo", "undo-failed", 0.0, str(exc)))
+        return ["every step (the proxy lock is held by another proxy change)"]
     except StoreError:
         return plan.undo(ctx, j, UNDO, ctx.emit)
+
+
+def _claim(j: Journal) -> None:
+    """Mark the record as rolling back, compare-and-set: a process whose copy is stale (another
+    one drives or already undoes the release) stops here with JournalConflict instead of undoing
+    from that copy. A store that is away does not stop the undos of the runtime side."""
+    j.phase = jr.ROLLING_BACK
+    try:
+        j.save()
+    except StoreError:
+        pass
 
 
 def _save_phase(j: Journal, phase: str) -> None:
@@ -500,21 +558,50 @@ def _save_phase(j: Journal, phase: str) -> None:
         pass
 
 
+class ProxyBusy(LockHeld):
+    """Another proxy change held the proxy lock for longer than the wait."""
+
+
+def _holder_gone(holder: dict) -> bool:
+    """True only when the holder's process is known to be dead: it ran on this host and its pid
+    is gone (or is this very process, which holds no proxy lock across calls). A holder on another
+    host cannot be checked: its lock is waited for."""
+    if holder.get("who") != default_holder()["who"]:
+        return False
+    pid = holder.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's live process
+        return False
+    return False
+
+
 @contextmanager
 def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None) -> Iterator[None]:
     """Hold the store-wide proxy lock: one proxy change (render, apply, live write) at a time across
-    services and machines. A lock left by this very release (its process was killed mid-switch) is
-    taken back at once; anyone else's is waited for."""
+    services and machines. A lock left by this very release whose process is dead (killed
+    mid-switch) is taken back at once; a live holder's, even of the same release (a second process
+    racing), is waited for. Raises ProxyBusy when the wait runs out."""
     holder = default_holder(release=release, purpose=purpose)
     try:
         lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
     except LockHeld as exc:
-        if release and exc.holder.get("release") == release:
-            store.delete(keys.PROXY_LOCK)
-            lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
-        else:
-            lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL,
-                                      wait=PROXY_LOCK_WAIT if wait is None else wait)
+        held = getattr(exc, "holder", None) or {}
+        try:
+            if release and held.get("release") == release and _holder_gone(held):
+                store.delete(keys.PROXY_LOCK)
+                lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
+            else:
+                lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL,
+                                          wait=PROXY_LOCK_WAIT if wait is None else wait)
+        except LockHeld as busy:
+            raise ProxyBusy(f"the proxy is busy: {busy}", **busy.data) from None
     try:
         yield
     finally:
@@ -547,10 +634,17 @@ def _outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> 
     return Outcome(verb, ctx.service, ok, code, message, list(ctx.steps), base)
 
 
-def _guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure: bool = True) -> Outcome:
-    """Run body; on a failure inside an open release, roll the release back (exit 1, or 4)."""
+def _guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure: bool = True,
+           busy_proxy_fails: bool = False) -> Outcome:
+    """Run body; on a failure inside an open release, roll the release back (exit 1, or 4). A busy
+    proxy leaves a stage-by-stage release open for a later 'switch' (exit 3), unless busy_proxy_fails
+    (a verb that runs the whole release in one process must finish it or roll it back)."""
     try:
         return body()
+    except ProxyBusy:
+        if not busy_proxy_fails or ctx.journal is None:
+            raise
+        return _guard(ctx, verb, _raise_busy, rollback_on_failure)
     except (ConfigError, LockHeld, NothingToRollBack):
         raise
     except (Exception, plan.Interrupted) as exc:
@@ -562,6 +656,10 @@ def _guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure
         outcome = _rollback_open(ctx, reason)
         outcome.verb = verb
         return outcome
+
+
+def _raise_busy() -> Outcome:
+    raise ReleaseFailed("the proxy lock stayed held by another proxy change; the release could not switch")
 
 
 # ================================================================================================
@@ -606,7 +704,12 @@ def cleanup(ctx: Ctx) -> Outcome:
         return _outcome(ctx, "cleanup", False, EXIT_UNDO_INCOMPLETE,
                         f"cleanup of {ctx.service} failed: {plan._reason(exc)}; {j.record['color']} is live and "
                         "the release stays open: fix the cause and run 'cdlib cleanup' again")
-    _close_success(ctx)
+    try:
+        _close_success(ctx)
+    except StoreError as exc:
+        return _outcome(ctx, "cleanup", False, EXIT_UNDO_INCOMPLETE,
+                        f"cleanup of {ctx.service} could not close release {j.id} ({exc}); {j.record['color']} is "
+                        "live and the release stays open: run 'cdlib cleanup' again")
     return _outcome(ctx, "cleanup", True, 0, f"{ctx.service} release {j.id} is done: {j.record['color']} is live")
 
 
@@ -730,7 +833,7 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outc
         if out.ok:
             out.message = f"{ctx.service} is back on {target['image']} (release {target['id']}) as {color}"
         return out
-    return _guard(ctx, "rollback", body)
+    return _guard(ctx, "rollback", body, busy_proxy_fails=True)
 
 
 def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
@@ -739,7 +842,7 @@ def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_
     tests = []
     for verb in (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
                  lambda: run_tests(ctx, "pre-integration"),
-                 lambda: switch(ctx),
+                 lambda: _guard(ctx, "switch", lambda: switch(ctx), busy_proxy_fails=True),
                  lambda: run_tests(ctx, "post-integration"),
                  lambda: cleanup(ctx)):
         out = verb()

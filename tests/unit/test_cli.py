@@ -106,3 +106,53 @@ def test_lock_held_result_names_the_service_and_the_holder(tmp_path):
     assert doc["service"] == "shop"
     assert doc["error"]["type"] == "LockHeld" and doc["error"]["holder"]["release"] == "r-9"
     assert "token" not in doc["error"]["holder"]
+
+
+def test_sigint_during_a_release_rolls_it_back_before_exit_1(tmp_path, monkeypatch):
+    """Ctrl-C (or a SIGINT from the CI) must roll back like SIGTERM: exit 1 means rolled back."""
+    import signal
+
+    from cdlib import keys
+    from cdlib import verbs as rel
+    from tests.support.world import World
+
+    world = World(tmp_path)
+    assert rel.release(world.ctx("v1")).ok
+    before = world.snapshot()
+    original = world.proxy.apply
+
+    def apply(text):
+        original(text)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered here, right after the reload
+
+    world.proxy.apply = apply
+    monkeypatch.setattr(cli, "_dispatch", lambda args, printer: rel.release(world.ctx("v2")))
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        code = cli.main(["release", "-q"])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert code == 1
+    assert world.snapshot() == before and world.store.get(keys.release("shop")) is None
+
+
+def test_a_store_url_with_credentials_is_not_echoed_when_it_is_refused(tmp_path, monkeypatch):
+    from cdlib import api
+    from cdlib.errors import ConfigError
+
+    f = tmp_path / "cdlib.yml"
+    f.write_text("service: shop\nport: 80\nimage: r/shop:1\n")
+    for bad in ("etcdx://root:pa55word-x@h:2379", "etcd://root:pa55word-x@h:2379 x"):
+        with pytest.raises(ConfigError) as info:
+            api.load_spec(str(f), store=bad)
+        assert "pa55word-x" not in str(info.value)
+        monkeypatch.setenv("CDLIB_STORE", bad)
+        with pytest.raises(ConfigError) as info:
+            api.load_spec(str(f))
+        assert "pa55word-x" not in str(info.value)
+        monkeypatch.delenv("CDLIB_STORE")
+    f.write_text("service: shop\nport: 80\nimage: r/shop:1\nstore: 'etcdx://root:pa55word-x@h:2379'\n")
+    with pytest.raises(ConfigError) as info:
+        api.load_spec(str(f))
+    assert "pa55word-x" not in str(info.value)

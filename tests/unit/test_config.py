@@ -68,6 +68,8 @@ def test_full_descriptor():
     ({"image": {"repository": "Has/Upper"}}, "image.repository"),
     ({"image": {"repository": "r/x", "tag": "bad tag"}}, "image.tag"),
     ({"store": "redis://x"}, "store"),
+    ({"routes": {"paths": ["/_cdlib/x/"]}}, "routes.paths[0]"),
+    ({"routes": {"paths": ["/a/", "/_cdlib"]}}, "routes.paths[1]"),
     ({"unknown": 1}, "unknown"),
 ])
 def test_bad_fields_name_the_file_and_key(over, key):

@@ -86,6 +86,50 @@ def test_watch_leaves_a_switching_release_alone(world):
     j = rel.Journal.load(world.store, "shop")
     j.phase = "switching"
     j.save()
+    from cdlib.store.base import default_holder
+
+    world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release=j.id), ttl=60)  # the switch runs
     lines = []
     out = proxyctl.watch(world.ctx(), once=True, log=lines.append)
     assert out.ok and any("switching" in line for line in lines)
+
+
+def test_watch_survives_a_registry_failure_while_it_debounces(world):
+    from cdlib.errors import StoreError
+
+    release(world, "v1")
+    calls = []
+    original = world.store.watch
+
+    def watch(prefix, since, timeout):
+        calls.append(since)
+        if len(calls) == 2:  # the first wait inside the debounce
+            raise StoreError("etcd store: watch failed: connection reset")
+        return original(prefix, since, timeout)
+
+    world.store.watch = watch
+    lines = []
+    out = proxyctl.watch(world.ctx(), debounce=0.2, interval=0.1, max_seconds=0.6, log=lines.append)
+    assert out.exit_code == 0 and out.data["failures"] == 1
+    assert any("registry unavailable" in line for line in lines)
+
+
+@pytest.mark.parametrize("over", [{"interval": 0}, {"interval": -1}, {"debounce": -1}, {"interval": float("nan")}])
+def test_watch_refuses_timings_that_would_spin(world, over):
+    from cdlib.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        proxyctl.watch(world.ctx(), max_seconds=0.3, log=lambda line: None, **over)
+
+
+def test_watch_heals_other_services_while_a_dead_switch_left_its_phase_behind(world):
+    release(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    j = rel.Journal.load(world.store, "shop")
+    j.phase = "switching"  # the switch was SIGKILLed; its proxy lock expired since
+    j.save()
+    world.runtime.healthy["shop-blue-2"] = False
+    lines = []
+    out = proxyctl.watch(world.ctx(), once=True, log=lines.append)
+    assert out.ok and not any("switching" in line for line in lines)
+    assert len(world.proxy.backends[0]["servers"]) == 1

@@ -6,13 +6,14 @@ lock), the runtime (every container's name, state, release and image) and the pr
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 from cdlib import keys
 from cdlib import verbs as rel
-from cdlib.errors import LockHeld, RuntimeBackendError, StoreError, UndoIncomplete, UsageError
+from cdlib.errors import ConfigError, LockHeld, RuntimeBackendError, StoreError, UndoIncomplete, UsageError
 from tests.support.world import World
 
 
@@ -425,3 +426,147 @@ def test_a_proxy_lock_left_by_the_same_dead_release_is_taken_back(world):
     out = rel.rollback(world.ctx())
     assert out.ok, out.message
     assert world.snapshot() == before and world.store.get(keys.PROXY_LOCK) is None
+
+
+# -- races, interruptions and half-closed records ------------------------------------------------------
+@pytest.mark.parametrize("first_holds_the_proxy_lock", [True, False], ids=["mid-switch", "between-writes"])
+def test_a_second_switch_of_the_same_release_neither_steals_the_proxy_lock_nor_undoes_anything(
+        world, monkeypatch, first_holds_the_proxy_lock):
+    """Two processes run 'switch' for one release (a replayed Jenkins stage). The one that loses the
+    journal's compare-and-set must not undo the release the other one drives, and must not take the
+    proxy lock from a live holder."""
+    from cdlib.store.base import default_holder
+
+    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.2)
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    opened = world.store.get_json(keys.release("shop"))
+    # the first process is mid-switch: it holds the proxy lock (alive, another pid) and its journal
+    # writes move the version on under a second process that loaded the record before
+    second = world.ctx()
+    second.journal = None
+    loaded = rel.Journal.load(world.store, "shop")
+    if first_holds_the_proxy_lock:
+        world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release=opened["id"]), pid=os.getppid()),
+                                 ttl=60)
+    first = rel.Journal.load(world.store, "shop")
+    first.phase = "switching"
+    first.save()
+    original_load = rel.Journal.load
+    rel.Journal.load = classmethod(lambda cls, store, service: loaded)
+    try:
+        with pytest.raises(LockHeld):
+            rel.switch(second)
+    finally:
+        rel.Journal.load = original_load
+    if first_holds_the_proxy_lock:
+        assert world.store.get_json(keys.PROXY_LOCK)["pid"] == os.getppid()  # still the first one's
+    else:
+        assert world.store.get(keys.PROXY_LOCK) is None
+    assert {i.name for i in world.runtime.instances("shop", "green") if i.running} == {"shop-green-1",
+                                                                                      "shop-green-2"}
+    assert world.store.get_json(keys.release("shop"))["phase"] == "switching"
+
+
+def test_a_journal_taken_over_by_another_process_is_not_undone_by_the_loser(world):
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    stale = world.ctx()
+    rel._require_open(stale, ("deployed",), "test")
+    winner = rel.Journal.load(world.store, "shop")
+    winner.phase = "rolling-back"
+    winner.save()  # another 'rollback' claimed the record
+    with pytest.raises(LockHeld):
+        rel._rollback_open(stale, "tests failed")
+    assert {i.name for i in world.runtime.instances("shop", "green")} == {"shop-green-1", "shop-green-2"}
+
+
+def test_the_proxy_lock_blocking_a_one_process_release_rolls_it_back(world, monkeypatch):
+    from cdlib.store.base import default_holder
+
+    released(world, "v1")
+    before = world.snapshot()
+    world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release="someone-else"), ttl=60)
+    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.2)
+    out = rel.release(world.ctx("v2"))
+    assert out.exit_code == 1 and not out.ok, out.message
+    assert world.snapshot() == before
+    assert world.store.get(keys.lock("shop")) is None and world.store.get(keys.release("shop")) is None
+
+
+def test_a_second_interrupt_during_the_rollback_ends_with_exit_4_and_rollback_completes(world):
+    from cdlib.plan import Interrupted
+
+    released(world, "v1")
+    before = world.snapshot()
+    world.runner.results["pre-integration"] = False
+    original = world.runtime.remove
+
+    def remove(*a, **kw):
+        world.runtime.remove = original
+        raise Interrupted()  # Jenkins sends SIGTERM again while the undo runs
+
+    world.runtime.remove = remove
+    out = rel.release(world.ctx("v2"))
+    assert out.exit_code == 4, out.message
+    assert world.store.get(keys.release("shop")) is not None
+    assert rel.rollback(world.ctx()).ok
+    assert world.snapshot() == before
+
+
+def test_a_store_failure_while_closing_a_rollback_is_exit_4_with_the_record_open(world):
+    released(world, "v1")
+    before = world.snapshot()
+    world.runner.results["pre-integration"] = False
+    original = world.store.delete
+
+    def delete(key, **kw):
+        if key == keys.release("shop"):
+            world.store.delete = original
+            raise StoreError("sqlite store: database is locked")
+        return original(key, **kw)
+
+    world.store.delete = delete
+    out = rel.release(world.ctx("v2"))
+    assert out.exit_code == 4 and "cdlib rollback" in out.message, out.message
+    assert world.store.get(keys.release("shop")) is not None
+    assert rel.rollback(world.ctx()).ok
+    assert world.snapshot() == before
+
+
+def test_a_store_failure_while_closing_a_cleanup_is_exit_4_and_cleanup_completes(world):
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok and rel.switch(world.ctx()).ok
+    original = world.store.delete
+
+    def delete(key, **kw):
+        if key == keys.release("shop"):
+            world.store.delete = original
+            raise StoreError("sqlite store: database is locked")
+        return original(key, **kw)
+
+    world.store.delete = delete
+    out = rel.cleanup(world.ctx())
+    assert out.exit_code == 4 and "cdlib cleanup" in out.message, out.message
+    assert world.live()["color"] == "green"
+    assert rel.cleanup(world.ctx()).ok
+    assert world.store.get(keys.release("shop")) is None and world.store.get(keys.lock("shop")) is None
+
+
+@pytest.mark.parametrize("lock_ttl", [0, -5, float("nan"), float("inf")])
+def test_a_bad_lock_ttl_is_bad_input_and_changes_nothing(world, lock_ttl):
+    released(world, "v1")
+    before = world.snapshot()
+    with pytest.raises(ConfigError, match="lock"):
+        rel.deploy(world.ctx("v2"), lock_ttl=lock_ttl)
+    assert world.snapshot() == before and world.store.get(keys.lock("shop")) is None
+
+
+@pytest.mark.parametrize("routes", [{"paths": ["/shop/"]}, {"paths": ["/shop"]}])
+def test_a_route_that_another_service_serves_is_refused_before_anything_changes(world, routes):
+    released(world, "v1")
+    before = world.snapshot()
+    with pytest.raises(ConfigError, match="shop"):
+        rel.release(world.ctx("v1", service="cart", routes=routes))
+    assert world.snapshot() == before
+    assert world.store.get(keys.lock("cart")) is None
