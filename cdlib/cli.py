@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -123,8 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------
+SECRET_NAME_RE = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE)
+
+
 def _redact(text: str) -> str:
-    for name in SECRET_ENV:
+    """Mask the values of secret environment variables: the known ones, and any whose name says it
+    holds a secret (a test suite's pass_env token, say, which the suite might print)."""
+    names = set(SECRET_ENV) | {n for n in os.environ if SECRET_NAME_RE.search(n)}
+    for name in names:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")

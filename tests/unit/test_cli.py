@@ -156,3 +156,11 @@ def test_a_store_url_with_credentials_is_not_echoed_when_it_is_refused(tmp_path,
     with pytest.raises(ConfigError) as info:
         api.load_spec(str(f))
     assert "pa55word-x" not in str(info.value)
+
+
+def test_any_variable_named_like_a_secret_is_masked(monkeypatch):
+    monkeypatch.setenv("SMOKE_API_TOKEN", "tok-123456")
+    monkeypatch.setenv("DB_PASSWORD", "hunter22")
+    monkeypatch.setenv("GREETING", "hello-world")
+    line = cli._redact("suite printed tok-123456 and hunter22 and hello-world")
+    assert line == "suite printed *** and *** and hello-world"
