@@ -562,24 +562,27 @@ class ProxyBusy(LockHeld):
     """Another proxy change held the proxy lock for longer than the wait."""
 
 
-def _holder_gone(holder: dict) -> bool:
-    """True only when the holder's process is known to be dead: it ran on this host and its pid
-    is gone (or is this very process, which holds no proxy lock across calls). A holder on another
-    host cannot be checked: its lock is waited for."""
+def _holder_state(holder: dict) -> str:
+    """'gone' when the holder's process is known to be dead (it ran on this host and its pid is gone,
+    or it is this very process), 'alive' when it runs on this host, 'unknown' for another host."""
     if holder.get("who") != default_holder()["who"]:
-        return False
+        return "unknown"
     pid = holder.get("pid")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
+        return "unknown"
     if pid == os.getpid():
-        return True
+        return "gone"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return "gone"
     except OSError:  # e.g. another user's live process
-        return False
-    return False
+        return "alive"
+    return "alive"
+
+
+def _holder_gone(holder: dict) -> bool:
+    return _holder_state(holder) == "gone"
 
 
 @contextmanager
@@ -787,6 +790,11 @@ def rollback(ctx: Ctx, *, to: str | None = None, lock_wait: float = 0.0,
     if j is not None:
         if to is not None:
             raise UsageError(f"{ctx.service} has an open release {j.id}; run 'cdlib rollback' without --to first")
+        holder = store.lock_info(keys.lock(ctx.service)) or {}
+        if not holder.get("expired", True) and _holder_state(holder) == "alive":
+            raise LockHeld(f"release {j.id} of {ctx.service} is still running in process {holder['pid']} "
+                           f"({holder.get('build') or holder.get('who')}); wait for it to finish or fail (it rolls "
+                           "itself back), or stop it and run 'cdlib rollback'", holder=holder)
         ctx.journal = j
         out = _rollback_open(ctx, "rollback requested")
         if out.exit_code == 1:

@@ -570,3 +570,23 @@ def test_a_route_that_another_service_serves_is_refused_before_anything_changes(
         rel.release(world.ctx("v1", service="cart", routes=routes))
     assert world.snapshot() == before
     assert world.store.get(keys.lock("cart")) is None
+
+
+def test_rollback_refuses_while_the_release_process_is_alive_on_this_host(world):
+    import subprocess
+    import sys
+
+    from cdlib.store.base import default_holder
+
+    assert rel.deploy(world.ctx("v1")).ok
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        record = world.store.get(keys.lock("shop"))
+        holder = dict(record.json(), pid=live.pid, who=default_holder()["who"])
+        world.store.put_json(keys.lock("shop"), holder, expect=record.version)
+        with pytest.raises(LockHeld, match=f"still running in process {live.pid}"):
+            rel.rollback(world.ctx())
+    finally:
+        live.kill()
+        live.wait()
+    assert rel.rollback(world.ctx()).ok  # the process is gone: rollback goes ahead
