@@ -581,10 +581,6 @@ def _holder_state(holder: dict) -> str:
     return "alive"
 
 
-def _holder_gone(holder: dict) -> bool:
-    return _holder_state(holder) == "gone"
-
-
 @contextmanager
 def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None) -> Iterator[None]:
     """Hold the store-wide proxy lock: one proxy change (render, apply, live write) at a time across
@@ -597,7 +593,7 @@ def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float
     except LockHeld as exc:
         held = getattr(exc, "holder", None) or {}
         try:
-            if release and held.get("release") == release and _holder_gone(held):
+            if release and held.get("release") == release and _holder_state(held) == "gone":
                 store.delete(keys.PROXY_LOCK)
                 lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
             else:
@@ -647,22 +643,20 @@ def _guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure
     except ProxyBusy:
         if not busy_proxy_fails or ctx.journal is None:
             raise
-        return _guard(ctx, verb, _raise_busy, rollback_on_failure)
-    except (ConfigError, LockHeld, NothingToRollBack):
+        return _roll_back(ctx, verb, "the proxy lock stayed held by another proxy change; the release could not "
+                                     "switch")
+    except (ConfigError, LockHeld, NothingToRollBack, UndoIncomplete):
         raise
     except (Exception, plan.Interrupted) as exc:
         if ctx.journal is None or not rollback_on_failure or ctx.journal.phase == jr.CLEANING:
             raise
-        reason = plan._reason(exc)
-        if isinstance(exc, UndoIncomplete):
-            raise
-        outcome = _rollback_open(ctx, reason)
-        outcome.verb = verb
-        return outcome
+        return _roll_back(ctx, verb, plan._reason(exc))
 
 
-def _raise_busy() -> Outcome:
-    raise ReleaseFailed("the proxy lock stayed held by another proxy change; the release could not switch")
+def _roll_back(ctx: Ctx, verb: str, reason: str) -> Outcome:
+    outcome = _rollback_open(ctx, reason)
+    outcome.verb = verb
+    return outcome
 
 
 # ================================================================================================
@@ -681,8 +675,9 @@ def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_T
     return _guard(ctx, "deploy", body)
 
 
-def switch(ctx: Ctx) -> Outcome:
-    """Point the proxy at the new color, prove it answers through the proxy, then store it as live."""
+def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> Outcome:
+    """Point the proxy at the new color, prove it answers through the proxy, then store it as live.
+    A busy proxy lock leaves the release deployed (exit 3) unless busy_proxy_fails (release)."""
     def body() -> Outcome:
         j = _require_open(ctx, (jr.DEPLOYED,), "switch")
         with proxy_lock(ctx.ports.store, j.id, f"switch {ctx.service}"):
@@ -693,7 +688,7 @@ def switch(ctx: Ctx) -> Outcome:
         j.save()
         return _outcome(ctx, "switch", True, 0, f"{ctx.service} now serves {j.record['color']} through "
                         f"{ctx.ports.proxy.url()}; next: 'cdlib test post-integration', then 'cdlib cleanup'")
-    return _guard(ctx, "switch", body)
+    return _guard(ctx, "switch", body, busy_proxy_fails=busy_proxy_fails)
 
 
 def cleanup(ctx: Ctx) -> Outcome:
@@ -850,7 +845,7 @@ def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_
     tests = []
     for verb in (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
                  lambda: run_tests(ctx, "pre-integration"),
-                 lambda: _guard(ctx, "switch", lambda: switch(ctx), busy_proxy_fails=True),
+                 lambda: switch(ctx, busy_proxy_fails=True),
                  lambda: run_tests(ctx, "post-integration"),
                  lambda: cleanup(ctx)):
         out = verb()
