@@ -25,6 +25,9 @@ LABEL_SERVICE = "cdlib.service"
 LABEL_COLOR = "cdlib.color"
 LABEL_RELEASE = "cdlib.release"
 LABEL_INDEX = "cdlib.index"
+# a test suite's container (cdlib.testrun.container) carries the service label and this one: it is
+# never an instance of the service
+LABEL_TEST = "cdlib.test"
 ASIDE = ".aside-"
 
 

@@ -7,6 +7,12 @@ published port a *new* number on every restart, which would make a resumed color
 a proxy configuration restored byte for byte. A port that turns out to be taken is retried with
 another one (the engine is the judge, so this works against a remote DOCKER_HOST too).
 
+The engine is shared: test suites, other services' releases and people create and remove containers
+while a release runs. A listing is one call (the engine's summary, no inspect per container), what a
+start needs to know later is in labels (image, pinned host port, stop timeout), and a container
+that vanishes between the listing and the next call is taken as gone, never as a failure. The
+replicas of a color are started, stopped and removed a few at a time.
+
 The SDK is imported on first use (the CLI must start fast), and nothing from ``docker`` or
 ``requests`` leaves this module: every failure becomes a one-line :class:`RuntimeBackendError`.
 """
@@ -15,9 +21,11 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import RuntimeBackendError
@@ -28,6 +36,7 @@ from .base import (
     LABEL_INDEX,
     LABEL_RELEASE,
     LABEL_SERVICE,
+    LABEL_TEST,
     Runtime,
     StartRequest,
     aside_name,
@@ -37,6 +46,11 @@ from .base import (
 # Not part of the port: what instances() needs to report the same address and port start() did.
 LABEL_PORT = "cdlib.port"
 LABEL_ADDRESS = "cdlib.address"
+LABEL_IMAGE = "cdlib.image"
+LABEL_HOST_PORT = "cdlib.host-port"
+LABEL_STOP_TIMEOUT = "cdlib.stop-timeout"
+GONE = object()  # what a call on a container answers when another process removed it meanwhile
+MAX_PARALLEL = 4  # engine calls at a time when the replicas of a color start, stop or are removed
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 DEFAULT_STOP_TIMEOUT = 10
@@ -150,98 +164,155 @@ class DockerRuntime(Runtime):
             raise RuntimeBackendError(f"docker runtime: {action}: {self._reason(exc)}{tail}") from exc
 
     # -- lookups --------------------------------------------------------------------------------
-    def _containers(self, service: str, color: str | None = None, release: str | None = None) -> list:
-        # a color label always: test-suite containers carry the service label too, and are no instances
+    # Other processes create and remove containers all the time (test suites, other services'
+    # releases): a container seen in a listing may be gone by the next call. A listing is one call
+    # that reads the engine's summary (no inspect per container), and every call on a listed
+    # container takes "no such container" (404) and "removal in progress" (409) to mean it is gone.
+    def _list(self, action: str, labels: list[str]) -> list[_Seen]:
+        with self._translate(action):
+            rows = self._client.api.containers(all=True, filters={"label": labels})
+        return sorted((_seen(row) for row in rows), key=lambda s: s.name)
+
+    def _containers(self, service: str, color: str | None = None, release: str | None = None, *,
+                    removing: bool = False) -> list[_Seen]:
+        """The instances' containers: a color label always, and never a test suite's container
+        (it carries the service label too). Containers being removed only when removing."""
         labels = [f"{LABEL_SERVICE}={service}", LABEL_COLOR if color is None else f"{LABEL_COLOR}={color}"]
         if release is not None:
             labels.append(f"{LABEL_RELEASE}={release}")
-        with self._translate(f"list the containers of {service}"):
-            found = self._client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
-        return sorted(found, key=lambda c: c.name)
+        return [s for s in self._list(f"list the containers of {service}", labels)
+                if LABEL_TEST not in s.labels and (removing or s.state != "removing")]
 
-    def _get(self, name: str):
+    def _call(self, action: str, fn, *args, hint: str = "", **kw):
+        """fn(*args, **kw) with errors translated; GONE when the container vanished meanwhile."""
         import docker
 
-        with self._translate(f"inspect container {name}"):
+        with self._translate(action, hint):
             try:
-                return self._client.containers.get(name)
-            except docker.errors.NotFound:
-                return None
+                return fn(*args, **kw)
+            except docker.errors.APIError as exc:
+                if _vanished(exc):
+                    return GONE
+                raise
 
-    def _instance(self, container) -> Instance:
-        labels = container.labels
+    def _inspect(self, ref: str) -> dict | None:
+        """The container's full description, None when there is no such container (any more)."""
+        found = self._call(f"inspect container {ref}", self._client.api.inspect_container, ref)
+        return None if found is GONE else found
+
+    def _instance(self, seen: _Seen) -> Instance | None:
+        """The instance a listing shows; None when it vanished before its image could be read."""
+        image = seen.labels.get(LABEL_IMAGE)
+        if image is None:  # created before the image label: only the inspect has it
+            attrs = self._inspect(seen.id)
+            if attrs is None:
+                return None
+            image = (attrs.get("Config") or {}).get("Image") or ""
         return Instance(
-            name=container.name,
-            service=labels.get(LABEL_SERVICE, ""),
-            color=labels.get(LABEL_COLOR, ""),
-            release=labels.get(LABEL_RELEASE, ""),
-            image=container.attrs.get("Config", {}).get("Image", ""),
-            address=labels.get(LABEL_ADDRESS, "127.0.0.1"),
-            port=_host_port(container) if container.status == "running" else 0,
-            state=container.status,
-            id=container.id,
+            name=seen.name,
+            service=seen.labels.get(LABEL_SERVICE, ""),
+            color=seen.labels.get(LABEL_COLOR, ""),
+            release=seen.labels.get(LABEL_RELEASE, ""),
+            image=image,
+            address=seen.labels.get(LABEL_ADDRESS, "127.0.0.1"),
+            port=seen.published_port() if seen.state == "running" else 0,
+            state=seen.state,
+            id=seen.id,
         )
 
     # -- the port -------------------------------------------------------------------------------
     def start(self, req: StartRequest) -> list[Instance]:
-        out, have_image = [], False
-        for index in range(req.first_index, req.first_index + req.replicas):
-            name = instance_name(req.service, req.color, index)
-            container = self._get(name)
-            if container is None:
-                if not have_image:  # a retried start that reuses everything needs no registry
-                    self._ensure_image(req.image)
-                    have_image = True
-                out.append(self._create_and_run(req, name, index))
-                continue
-            else:
-                found = container.labels.get(LABEL_RELEASE)
-                if found != req.release or container.labels.get(LABEL_SERVICE) != req.service:
-                    raise RuntimeBackendError(
-                        f"docker runtime: container {name} already exists for release {found or '(none)'}; "
-                        f"it must be set aside or removed before release {req.release} can start",
-                        name=name, release=found)
-            out.append(self._run(container))
-        return out
+        names = [(index, instance_name(req.service, req.color, index))
+                 for index in range(req.first_index, req.first_index + req.replicas)]
+        found = {name: self._reusable(req, name) for _, name in names}  # every name checked first
+        ports = _Ports(self._used_ports) if any(v is None for v in found.values()) else None
+        if ports is not None:  # a retried start that reuses everything needs no registry
+            self._ensure_image(req.image)
+        return _each(lambda item: self._bring_up(req, item[1], item[0], found[item[1]], ports), names)
 
-    def _create_and_run(self, req: StartRequest, name: str, index: int, attempts: int = 20) -> Instance:
-        """Create the container on a free host port of req.host_ports and start it; when the engine
-        says the port is taken, remove it and try another port."""
-        low, high = req.host_ports
-        used = self._used_ports()
+    def _reusable(self, req: StartRequest, name: str) -> dict | None:
+        """The inspect of the container holding name when it belongs to req's release; None when
+        the name is free; an error when another release holds it."""
+        attrs = self._inspect(name)
+        if attrs is None:
+            return None
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        found = labels.get(LABEL_RELEASE)
+        if found != req.release or labels.get(LABEL_SERVICE) != req.service:
+            raise RuntimeBackendError(
+                f"docker runtime: container {name} already exists for release {found or '(none)'}; "
+                f"it must be set aside or removed before release {req.release} can start",
+                name=name, release=found)
+        return attrs
+
+    def _bring_up(self, req: StartRequest, name: str, index: int, attrs: dict | None,
+                  ports: _Ports | None, attempts: int = 3) -> Instance:
+        """Run the release's container of that name, creating it when there is none; a container
+        that vanishes meanwhile (removed by another process) is looked up and made again."""
         for _ in range(attempts):
-            free = [p for p in (random.randint(low, high) for _ in range(50)) if p not in used]
-            port = free[0] if free else random.randint(low, high)
-            used.add(port)
-            container = self._create(req, name, index, port)
+            if attrs is None:
+                if ports is None:  # it was there a moment ago: the image may have to be pulled now
+                    self._ensure_image(req.image)
+                    ports = _Ports(self._used_ports)
+                got = self._create_and_run(req, name, index, ports)
+            else:
+                got = self._run(attrs["Id"], name)
+            if got is not GONE:
+                return got
+            attrs = self._reusable(req, name)
+        raise RuntimeBackendError(f"docker runtime: container {name} was removed by another process "
+                                  f"{attempts} times while it was started; check what removes "
+                                  f"containers of {req.service}", name=name)
+
+    def _create_and_run(self, req: StartRequest, name: str, index: int, ports: _Ports,
+                        attempts: int = 20):
+        """Create the container on a free host port of req.host_ports and start it; when the engine
+        says the port is taken, remove it and try another port. GONE when another process took the
+        name or removed the container meanwhile."""
+        low, high = req.host_ports
+        for _ in range(attempts):
+            port = ports.pick(low, high)
+            created = self._create(req, name, index, port)
+            if created is GONE:
+                return GONE
             try:
-                return self._run(container)
+                return self._run(created, name, fresh=True)
             except RuntimeBackendError as exc:
                 if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
                     raise
-                with self._translate(f"remove container {name} after a port clash"):
-                    container.remove(force=True, v=True)
+                self._call(f"remove container {name} after a port clash",
+                           self._client.api.remove_container, created, force=True, v=True)
         raise RuntimeBackendError(f"docker runtime: no free host port for {name} in {low}-{high} after "
                                   f"{attempts} attempts; widen target.host_ports", name=name)
 
     def _used_ports(self) -> set[int]:
         """Host ports pinned by cdlib's containers on this engine (running or stopped)."""
-        with self._translate("list the containers that cdlib started"):
-            found = self._client.containers.list(all=True, filters={"label": LABEL_SERVICE})
         used = set()
-        for c in found:
-            for bindings in ((c.attrs.get("HostConfig") or {}).get("PortBindings") or {}).values():
-                for b in bindings or []:
-                    if str(b.get("HostPort") or "").isdigit():
-                        used.add(int(b["HostPort"]))
+        for seen in self._list("list the containers that cdlib started", [LABEL_SERVICE]):
+            pinned = _int(seen.labels.get(LABEL_HOST_PORT))
+            if pinned:
+                used.add(pinned)
+                continue
+            used.update(int(p["PublicPort"]) for p in seen.ports if str(p.get("PublicPort") or "").isdigit())
+            if seen.state != "running" and LABEL_COLOR in seen.labels:
+                # an instance created before the host-port label: its binding is in the inspect
+                attrs = self._inspect(seen.id) or {}
+                for bindings in ((attrs.get("HostConfig") or {}).get("PortBindings") or {}).values():
+                    used.update(int(b["HostPort"]) for b in bindings or []
+                                if str(b.get("HostPort") or "").isdigit())
         return used
 
     def _create(self, req: StartRequest, name: str, index: int, host_port: int):
+        """The new container's id; GONE when another process created that name meanwhile."""
         labels = dict(req.labels)
         labels.update({LABEL_SERVICE: req.service, LABEL_COLOR: req.color, LABEL_RELEASE: req.release,
-                       LABEL_INDEX: str(index), LABEL_PORT: str(req.port), LABEL_ADDRESS: req.address})
+                       LABEL_INDEX: str(index), LABEL_PORT: str(req.port), LABEL_ADDRESS: req.address,
+                       LABEL_IMAGE: req.image, LABEL_HOST_PORT: str(host_port),
+                       LABEL_STOP_TIMEOUT: str(req.stop_timeout)})
         env = dict(req.env)
         env.update({"CDLIB_SERVICE": req.service, "CDLIB_COLOR": req.color, "CDLIB_RELEASE": req.release})
+        import docker
+
         with self._translate(f"create container {name} from {req.image}",
                              "check the image, target.network and target.bind"):
             # the low-level call: the SDK's containers.create() cannot set StopTimeout, and the
@@ -252,30 +323,47 @@ class DockerRuntime(Runtime):
                 restart_policy={"Name": "unless-stopped"}, network_mode=req.network or None)
             networking = (api.create_networking_config({req.network: api.create_endpoint_config()})
                           if req.network else None)
-            created = api.create_container(
-                req.image, name=name, labels=labels, environment=env, ports=[(req.port, "tcp")],
-                host_config=host_config, networking_config=networking, stop_timeout=req.stop_timeout)
-            return self._client.containers.get(created["Id"])
+            try:
+                created = api.create_container(
+                    req.image, name=name, labels=labels, environment=env, ports=[(req.port, "tcp")],
+                    host_config=host_config, networking_config=networking, stop_timeout=req.stop_timeout)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "already in use" in _reason(exc):
+                    return GONE
+                raise
+            return created["Id"]
 
-    def _run(self, container) -> Instance:
-        """Start the container when it is not running and wait until its port is published."""
-        with self._translate(f"start container {container.name}", f"check `docker logs {container.name}`"):
-            container.reload()
-            if container.status != "running":
-                container.start()
-            deadline = time.monotonic() + self.timeout
-            while True:
-                container.reload()
-                port = _host_port(container)
-                if container.status == "running" and port:
-                    return self._instance(container)
-                if container.status in ("exited", "dead", "restarting") or time.monotonic() > deadline:
-                    code = container.attrs.get("State", {}).get("ExitCode")
-                    raise RuntimeBackendError(
-                        f"docker runtime: container {container.name} is {container.status} (exit code {code}) "
-                        f"right after start, no published port; check `docker logs {container.name}`",
-                        name=container.name)
-                time.sleep(0.05)
+    def _run(self, ref: str, name: str, fresh: bool = False):
+        """Start the container when it is not running and wait until its port is published; GONE
+        when the container vanished meanwhile. fresh: just created, so not running yet."""
+        api, hint = self._client.api, f"check `docker logs {name}`"
+        action = f"start container {name}"
+        started = False
+        if fresh:
+            if self._call(action, api.start, ref, hint=hint) is GONE:
+                return GONE
+            started = True
+        deadline = time.monotonic() + self.timeout
+        while True:
+            attrs = self._call(action, api.inspect_container, ref, hint=hint)
+            if attrs is GONE:
+                return GONE
+            status = (attrs.get("State") or {}).get("Status", "")
+            if status == "running" and _host_port(attrs):
+                return _from_inspect(attrs)
+            if status in ("removing", "dead"):
+                return GONE
+            if not started and status != "running":
+                if self._call(action, api.start, ref, hint=hint) is GONE:
+                    return GONE
+                started = True
+                continue
+            if status in ("exited", "restarting") or time.monotonic() > deadline:
+                code = (attrs.get("State") or {}).get("ExitCode")
+                raise RuntimeBackendError(
+                    f"docker runtime: container {name} is {status} (exit code {code}) "
+                    f"right after start, no published port; check `docker logs {name}`", name=name)
+            time.sleep(0.02)
 
     def _ensure_image(self, ref: str) -> None:
         """Pull the image only when the engine does not have it (a registry may be offline)."""
@@ -283,9 +371,9 @@ class DockerRuntime(Runtime):
 
         with self._translate(f"look up image {ref}"):
             try:
-                self._client.images.get(ref)
+                self._client.api.inspect_image(ref)
                 return
-            except docker.errors.ImageNotFound:
+            except docker.errors.NotFound:
                 pass
         repository, tag = docker.utils.parse_repository_tag(ref)
         with self._translate(f"pull image {ref}", "check the image reference, the registry and its credentials"):
@@ -293,77 +381,80 @@ class DockerRuntime(Runtime):
 
     def instances(self, service: str, color: str | None = None, release: str | None = None,
                   include_aside: bool = False) -> list[Instance]:
-        found = self._containers(service, color, release)
-        with self._translate(f"inspect the containers of {service}"):
-            return [self._instance(c) for c in found if include_aside or not is_aside(c.name)]
+        found = [s for s in self._containers(service, color, release) if include_aside or not is_aside(s.name)]
+        return [i for i in map(self._instance, found) if i is not None]
 
     def stop(self, service: str, color: str, release: str | None = None) -> list[str]:
-        stopped = []
-        for container in self._containers(service, color, release):
-            if is_aside(container.name) or container.status not in ("running", "restarting", "paused"):
-                continue
-            timeout = container.attrs.get("Config", {}).get("StopTimeout") or DEFAULT_STOP_TIMEOUT
-            with self._translate(f"stop container {container.name}"):
-                container.stop(timeout=timeout)
-            stopped.append(container.name)
-        return stopped
+        chosen = [s for s in self._containers(service, color, release)
+                  if not is_aside(s.name) and s.state in ("running", "restarting", "paused")]
+
+        def stop_one(seen: _Seen) -> str | None:
+            timeout = _int(seen.labels.get(LABEL_STOP_TIMEOUT))
+            if timeout is None:  # created before the stop-timeout label
+                attrs = self._inspect(seen.id)
+                if attrs is None:
+                    return None
+                timeout = (attrs.get("Config") or {}).get("StopTimeout") or DEFAULT_STOP_TIMEOUT
+            got = self._call(f"stop container {seen.name}", self._client.api.stop, seen.id, timeout=timeout)
+            return None if got is GONE else seen.name
+
+        return [name for name in _each(stop_one, chosen) if name is not None]
 
     def resume(self, service: str, color: str, release: str | None = None) -> list[Instance]:
-        return [self._run(c) for c in self._containers(service, color, release) if not is_aside(c.name)]
+        chosen = [s for s in self._containers(service, color, release) if not is_aside(s.name)]
+        resumed = _each(lambda s: self._run(s.id, s.name), chosen)
+        return [i for i in resumed if i is not GONE]
 
     def remove(self, service: str, color: str, release: str | None = None,
                aside: bool = False) -> list[str]:
         """aside=False: every instance of the color (of release, by label, when given), set-aside
         ones included. aside=True: only set-aside ones (of release when given: the release they
         were set aside for, i.e. the ``.aside-<release>`` suffix)."""
-        import docker
-
         if aside:
-            chosen = [c for c in self._containers(service, color)
-                      if is_aside(c.name) and (release is None or _aside_release(c.name) == release)]
+            chosen = [s for s in self._containers(service, color, removing=True)
+                      if is_aside(s.name) and (release is None or _aside_release(s.name) == release)]
         else:
-            chosen = self._containers(service, color, release)
-        removed = []
-        for container in chosen:
-            with self._translate(f"remove container {container.name}"):
-                try:
-                    container.remove(force=True, v=True)
-                except docker.errors.NotFound:
-                    pass  # removed by someone else meanwhile: the goal is reached
-            removed.append(container.name)
-        return removed
+            chosen = self._containers(service, color, release, removing=True)
+
+        def remove_one(seen: _Seen) -> str:
+            # gone already (removed by someone else meanwhile): the goal is reached
+            self._call(f"remove container {seen.name}", self._client.api.remove_container, seen.id,
+                       force=True, v=True)
+            return seen.name
+
+        return _each(remove_one, chosen)
 
     def set_aside(self, service: str, color: str, release: str) -> list[str]:
         """Rename the color's plain-named instances to ``<name>.aside-<release>``; instances that
         already belong to release are left alone, so a repeated call changes nothing."""
         renamed = []
-        for container in self._containers(service, color):
-            if is_aside(container.name) or container.labels.get(LABEL_RELEASE) == release:
+        for seen in self._containers(service, color):
+            if is_aside(seen.name) or seen.labels.get(LABEL_RELEASE) == release:
                 continue
-            target = aside_name(container.name, release)
-            if self._get(target) is not None:
-                raise RuntimeBackendError(f"docker runtime: cannot set {container.name} aside: {target} already "
-                                          f"exists; remove it first", name=container.name)
-            with self._translate(f"rename container {container.name} to {target}"):
-                container.rename(target)
-            renamed.append(target)
+            target = aside_name(seen.name, release)
+            if self._inspect(target) is not None:
+                raise RuntimeBackendError(f"docker runtime: cannot set {seen.name} aside: {target} already "
+                                          f"exists; remove it first", name=seen.name)
+            got = self._call(f"rename container {seen.name} to {target}", self._client.api.rename, seen.id, target)
+            if got is not GONE:
+                renamed.append(target)
         return renamed
 
     def restore_aside(self, service: str, color: str, release: str) -> list[str]:
         restored = []
-        for container in self._containers(service, color):
-            if not is_aside(container.name) or _aside_release(container.name) != release:
+        for seen in self._containers(service, color):
+            if not is_aside(seen.name) or _aside_release(seen.name) != release:
                 continue
-            plain = container.name.split(ASIDE, 1)[0]
-            holder = self._get(plain)
+            plain = seen.name.split(ASIDE, 1)[0]
+            holder = self._inspect(plain)
             if holder is not None:
+                found = ((holder.get("Config") or {}).get("Labels") or {}).get(LABEL_RELEASE)
                 raise RuntimeBackendError(
-                    f"docker runtime: cannot restore {container.name}: the name {plain} is taken by another "
-                    f"container (release {holder.labels.get(LABEL_RELEASE) or 'unknown'}); remove it first",
-                    name=plain)
-            with self._translate(f"rename container {container.name} to {plain}"):
-                container.rename(plain)
-            restored.append(plain)
+                    f"docker runtime: cannot restore {seen.name}: the name {plain} is taken by another "
+                    f"container (release {found or 'unknown'}); remove it first", name=plain)
+            got = self._call(f"rename container {seen.name} to {plain}", self._client.api.rename, seen.id, plain)
+            if got is not GONE:
+                restored.append(plain)
         return restored
 
     # -- images ---------------------------------------------------------------------------------
@@ -434,20 +525,117 @@ def _auth_config() -> dict | None:
     return {"username": user, "password": password}
 
 
-def _host_port(container) -> int:
-    """The host port published for the instance's container port (the first one when unknown);
-    for a stopped container, the port pinned in its binding."""
-    ports = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+def _host_port(attrs: dict) -> int:
+    """From an inspect: the host port published for the instance's container port (the first one
+    when unknown); for a stopped container, the port pinned in its binding."""
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
     if not any(ports.values()):
-        ports = (container.attrs.get("HostConfig") or {}).get("PortBindings") or {}
-    wanted = container.labels.get(LABEL_PORT)
+        ports = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    wanted = labels.get(LABEL_PORT)
     keys = [f"{wanted}/tcp"] if wanted else sorted(ports)
     for key in keys:
-        bindings = ports.get(key) or []
-        for binding in bindings:
-            if binding.get("HostPort"):
+        for binding in ports.get(key) or []:
+            if str(binding.get("HostPort") or "").isdigit():
                 return int(binding["HostPort"])
     return 0
+
+
+def _from_inspect(attrs: dict) -> Instance:
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    state = (attrs.get("State") or {}).get("Status", "")
+    return Instance(
+        name=str(attrs.get("Name") or "").lstrip("/"),
+        service=labels.get(LABEL_SERVICE, ""),
+        color=labels.get(LABEL_COLOR, ""),
+        release=labels.get(LABEL_RELEASE, ""),
+        image=(attrs.get("Config") or {}).get("Image", ""),
+        address=labels.get(LABEL_ADDRESS, "127.0.0.1"),
+        port=_host_port(attrs) if state == "running" else 0,
+        state=state,
+        id=attrs.get("Id", ""),
+    )
+
+
+@dataclass
+class _Seen:
+    """One container as the engine's listing shows it (no inspect)."""
+
+    id: str
+    name: str
+    labels: dict
+    state: str
+    ports: tuple
+
+    def published_port(self) -> int:
+        """The host port of the instance's container port while it runs (the pinned one when the
+        listing shows none, e.g. a container on a network without published ports)."""
+        wanted = _int(self.labels.get(LABEL_PORT))
+        for p in sorted(self.ports, key=lambda p: (p.get("PrivatePort") or 0, p.get("IP") or "")):
+            if p.get("Type", "tcp") == "tcp" and p.get("PublicPort") and wanted in (None, p.get("PrivatePort")):
+                return int(p["PublicPort"])
+        return _int(self.labels.get(LABEL_HOST_PORT)) or 0
+
+
+def _seen(row: dict) -> _Seen:
+    names = [str(n).lstrip("/") for n in row.get("Names") or []]
+    # a legacy link adds names like /other/alias: the container's own name has no slash
+    name = next((n for n in names if "/" not in n), names[0] if names else str(row.get("Id", ""))[:12])
+    return _Seen(id=row.get("Id", ""), name=name, labels=dict(row.get("Labels") or {}),
+                 state=row.get("State", "") or "", ports=tuple(row.get("Ports") or ()))
+
+
+def _vanished(exc: BaseException) -> bool:
+    """The engine says the container is gone or going: no such container (404), or its removal is
+    in progress (409)."""
+    status = getattr(exc, "status_code", None)
+    if status == 404:
+        return True
+    return status == 409 and "removal" in _reason(exc).lower()
+
+
+class _Ports:
+    """Host ports taken on the engine, read once per start and shared by the replicas it creates."""
+
+    def __init__(self, read):
+        self._used = read()
+        self._lock = threading.Lock()
+
+    def pick(self, low: int, high: int) -> int:
+        with self._lock:
+            free = [p for p in (random.randint(low, high) for _ in range(50)) if p not in self._used]
+            port = free[0] if free else random.randint(low, high)
+            self._used.add(port)
+            return port
+
+
+def _each(fn, items, limit: int = MAX_PARALLEL) -> list:
+    """fn over items, up to limit at a time (the replicas of a color start and stop together);
+    results in the items' order. Every call finishes before this returns or raises (nothing may
+    still be starting while a rollback undoes the step); the first item's error is raised."""
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=min(limit, len(items)), thread_name_prefix="cdlib-docker")
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            wait(futures)
+        except BaseException:
+            wait(futures)  # interrupted (SIGTERM, Ctrl-C): let the calls in flight end first
+            raise
+    finally:
+        pool.shutdown(wait=False)
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
+    return [future.result() for future in futures]
+
+
+def _int(value) -> int | None:
+    return int(value) if str(value or "").isdigit() else None
 
 
 def _aside_release(name: str) -> str:

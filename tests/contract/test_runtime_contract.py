@@ -26,6 +26,7 @@ from cdlib.errors import RuntimeBackendError, Unhealthy
 from cdlib.runtime.base import LABEL_COLOR, LABEL_INDEX, LABEL_RELEASE, LABEL_SERVICE, StartRequest, is_aside
 from cdlib.runtime.docker import DockerRuntime, _auth_config, redact_host
 from cdlib.runtime.memory import MemoryRuntime
+from tests.support.churn import TEST_LABEL, Churn
 from tests.support.images import PORT, build_busybox_web_image, write_context
 from tests.support.registry import free_port, private_registry
 
@@ -327,6 +328,51 @@ def test_docker_instances_are_only_the_colored_containers_of_the_service(docker_
         client.close()
     assert [i.name for i in h.runtime.instances(h.service, include_aside=True)] == [started[0].name]
     assert [i.name for i in h.runtime.instances(h.service, "blue")] == [started[0].name]
+
+
+def test_docker_knows_the_test_suite_label():
+    from cdlib.runtime.base import LABEL_TEST
+    from cdlib.testrun.container import LABEL
+
+    assert LABEL_TEST == LABEL == TEST_LABEL
+
+
+@pytest.mark.integration
+def test_docker_every_method_tolerates_containers_that_vanish(docker_harness):
+    """While the engine creates and removes labelled containers (test suites of this service,
+    instances of another service), every method answers right, and none of them fails."""
+    h = docker_harness
+    rt, svc = h.runtime, h.service
+    blue = [f"{svc}-blue-1", f"{svc}-blue-2"]
+    with Churn(h.image, svc) as churn:
+        for n in range(3):
+            old, new = f"r{2 * n + 1}", f"r{2 * n + 2}"
+            started = rt.start(h.request("blue", old, replicas=2))
+            assert [i.name for i in started] == blue
+            assert rt.instances(svc) == started
+            assert [i.id for i in rt.start(h.request("blue", old, replicas=2))] == [i.id for i in started]
+            rt.wait_healthy(started, "/health", timeout=10)
+            assert rt.stop(svc, "blue") == blue
+            assert rt.set_aside(svc, "blue", new) == [f"{b}.aside-{new}" for b in blue]
+            fresh = rt.start(h.request("blue", new, replicas=2))
+            assert [(i.name, i.release) for i in rt.instances(svc)] == [(b, new) for b in blue]
+            assert [i.name for i in rt.instances(svc, include_aside=True)] == sorted(
+                blue + [f"{b}.aside-{new}" for b in blue])
+            assert rt.stop(svc, "blue", release=new) == blue
+            resumed = rt.resume(svc, "blue", release=new)
+            assert [(i.name, i.port) for i in resumed] == [(i.name, i.port) for i in fresh]
+            rt.wait_healthy(resumed, "/health", timeout=10)
+            assert rt.remove(svc, "blue", release=new) == blue
+            assert rt.restore_aside(svc, "blue", new) == blue
+            back = rt.instances(svc)
+            assert [(i.name, i.release, i.id, i.running) for i in back] == [
+                (i.name, old, i.id, False) for i in started]
+            assert rt.resume(svc, "blue", release=old) == rt.instances(svc)
+            assert rt.remove(svc, "blue", aside=True) == []
+            assert rt.remove(svc, "blue") == blue
+            assert rt.instances(svc, include_aside=True) == []
+    assert churn.done > churn.warm_up and churn.errors == []
+    assert rt.instances(churn.other, include_aside=True) == []
 
 
 @pytest.mark.integration
