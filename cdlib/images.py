@@ -1,9 +1,16 @@
-"""build and push: the service image and the test images, tagged with the commit."""
+"""build and push: the service image and the test images, tagged with the commit.
+
+Registry credentials (``CDLIB_REGISTRY_USER`` / ``CDLIB_REGISTRY_PASSWORD``) go to the engine with
+each push and nowhere else: the password is masked by value in everything cdlib writes
+(:mod:`cdlib.secrets`), and so is the value of every build argument named like a credential
+(``NPM_TOKEN``, ``PIP_PASSWORD``...), which the engine's build output may echo.
+"""
 
 from __future__ import annotations
 
 import time
 
+from . import secrets
 from .config import ImageSpec, ServiceSpec
 from .errors import ConfigError
 from .model import Outcome, StepReport
@@ -44,6 +51,7 @@ def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str 
     for label, img in _select(_targets(spec, build_only=True), only):
         args = dict(img.build.args)
         args.setdefault("CDLIB_TAG", spec.image.tag)
+        secrets.register(*(v for k, v in args.items() if secrets.is_secret_name(k)))
         t0 = time.monotonic()
         image_id = runtime.build_image(str(img.build.context), img.build.dockerfile, [img.ref], args)
         step = StepReport(f"build {label}", "done", time.monotonic() - t0, f"{img.ref} ({image_id[:19]})")

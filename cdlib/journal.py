@@ -7,6 +7,12 @@ reverse, whichever process died and wherever it died. Every write is a compare-a
 version this process last saw, so two processes can never both think they drive the release.
 
 Closed releases move to ``history/<release-id>`` with their outcome.
+
+Secrets never reach the store: before every write the free-text fields of the record (test results
+with their output tails, step errors, undo errors, the closing message, the holder's build strings)
+are masked by value (:mod:`cdlib.secrets`). The structural fields (ids, colors, images, the data a
+step's undo needs, such as the prior proxy configuration) are written as they are: masking them
+could corrupt an undo, and they hold nothing a suite or an error message put there.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import secrets
 import time
 
 from . import keys
+from . import secrets as secret_values
 from .errors import ConflictError, LockHeld, StoreError, UsageError
 from .store.base import Store
 
@@ -36,6 +43,26 @@ class JournalConflict(LockHeld, ConflictError):
     This one must stop, and above all not undo anything from its stale copy (exit 3, like a held lock)."""
 
 
+# free text that a record may hold: masked by value before every write
+_STEP_TEXT = ("error", "undo_error")
+
+
+def mask_free_text(record: dict) -> dict:
+    """Mask the free-text fields of a journal record or history entry, in place; returns it."""
+    for step in record.get("steps") or ():
+        if isinstance(step, dict):
+            for field in _STEP_TEXT:
+                if isinstance(step.get(field), str):
+                    step[field] = secret_values.mask(step[field])
+    if isinstance(record.get("tests"), list):
+        record["tests"] = secret_values.mask_data(record["tests"])
+    if isinstance(record.get("message"), str):
+        record["message"] = secret_values.mask(record["message"])
+    if isinstance(record.get("holder"), dict):
+        record["holder"] = secret_values.mask_data(record["holder"])
+    return record
+
+
 def new_release_id(now: float | None = None) -> str:
     """Sortable, unique, and valid in container names, labels and store keys."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now or time.time()))
@@ -53,7 +80,7 @@ class Journal:
     # -- open / load / save ------------------------------------------------------------------------
     @classmethod
     def create(cls, store: Store, service: str, record: dict) -> Journal:
-        record = dict(record, steps=[], tests=[], phase=DEPLOYING, created=time.time())
+        record = mask_free_text(dict(record, steps=[], tests=[], phase=DEPLOYING, created=time.time()))
         try:
             version = store.put_json(keys.release(service), record, expect=0)
         except ConflictError:
@@ -73,6 +100,7 @@ class Journal:
         a rollback then spends its time on the undos, not on one timeout per journal write."""
         if self.unreachable is not None:
             raise self.unreachable
+        mask_free_text(self.record)
         try:
             self.version = self.store.put_json(keys.release(self.service), self.record, expect=self.version)
         except StoreError as exc:
@@ -149,7 +177,7 @@ class Journal:
         entry.update(outcome=outcome, message=message, closed=time.time(),
                      steps=[{k: s.get(k) for k in ("name", "state", "started", "ended", "error")}
                             for s in self.steps])
-        self.store.put_json(keys.history(self.service, self.id), entry)
+        self.store.put_json(keys.history(self.service, self.id), mask_free_text(entry))
         try:
             self.store.delete(keys.release(self.service), expect=self.version)
         except ConflictError:

@@ -4,6 +4,11 @@ A list runs as is (no shell); a string runs with ``/bin/sh -c``. The suite gets 
 group so that a timeout ends everything it started, not only the shell on top: a ``pytest`` that
 spawned a browser must not outlive the build. Output is streamed line by line (Jenkins shows
 progress) while only the last lines are kept for the result and the JUnit report.
+
+The suite gets a built environment, not the agent's (see :mod:`cdlib.testrun.base`). Every line it
+prints is masked (:mod:`cdlib.secrets`) as it is read, before it is streamed or kept, so no secret
+reaches the console, the result, the journal or the JUnit report, and cutting the output to its
+tail can never leave a part of a secret behind.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import secrets
 from ..errors import TestRunnerError
 from ..model import TestResult
 from . import junit
-from .base import TestRun, TestRunner
+from .base import TestRun, TestRunner, host_environment
 
 OutputCallback = Callable[[str], None]
 
@@ -50,7 +56,7 @@ class CommandRunner(TestRunner):
     def run(self, run: TestRun) -> TestResult:
         argv = self._argv(run)
         workdir = self._workdir(run)
-        env = dict(os.environ)
+        env = host_environment()
         env.update(run.environment())
         report_dir = junit.prepare_dir(run)
         if report_dir is not None:
@@ -156,8 +162,13 @@ class CommandRunner(TestRunner):
     def _pump(self, proc: subprocess.Popen, lines: collections.deque[str]) -> None:
         assert proc.stdout is not None
         try:
+            cut = False  # the previous piece was the beginning of a line longer than READ_LIMIT
             for raw in iter(lambda: proc.stdout.readline(READ_LIMIT), b""):
+                whole = raw.endswith(b"\n") or len(raw) < READ_LIMIT  # else readline cut it
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                # a piece of a long line may begin or end inside a secret
+                line = secrets.mask(line, edges=cut or not whole)
+                cut = not whole
                 lines.append(line)
                 self._emit(line)
         except (OSError, ValueError):

@@ -7,6 +7,10 @@ with an init process (a busybox or shell script as PID 1 would ignore SIGTERM), 
 Ctrl-C included. When a JUnit directory is asked for, the suite gets ``JUNIT_DIR`` inside the
 container and the XML files it leaves there are copied out through the engine's archive API, which
 works for remote engines too (a bind mount would name a path on the engine's host, not the agent).
+
+The container's environment holds only the suite's own env, what cdlib sets for the run and the
+``pass_env`` variables (see :mod:`cdlib.testrun.base`); nothing else of the agent's. Every line of
+its output is masked (:mod:`cdlib.secrets`) before it is streamed or kept.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from .. import secrets as secret_values
 from ..errors import TestRunnerError
 from ..model import TestResult
 from . import junit
@@ -245,7 +250,7 @@ class ContainerRunner(TestRunner):
 
     def _logs(self, container) -> list[str]:
         raw = container.logs(stdout=True, stderr=True, tail=self.tail_lines)
-        return raw.decode("utf-8", errors="replace").splitlines()
+        return [secret_values.mask(line) for line in raw.decode("utf-8", errors="replace").splitlines()]
 
     def _copy_reports(self, container, report_dir: Path) -> list[str]:
         """Copy the XML files the suite wrote to JUNIT_DIR out of the container into report_dir."""
@@ -297,7 +302,7 @@ class ContainerRunner(TestRunner):
         if self.on_output is None:
             return
         try:
-            self.on_output(line)
+            self.on_output(secret_values.mask(line))
         except Exception:  # noqa: BLE001 - a broken console must not end the run
             self.on_output = None
 

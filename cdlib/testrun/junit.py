@@ -8,6 +8,10 @@ so a red build links straight to what the suite printed.
 when it ends with ``.xml``, the summary file itself (``test --junit PATH``). Either way the directory
 is handed to the suite as ``JUNIT_DIR``; a suite that writes its own JUnit files there keeps them
 (nothing here deletes anything), and Jenkins publishes them beside the summary.
+
+Every text a result or a summary holds is masked (:mod:`cdlib.secrets`) before it is cut to its
+tail, so neither a secret nor a long part of one reaches the report, the journal or the history.
+The suite's own JUnit files are its own: cdlib copies them, it does not rewrite them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .. import secrets
 from ..errors import TestRunnerError
 from ..model import TestResult
 from .base import TestRun
@@ -96,7 +101,7 @@ def render_junit(result: TestResult, service: str, output: str | None = None,
     """The report as bytes (UTF-8, with declaration): one testsuite holding one testcase."""
     import xml.etree.ElementTree as ET  # noqa: N817 - the conventional alias
 
-    text = _last_chars(clean_text(result.output if output is None else output))
+    text = _last_chars(clean_text(secrets.mask(result.output if output is None else output)))
     started = timestamp if timestamp is not None else time.time() - result.duration
     failed = not result.passed and not result.skipped
     seconds = f"{max(result.duration, 0.0):.3f}"
@@ -111,7 +116,7 @@ def render_junit(result: TestResult, service: str, output: str | None = None,
     props = ET.SubElement(suite_el, "properties")
     for name, value in (("target_url", result.target_url), ("exit_code", str(result.exit_code)),
                         ("unstable_ok", "true" if result.unstable_ok else "false")):
-        ET.SubElement(props, "property", {"name": name, "value": clean_text(value)})
+        ET.SubElement(props, "property", {"name": name, "value": clean_text(secrets.mask(value))})
     case = ET.SubElement(suite_el, "testcase", {"classname": f"cdlib.{service}", "name": result.suite,
                                                 "time": seconds})
     if result.skipped:
@@ -148,9 +153,11 @@ def write_junit(path: str | os.PathLike, result: TestResult, service: str, outpu
 
 
 def conclude(run: TestRun, exit_code: int, output: str, started: float, duration: float) -> TestResult:
-    """The result every runner returns, with the summary report written when one was asked for."""
+    """The result every runner returns, with the summary report written when one was asked for.
+    Its output is masked here whatever the runner did (a password in the target URL included)."""
+    secrets.register_url(run.target_url)
     result = TestResult(suite=run.suite.type, passed=exit_code == 0, exit_code=exit_code,
-                        duration=duration, target_url=run.target_url, output=output,
+                        duration=duration, target_url=secrets.mask(run.target_url), output=secrets.mask(output),
                         unstable_ok=run.suite.unstable)
     if run.junit_path is None:
         return result

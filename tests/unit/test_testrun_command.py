@@ -96,8 +96,9 @@ def test_a_command_killed_by_a_signal_fails_with_128_plus_the_signal(tmp_path):
 
 
 # -- environment --------------------------------------------------------------------------------
-def test_the_environment_has_the_target_the_type_the_service_and_the_agents(tmp_path, monkeypatch):
+def test_the_environment_has_the_target_the_type_the_service_and_the_agents_basics(tmp_path, monkeypatch):
     monkeypatch.setenv("CDLIBT_FROM_AGENT", "agent")
+    monkeypatch.setenv("TZ", "UTC")
     s = suite("env", tmp_path, type_="post-integration", env=(("CDLIBT_FROM_SUITE", "suite"),))
     r = TestRun(service=SERVICE, suite=s, target_url="http://proxy.example/shop/",
                 env=(("CDLIBT_FROM_RUN", "run"), ("TEST_TYPE", "overridden-by-the-runner")))
@@ -106,9 +107,67 @@ def test_the_environment_has_the_target_the_type_the_service_and_the_agents(tmp_
     assert env["TARGET_URL"] == "http://proxy.example/shop/"
     assert env["TEST_TYPE"] == "post-integration"
     assert env["CDLIB_SERVICE"] == SERVICE
-    assert (env["CDLIBT_FROM_SUITE"], env["CDLIBT_FROM_RUN"], env["CDLIBT_FROM_AGENT"]) == ("suite", "run", "agent")
-    assert env["PATH"] == os.environ["PATH"]
+    assert (env["CDLIBT_FROM_SUITE"], env["CDLIBT_FROM_RUN"]) == ("suite", "run")
+    assert env["PATH"] == os.environ["PATH"] and env["TZ"] == "UTC"
+    assert "CDLIBT_FROM_AGENT" not in env  # the agent's environment is not inherited
     assert "JUNIT_DIR" not in env
+
+
+def test_a_suite_sees_only_the_minimal_environment_and_its_pass_env(tmp_path, monkeypatch):
+    from cdlib.testrun.base import HOST_ENV
+
+    monkeypatch.setenv("CDLIBT_DB_PASS", "cdlibt-hunter2-pass")
+    monkeypatch.setenv("CDLIBT_NOT_PASSED", "cdlibt-stays-home")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "cdlibt-consul-token-1")
+    monkeypatch.setenv("CDLIB_STORE", "etcd://root:cdlibt-store-pw@127.0.0.1:1")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    s = suite("env", tmp_path, pass_env=("CDLIBT_DB_PASS", "CDLIBT_UNSET"), env=(("CDLIBT_OWN", "own"),))
+    r = TestRun(service=SERVICE, suite=s, target_url="http://127.0.0.1:9/",
+                env=(("TARGET_URLS", "http://127.0.0.1:9/"), ("CDLIB_COLOR", "green")))
+    result = CommandRunner().run(r)
+    names = {line.split("=", 1)[0] for line in result.output.splitlines() if "=" in line}
+    allowed = set(HOST_ENV) | {"LC_ALL", "CDLIBT_OWN", "CDLIBT_DB_PASS", "TARGET_URL", "TARGET_URLS",
+                               "CDLIB_COLOR", "TEST_TYPE", "CDLIB_SERVICE", "PWD", "SHLVL", "_", "OLDPWD"}
+    assert names <= allowed, names - allowed
+    assert {"CDLIBT_OWN", "CDLIBT_DB_PASS", "TARGET_URL", "TARGET_URLS", "CDLIB_COLOR", "LC_ALL"} <= names
+    assert "CDLIBT_NOT_PASSED" not in names and "CONSUL_HTTP_TOKEN" not in names and "CDLIB_STORE" not in names
+    # the suite saw the pass_env value, and printed it: the kept output has it masked
+    assert "CDLIBT_DB_PASS=***" in result.output.splitlines()
+    assert "cdlibt-hunter2-pass" not in result.output
+
+
+def test_secrets_the_suite_prints_are_masked_when_streamed_and_kept(tmp_path, monkeypatch):
+    from cdlib import secrets
+
+    monkeypatch.setenv("CDLIBT_API_TOKEN", "cdlibt-t0k3n/with space")
+    monkeypatch.setenv("CDLIBT_PLAIN", "cdlibt-plain-value")
+    streamed: list[str] = []
+    s = suite('echo "raw $CDLIBT_PLAIN"; echo "token cdlibt-t0k3n/with space"; '
+              'echo "quoted cdlibt-t0k3n%2Fwith%20space"', tmp_path, pass_env=("CDLIBT_PLAIN",))
+    reports = tmp_path / "reports"
+    result = CommandRunner(on_output=streamed.append).run(run_of(s, junit_path=reports))
+    assert streamed == ["raw ***", "token ***", "quoted ***"]
+    assert result.output == "raw ***\ntoken ***\nquoted ***"
+    xml = (reports / f"cdlib-{SERVICE}-pre-integration.xml").read_text()
+    assert "cdlibt-plain-value" not in xml and "t0k3n" not in xml and "raw ***" in xml
+    secrets.reset()
+
+
+def test_a_secret_cut_by_a_long_line_leaves_no_long_piece(tmp_path, monkeypatch):
+    from cdlib import secrets
+    from cdlib.testrun import command
+
+    secret = "cdlibt-LONGSECRET-0123456789abcdef"
+    monkeypatch.setenv("CDLIBT_SECRET", secret)
+    monkeypatch.setattr(command, "READ_LIMIT", 64)
+    # the secret starts 50 characters into a line that is read in pieces of 64 bytes
+    s = suite(f"printf '%050d{secret}%050d\\n' 0 0", tmp_path)
+    result = CommandRunner().run(run_of(s))
+    assert result.passed, result.output
+    text = result.output.replace("\n", "")
+    for n in range(secrets.MIN_LENGTH, len(secret) + 1):
+        for i in range(len(secret) - n + 1):
+            assert secret[i:i + n] not in text, (secret[i:i + n], result.output)
 
 
 def test_junit_dir_is_given_only_with_a_junit_path(tmp_path):
