@@ -91,10 +91,12 @@ def cleanup(file=None, *, store=None, report=None, ports=None) -> Outcome:
     return _run(rel.cleanup, file, report, ports, store=store)
 
 
-def rollback(file=None, *, to=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL, report=None,
-             ports=None) -> Outcome:
-    return _run(lambda c: rel.rollback(c, to=to, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
-                store=store)
+def rollback(file=None, *, to=None, previous=False, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,
+             report=None, ports=None) -> Outcome:
+    """Undo the open release; without one, change nothing (exit 0). ``previous=True`` returns to the
+    release before the live one, ``to=RELEASE_ID`` to that release from history."""
+    return _run(lambda c: rel.rollback(c, to=to, previous=previous, lock_wait=lock_wait, lock_ttl=lock_ttl),
+                file, report, ports, store=store)
 
 
 def release(file=None, *, tag=None, image=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,

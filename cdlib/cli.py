@@ -1,7 +1,13 @@
 """argv -> one library call -> exit code. The only place that prints for humans.
 
 Exit codes: 0 done, 1 failed and rolled back, 2 bad usage or input (nothing changed), 3 lock held
-by another release, 4 failed and the undo is incomplete (a person is needed).
+by another release, 4 failed and the undo is incomplete (a person is needed), 5 failed and the state
+is unknown (run 'cdlib status', then 'cdlib rollback').
+
+Exit 1 is given only when the verb itself says it rolled back (or, for a verb that opens no release,
+that it failed). Everything else that can go wrong ends with 5 and a result file whose error.type
+names it: an exception outside the CdlibError tree, an error a release verb raised instead of rolling
+back, a signal that stopped a release verb before it returned, a result file that cannot be written.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_USAGE, CdlibError
+from .errors import EXIT_ROLLED_BACK, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN_HINT, CdlibError
 from .model import Outcome, StepReport
 
 SECRET_ENV = ("CDLIB_REGISTRY_PASSWORD", "CONSUL_HTTP_TOKEN", "JENKINS_API_TOKEN", "ETCDCTL_PASSWORD",
@@ -54,11 +60,22 @@ def _lock_opts(p: argparse.ArgumentParser) -> None:
                    help="the release lock expires after SECONDS without progress (default 3600)")
 
 
+EPILOG = ("exit codes: 0 done, 1 failed and rolled back, 2 bad input (nothing changed), 3 lock held, "
+          "4 undo incomplete (a person is needed), 5 failed and the state is unknown (run 'cdlib status', "
+          "then 'cdlib rollback')")
+
+
+def _limit(text: str) -> int:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(digits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cdlib", parents=[_common(False)],
                      description="Blue-green releases of containerized microservices, driven from Jenkins.",
-                     epilog="exit codes: 0 done, 1 failed and rolled back, 2 bad input, 3 lock held, "
-                            "4 undo incomplete (a person is needed)")
+                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"cdlib {__version__}")
     common = _common(True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
@@ -71,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("color", "print the live color (or, with --next, the color the next release goes to)")
     p.add_argument("--next", action="store_true", help="the color the next release goes to")
     p = verb("history", "past releases of the service, newest first")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_limit, default=20, metavar="N", help="at most N releases (default 20)")
     p = verb("build", "build the service image and the test images, tagged")
     _release_opts(p, image=False)
     p.add_argument("--only", choices=("service", "tests"), help="build only the service image or only the test images")
@@ -93,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_opts(p)
     verb("switch", "point the proxy at the new color, verify through the proxy, store the new live color")
     verb("cleanup", "stop and de-register the old color (kept stopped for a quick rollback); close the release")
-    p = verb("rollback", "undo the open release; without one, return to the previous release")
-    p.add_argument("--to", metavar="RELEASE_ID", help="return to this release from history")
+    p = verb("rollback", "undo the open release; without one, change nothing (exit 0) unless --previous or "
+                         "--to asks to return to an earlier release")
+    back = p.add_mutually_exclusive_group()
+    back.add_argument("--to", metavar="RELEASE_ID", help="return to this release from history")
+    back.add_argument("--previous", action="store_true",
+                      help="return to the release before the live one (when no release is open)")
     _lock_opts(p)
     p = verb("release", "deploy, pre-integration tests, switch, post-integration tests, cleanup; "
                         "roll back on any failure")
@@ -121,6 +142,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parser(sub, [common])
     return parser
+
+
+def _verb_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def misplaced(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The one-line complaint about an option of the verb written before it (`cdlib --tag v2
+    release`), with the command line that works, or None. argparse alone would report the option's
+    value as an unknown verb ("invalid choice: 'v2'")."""
+    verbs = _verb_parsers(parser)
+    top = parser._option_string_actions
+    stray: list[int] = []  # positions of options the top level does not know
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return None
+        if word in verbs:
+            break
+        if word.startswith("-") and len(word) > 1:
+            name = word.split("=", 1)[0]
+            action = top.get(name)
+            if action is None:
+                stray.append(i)
+            elif action.nargs != 0 and "=" not in word:
+                i += 1  # its value, whatever it looks like
+        i += 1
+    else:
+        return None
+    verb = argv[i]
+    accepted = verbs[verb]._option_string_actions
+    moved: list[int] = []
+    for at in stray:
+        action = accepted.get(argv[at].split("=", 1)[0])
+        if action is None:
+            return None  # unknown everywhere: argparse says so
+        moved.append(at)
+        if action.nargs is None and "=" not in argv[at] and at + 1 < i and at + 1 not in stray:
+            moved.append(at + 1)  # the option's value
+    if not moved:
+        return None
+    import shlex
+
+    fixed = [w for n, w in enumerate(argv) if n not in moved] + [argv[n] for n in moved]
+    names = ", ".join(argv[at].split("=", 1)[0] for at in stray)
+    return _redact(f"{names} {'goes' if len(stray) == 1 else 'go'} after the verb: cdlib {shlex.join(fixed)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,12 +224,20 @@ class _Printer:
         line = f"  {step.name:<22} {mark:<11} {step.seconds:6.2f}s"
         if step.detail:
             line += f"  {step.detail}"
-        print(_redact(line), file=self.stream, flush=True)
+        self._print(_redact(line))
+
+    def _print(self, line: str) -> None:
+        # a closed stdout (a pipe whose reader went away) must not fail a release step and roll
+        # it back: the progress lines are for humans, the result is the contract
+        try:
+            print(line, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            self.quiet = True
 
     def output(self, line: str) -> None:
         """A line a test suite printed (called from the runner's reader thread)."""
         if not self.quiet:
-            print(_redact(f"      | {line.rstrip()}"), file=self.stream, flush=True)
+            self._print(_redact(f"      | {line.rstrip()}"))
 
 
 def _print_status(out: Outcome) -> None:
@@ -218,8 +297,8 @@ def _dispatch(args, printer: _Printer) -> Outcome:
     if v == "cleanup":
         return api.cleanup(file, store=store, report=report)
     if v == "rollback":
-        return api.rollback(file, to=args.to, store=store, lock_wait=args.lock_wait, lock_ttl=args.lock_ttl,
-                            report=report)
+        return api.rollback(file, to=args.to, previous=args.previous, store=store, lock_wait=args.lock_wait,
+                            lock_ttl=args.lock_ttl, report=report)
     if v == "release":
         return api.release(file, tag=args.tag, image=args.image, store=store, lock_wait=args.lock_wait,
                            lock_ttl=args.lock_ttl, junit_dir=args.junit_dir, report=report, output=printer.output)
@@ -272,51 +351,222 @@ def _json_safe(data: dict) -> dict:
     return out
 
 
+# verbs that open, drive or undo a release: a failure they did not roll back themselves leaves the
+# release in a state this process cannot vouch for
+RELEASE_VERBS = ("deploy", "switch", "cleanup", "test", "rollback", "release")
+SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_received: list[int] = []  # signals this process got, newest last
+
+
+def _acts_on_release(args) -> bool:
+    if args.verb == "test":
+        return args.type != "pre-deployment"  # the only suite that runs outside a release
+    return args.verb in RELEASE_VERBS
+
+
 def _interrupt(signum, frame):
     from .plan import Interrupted
 
+    _received.append(signum)
     raise Interrupted()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    printer = _Printer(args)
-    # SIGINT too: a KeyboardInterrupt is no Exception, so it would skip the rollback and leave the
-    # release open behind an exit code that says "rolled back"
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+def _late_signal(signum, frame):
+    """Once the verb has returned, a signal must not interrupt the writing of its result: the
+    outcome is decided, and a half-written result would be worse than a late exit."""
+    _received.append(signum)
+
+
+def _signal_name() -> str:
+    if not _received:
+        return "SIGINT"  # a KeyboardInterrupt raised before a handler was installed
+    try:
+        return signal.Signals(_received[-1]).name
+    except ValueError:
+        return f"signal {_received[-1]}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _failure(args, exc: BaseException) -> tuple[Outcome, bool]:
+    """The outcome for an exception that escaped the verb, and whether a traceback may help
+    (only shown with CDLIB_DEBUG=1)."""
+    from .plan import Interrupted
+
+    service = _service_name(args)
+    if isinstance(exc, CdlibError):
+        error = {"type": type(exc).__name__, **_json_safe(exc.data)}
+        code, message = exc.exit_code, str(exc)
+        if code == EXIT_ROLLED_BACK and _acts_on_release(args):
+            # raised, not returned: the verb rolled nothing back (a returned outcome says when it did)
+            code, message = EXIT_UNKNOWN, f"{message}; nothing was rolled back and {UNKNOWN_HINT}"
+        return Outcome(args.verb, service, False, code, message, data={"error": error}), False
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        name = _signal_name()
+        error = {"type": "Interrupted", "signal": name}
+        if _acts_on_release(args):
+            return Outcome(args.verb, service, False, EXIT_UNKNOWN,
+                           f"{args.verb} was interrupted ({name}) before it finished or rolled back: {UNKNOWN_HINT}",
+                           data={"error": error}), False
+        return Outcome(args.verb, service, False, EXIT_ROLLED_BACK, f"{args.verb} was interrupted ({name})",
+                       data={"error": error}), False
+    detail = _one_line(exc) or "(no message)"
+    return Outcome(args.verb, service, False, EXIT_UNKNOWN,
+                   f"{args.verb} failed with an unexpected {type(exc).__name__}: {detail}; {UNKNOWN_HINT}",
+                   data={"error": {"type": type(exc).__name__, "unexpected": True}}), True
+
+
+def _run_verb(args, printer: _Printer) -> tuple[Outcome, BaseException | None]:
+    for sig in SIGNALS:
+        # SIGINT too: a KeyboardInterrupt is no Exception, so it would skip the rollback and leave
+        # the release open behind an exit code that says "rolled back"
         signal.signal(sig, _interrupt)
     try:
-        outcome = _dispatch(args, printer)
-    except CdlibError as exc:
-        outcome = Outcome(args.verb, _service_name(args), False, exc.exit_code, str(exc),
-                          data={"error": {"type": type(exc).__name__, **_json_safe(exc.data)}})
-    except KeyboardInterrupt:
-        outcome = Outcome(args.verb, "", False, 1, "interrupted")
-    except BaseException as exc:
-        from .plan import Interrupted
+        try:
+            from . import extras
 
-        if not isinstance(exc, Interrupted):
-            raise
-        outcome = Outcome(args.verb, "", False, 1, "interrupted (SIGTERM)")
+            extras.check("yaml")  # every verb reads a descriptor or a catalog: say so before anything
+            return _dispatch(args, printer), None
+        finally:
+            for sig in SIGNALS:
+                signal.signal(sig, _late_signal)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: B036 - SIGTERM/SIGINT arrive as plan.Interrupted
+        return _failure(args, exc)[0], exc
+
+
+def _write_result(path: Path, doc: dict) -> None:
+    """Whole or not at all: a reader never sees half a result (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def _result_file_failed(doc: dict, path: str, exc: OSError) -> tuple[dict, str]:
+    """The result and the stderr line when the result file cannot be written: exit 5, because the
+    result file is part of the contract (a Jenkins step without it cannot know what happened); the
+    verb's own exit code and message stay in the result and the line, never lost silently."""
+    reason = _one_line(exc.strerror or exc) if isinstance(exc, OSError) else _one_line(exc)
+    verb_code = doc.get("exit_code")
+    doc = dict(doc, ok=False, exit_code=EXIT_UNKNOWN, verb_exit_code=verb_code,
+               error={"type": "ResultFileError", "path": path, "reason": reason, "verb_error": doc.get("error")})
+    line = (f"cannot write the result file {path} ({reason}); {doc.get('verb')} itself ended with exit "
+            f"{verb_code} ({doc.get('message')}); exit 5 because the result file is part of the contract: "
+            f"{UNKNOWN_HINT}")
+    return doc, line
+
+
+def _report(args, outcome: Outcome) -> int:
     doc = json.loads(_redact(json.dumps(outcome.to_dict(), default=str)))
+    code = outcome.exit_code
+    problem = None
     if args.result_file:
-        path = Path(args.result_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        try:
+            _write_result(Path(args.result_file), doc)
+        except OSError as exc:
+            doc, problem = _result_file_failed(doc, args.result_file, exc)
+            code = EXIT_UNKNOWN
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        try:
+            print(json.dumps(doc, indent=2, sort_keys=True), flush=True)
+        except OSError as exc:  # stdout is the result when --json is all there is
+            if not args.result_file and problem is None:
+                problem = f"cannot print the result ({_one_line(exc.strerror or exc)}): {UNKNOWN_HINT}"
+                code = EXIT_UNKNOWN
     elif outcome.ok:
-        if args.verb == "status":
-            _print_status(outcome)
-        elif args.verb == "history":
-            for h in outcome.data.get("history", []):
-                print(f"{h['id']}  {h.get('outcome', '?'):<12} {h.get('color') or '-':<6} {h.get('image')}"
-                      + (f"  (rollback to {h['revert_of']})" if h.get("revert_of") else ""))
-        elif args.verb == "proxy" and args.proxy_verb == "render":
-            sys.stdout.write(outcome.data["config"])
-        elif not args.quiet:
-            print(_redact(outcome.message))
+        try:
+            _print_human(args, outcome)
+        except OSError:
+            pass  # the result (file) is the contract; a closed stdout only loses the human summary
     else:
-        print(_redact(f"cdlib: error: {outcome.message}"), file=sys.stderr)
-    return outcome.exit_code
+        _error_line(outcome.message)
+    if problem:
+        _error_line(problem)
+    return code
+
+
+def _error_line(message: str) -> None:
+    try:
+        print(_redact(f"cdlib: error: {_one_line(message)}"), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is gone: the exit code and the result still say it
+
+
+def _print_human(args, outcome: Outcome) -> None:
+    if args.verb == "status":
+        _print_status(outcome)
+    elif args.verb == "history":
+        for h in outcome.data.get("history", []):
+            print(f"{h['id']}  {h.get('outcome', '?'):<12} {h.get('color') or '-':<6} {h.get('image')}"
+                  + (f"  (rollback to {h['revert_of']})" if h.get("revert_of") else ""))
+    elif args.verb == "proxy" and args.proxy_verb == "render":
+        sys.stdout.write(outcome.data["config"])
+    elif not args.quiet:
+        print(_redact(outcome.message))
+    sys.stdout.flush()
+
+
+def _traceback(exc: BaseException) -> None:
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    print(_redact(text.rstrip()), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    wrong = misplaced(parser, argv)
+    if wrong:
+        parser.exit(EXIT_USAGE, f"cdlib: error: {wrong}\n")
+    args = parser.parse_args(argv)
+    printer = _Printer(args)
+    debug = os.environ.get("CDLIB_DEBUG") == "1"
+    _received.clear()
+    try:
+        outcome, exc = _run_verb(args, printer)
+        code = _report(args, outcome)
+        if exc is not None and debug:
+            _traceback(exc)
+        return code
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: B036 - the last resort: one line and exit 5, never a traceback
+        return _last_resort(args, exc, debug)
+
+
+def _last_resort(args, exc: BaseException, debug: bool) -> int:
+    """Something failed while the outcome was being reported (or a signal slipped in between): the
+    caller must not read a rollback into it."""
+    for sig in SIGNALS:
+        try:
+            signal.signal(sig, _late_signal)
+        except (OSError, ValueError):
+            pass
+    message = (f"{args.verb} ended with an error while reporting its outcome ({type(exc).__name__}: "
+               f"{_one_line(exc) or 'no message'}); {UNKNOWN_HINT}")
+    if getattr(args, "result_file", None):
+        doc = {"verb": args.verb, "service": "", "ok": False, "exit_code": EXIT_UNKNOWN, "message": message,
+               "steps": [], "error": {"type": type(exc).__name__, "unexpected": True}}
+        try:
+            _write_result(Path(args.result_file), json.loads(_redact(json.dumps(doc, default=str))))
+        except Exception:  # noqa: S110 - the line below and the exit code still say it
+            pass
+    _error_line(message)
+    if debug:
+        try:
+            _traceback(exc)
+        except (OSError, ValueError):
+            pass
+    return EXIT_UNKNOWN

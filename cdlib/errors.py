@@ -6,7 +6,11 @@ Adapters translate their client library's exceptions where they enter, so nothin
 requests, etcd3gw, consul or jenkins ever crosses a port.
 
 ``exit_code`` is what the CLI (and therefore the Groovy steps) returns for the error:
-0 done, 1 failed and rolled back, 2 bad usage or input, 3 lock held, 4 undo incomplete.
+0 done, 1 failed and rolled back, 2 bad usage or input, 3 lock held, 4 undo incomplete, 5 failed
+and the state is unknown (an unexpected error, or the result could not be written: run
+``cdlib status``, then ``cdlib rollback``). No class here carries exit 5: the CLI gives it to an
+exception outside this tree, to an error a release verb raised instead of rolling back, and to a
+result file it cannot write.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ EXIT_ROLLED_BACK = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_UNDO_INCOMPLETE = 4
+EXIT_UNKNOWN = 5
+
+#: what to do after an exit 5, in every message that reports one
+UNKNOWN_HINT = "the state is unknown: run 'cdlib status', then 'cdlib rollback'"
 
 
 class CdlibError(Exception):
@@ -44,6 +52,11 @@ class ConfigError(CdlibError):
 
 class UsageError(ConfigError):
     """A verb was called in a state where it makes no sense (e.g. switch without a deploy)."""
+
+
+class MissingClient(ConfigError):
+    """An optional client library (etcd3gw, py-consul, python-jenkins, ...) is not installed.
+    Raised before anything is changed; the message names the pip extra that installs it."""
 
 
 # -- concurrency -------------------------------------------------------------------------------

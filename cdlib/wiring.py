@@ -134,8 +134,31 @@ class Ports:
                 close()
 
 
+# store URL scheme -> (the client it imports, the pip extra that installs it)
+STORE_CLIENTS = {"etcd": ("etcd3gw", "etcd"), "etcds": ("etcd3gw", "etcd"),
+                 "consul": ("consul", "consul"), "consuls": ("consul", "consul")}
+
+
+def check_clients(spec: ServiceSpec, store_url: str | None = None, *, store: Store | None = None,
+                  runtime: Runtime | None = None, proxy: Proxy | None = None) -> None:
+    """Refuse (MissingClient, exit 2) before anything changes when a client library that the
+    adapters this descriptor needs is not installed; nothing is imported (only looked up). Adapters
+    given ready-made (memory doubles in tests) need nothing."""
+    from . import extras
+
+    if store is None:
+        scheme = (store_url or spec.store or "").split(":", 1)[0]
+        if scheme in STORE_CLIENTS:
+            extras.check(*STORE_CLIENTS[scheme])
+    if runtime is None and spec.target.kind == "docker":
+        extras.check("docker")
+    if proxy is None and spec.proxy.kind in ("nginx", "haproxy"):
+        extras.check("jinja2")
+
+
 def ports_for(spec: ServiceSpec, store: Store | None = None, runtime: Runtime | None = None,
               proxy: Proxy | None = None, runners: dict | None = None, store_url: str | None = None,
               junit_dir: Path | None = None, on_output=None) -> Ports:
+    check_clients(spec, store_url, store=store, runtime=runtime, proxy=proxy)
     return Ports(spec=spec, store_url=store_url, _store=store, _runtime=runtime, _proxy=proxy,
                  runners=dict(runners or {}), junit_dir=junit_dir, on_output=on_output)

@@ -30,6 +30,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from ..errors import ConfigError, JenkinsError
+from ..extras import require
 
 FOLDER_CLASSES = {"com.cloudbees.hudson.plugins.folder.Folder"}
 PERMISSION_TITLES = {
@@ -175,7 +176,7 @@ class JenkinsClient:
                 self.writes += 1
 
     def _call(self, what: str, name: str, fn):
-        import jenkins
+        jenkins = require("jenkins", "jenkins")
         import requests
 
         server = self._server()
@@ -185,7 +186,7 @@ class JenkinsClient:
             raise self._translate(exc, server.failed, what, name) from None
 
     def _translate(self, exc: Exception, response, what: str, name: str) -> JenkinsError:
-        import jenkins
+        jenkins = require("jenkins", "jenkins")
         import requests
 
         target = f"'{name}'" if name else "the root"
@@ -291,7 +292,7 @@ class JenkinsClient:
         Jenkins sends it as ``application/xml`` without a charset (it copies the file), so the text
         is decoded as its XML declaration says (UTF-8 from Jenkins), not as requests would guess.
         """
-        import jenkins
+        jenkins = require("jenkins", "jenkins")
         import requests
 
         def call(s):
@@ -306,7 +307,7 @@ class JenkinsClient:
 
     def create(self, fullname: str, xml: str) -> None:
         """POST createItem with the XML (the parent folder must exist)."""
-        import jenkins
+        jenkins = require("jenkins", "jenkins")
         import requests
 
         def call(s):
@@ -378,7 +379,7 @@ def _recording_class():
     """python-jenkins' client, remembering the last failed response and counting requests."""
     global _RECORDING
     if _RECORDING is None:
-        import jenkins
+        jenkins = require("jenkins", "jenkins")
 
         class Recording(jenkins.Jenkins):
             failed = None

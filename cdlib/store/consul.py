@@ -23,6 +23,7 @@ import urllib.parse
 import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
+from ..extras import require
 from .base import Entry, Lock, Store, _held_message, _public, tls_failure
 
 DEFAULT_PORT = 8500
@@ -65,7 +66,7 @@ class ConsulStore(Store):
     @property
     def client(self):
         if self._client is None:
-            import consul  # lazy: the CLI must not pay for client imports it does not use
+            consul = require("consul", "consul")  # lazy: the CLI must not pay for client imports it does not use
 
             client = consul.Consul(host=self.host, port=self.port, token=self._token, scheme=self.scheme,
                                    verify=self._verify, cert=self._cert, connections_timeout=self.timeout)
@@ -75,7 +76,7 @@ class ConsulStore(Store):
         return self._client
 
     def _call(self, what: str, fn):
-        import consul
+        consul = require("consul", "consul")
         import requests
         from consul.exceptions import ACLDisabled
 
@@ -332,7 +333,7 @@ class ConsulStore(Store):
             self._destroy_quietly(session)
 
     def _renew(self, session: str) -> bool:
-        import consul
+        consul = require("consul", "consul")
 
         def run():
             try:

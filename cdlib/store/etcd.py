@@ -24,6 +24,7 @@ import urllib.parse
 import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
+from ..extras import require
 from .base import Entry, Lock, Store, _held_message, _public, tls_failure
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
@@ -81,7 +82,7 @@ class EtcdStore(Store):
     def _client(self, endpoint: str):
         client = self._clients.get(endpoint)
         if client is None:
-            import etcd3gw  # lazy: the CLI must not pay for client imports it does not use
+            etcd3gw = require("etcd3gw", "etcd")  # lazy: the CLI must not pay for client imports it does not use
 
             host, port = _split_hostport(endpoint)
             client = etcd3gw.client(host=host, port=port, protocol=self.protocol, ca_cert=self._ca,
@@ -93,7 +94,7 @@ class EtcdStore(Store):
         return client
 
     def _authenticate(self, client) -> None:
-        import etcd3gw.exceptions as ex
+        ex = require("etcd3gw.exceptions", "etcd")
 
         try:
             result = client.post(client.get_url("/auth/authenticate"),
@@ -109,7 +110,7 @@ class EtcdStore(Store):
         and translate every client exception into a StoreError. A request that may have reached etcd
         before its connection broke is sent again elsewhere only when resend says that is harmless: a
         compare-and-set sent twice would fail against its own first write."""
-        import etcd3gw.exceptions as ex
+        ex = require("etcd3gw.exceptions", "etcd")
         import requests
 
         where = f"etcd store {','.join(self.endpoints)}"
@@ -366,7 +367,7 @@ class EtcdStore(Store):
         return None if found is None else max(found, head)
 
     def _compacted(self, prefix: str, revision: int) -> bool:
-        import etcd3gw.exceptions as ex
+        ex = require("etcd3gw.exceptions", "etcd")
 
         def probe(client):
             try:
