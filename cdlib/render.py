@@ -81,6 +81,11 @@ def render_template(name: str, context: Mapping, override: Path | None = None, *
     The override can stand alone or ``{% extends "<name>" %}`` the packaged template and replace
     only its blocks. Every template error becomes ``error`` (ProxyError by default) naming the
     template file and the line; a ProxyError raised by ``cfg_token`` keeps its class.
+
+    An error in the override file never quotes it: the descriptor may name any file the agent can
+    read (``proxy.template: /etc/shadow``), and Jinja2's messages repeat the tokens they choke on.
+    Such an error says what kind of mistake is on which line of which file, nothing more. Errors in
+    the packaged templates keep Jinja2's whole message: their text is cdlib's own.
     """
     import jinja2
 
@@ -91,9 +96,12 @@ def render_template(name: str, context: Mapping, override: Path | None = None, *
         override = Path(override)
         try:
             source = override.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise error(f"cannot read the template {override}: {exc}; check proxy.template in cdlib.yml",
-                        template=str(override)) from exc
+        except UnicodeDecodeError as exc:
+            raise error(f"proxy.template: {override}: not a valid Jinja2 template (not UTF-8 text)",
+                        template=str(override), key="proxy.template") from exc
+        except OSError as exc:
+            raise error(f"cannot read the template {override}: {exc.strerror or type(exc).__name__}; "
+                        "check proxy.template in cdlib.yml", template=str(override), key="proxy.template") from exc
         target = f"override:{override}"
         extra = jinja2.FunctionLoader(
             lambda n: (source, str(override), lambda: True) if n == target else None)
@@ -102,16 +110,43 @@ def render_template(name: str, context: Mapping, override: Path | None = None, *
         return env.get_template(target).render(**context)
     except jinja2.TemplateSyntaxError as exc:
         where = exc.filename or exc.name or target
+        if override is not None and where in (str(override), target):
+            raise error(f"proxy.template: {override}: not a valid Jinja2 template (line {exc.lineno})",
+                        template=str(override), line=exc.lineno, key="proxy.template") from exc
         raise error(f"template {where}, line {exc.lineno}: {exc.message}",
                     template=str(where), line=exc.lineno) from exc
-    except jinja2.TemplateNotFound as exc:
-        raise error(f"template {exc.name} not found in {', '.join(map(str, paths))}",
-                    template=str(exc.name)) from exc
-    except (jinja2.TemplateError, ProxyError, TypeError, ValueError, AttributeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a template can raise anything ({{ 1/0 }}); none may cross
         where, line = _template_frame(exc, paths, override)
+        if override is not None and where in (str(override), "?"):
+            raise _override_error(exc, override, line, error) from exc
+        if isinstance(exc, jinja2.TemplateNotFound):
+            raise error(f"template {exc.name} not found in {', '.join(map(str, paths))}",
+                        template=str(exc.name)) from exc
         what = exc.message if isinstance(exc, CdlibError) else (getattr(exc, "message", None) or exc)
         cls = type(exc) if isinstance(exc, ProxyError) else error
         raise cls(f"template {where}, line {line}: {what}", template=where, line=line) from exc
+
+
+def _override_error(exc: BaseException, override: Path, line: int | None,
+                    error: type[CdlibError]) -> CdlibError:
+    """The error for a failure in the user's template: its kind and line, never its words."""
+    import jinja2
+
+    at = f"line {line}" if line is not None else "a line"
+    if isinstance(exc, jinja2.UndefinedError):
+        what = (f"{at} uses a variable or attribute the proxy does not define (docs/proxy.md lists the "
+                "variables a template gets)")
+    elif isinstance(exc, jinja2.TemplateNotFound):
+        what = f"{at} extends or includes a template that does not exist (only the packaged one can be extended)"
+    elif isinstance(exc, ProxyError):
+        what = (f"{at} writes an unsafe configuration value (whitespace, ; {{ }} quotes, # $ or \\ in a "
+                "value passed through cfg_token)")
+        return ProxyError(f"proxy.template: {override}: {what}", template=str(override), line=line,
+                          key="proxy.template")
+    else:
+        what = f"{at} failed to render ({type(exc).__name__})"
+    return error(f"proxy.template: {override}: not a valid Jinja2 template: {what}", template=str(override),
+                 line=line, key="proxy.template")
 
 
 def _template_frame(exc: BaseException, paths: list[Path], override: Path | None) -> tuple[str, int | None]:

@@ -58,6 +58,12 @@ class Proxy(ABC):
     def ensure_running(self) -> None:
         """Start the proxy when it is not running (private instances only)."""
 
+    def preflight(self) -> None:
+        """Check what a switch will need before a release changes anything (the binary, the
+        template, a validation of what it renders, on temporary files only); ConfigError naming
+        the descriptor field (proxy.binary, proxy.template, proxy.listen), never quoting a file.
+        The default has nothing to check."""
+
     def status(self) -> dict:
         return {"kind": self.kind, "url": self.url()}
 

@@ -133,6 +133,7 @@ class HaproxyProxy(ManagedProxy):
     pid_file = PID_FILE
     template_name = TEMPLATE
     stop_signal = signal.SIGUSR1  # soft stop: workers finish their requests, bounded by hard-stop-after
+    check_flag = "-c"
 
     def __init__(self, directory: str | os.PathLike, listen: str = "127.0.0.1:8880", binary: str = "haproxy",
                  template: str | os.PathLike | None = None, drain_timeout: float = 15.0, *,
@@ -183,8 +184,8 @@ class HaproxyProxy(ManagedProxy):
         return int(m.group(2)) if m else None
 
     # -- HAProxy's own ways ------------------------------------------------------------------------
-    def _validate_command(self, path: Path) -> list[str]:
-        return [self.binary, "-c", "-f", str(path)]
+    def _validate_command(self, path: Path, prefix: Path | None = None) -> list[str]:
+        return [self.binary, "-c", "-f", str(path)]  # every path in the file is absolute
 
     def _error_line(self, output: str) -> str:
         return _first_error_line(output)

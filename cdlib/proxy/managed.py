@@ -14,7 +14,16 @@ This module holds what they share, so the guarantees are written once:
   (about 100 ms for nginx, 50 ms for HAProxy), so stopping the old color earlier drops requests
   (see docs/proxy.md);
 - any failure after the rename puts the previous bytes back exactly, reloads (and drains) again
-  and raises ProxyError.
+  and raises ProxyError;
+- after every successful start or reload, a marker (``.cdlib.loaded``) records the digest of the
+  file the master loaded and the master's pid. ``restore(prior)`` is a no-op when the file already
+  holds exactly ``prior`` and the marker says the running master loaded it: an undo with nothing
+  to restore then succeeds without running the binary (a mistyped ``proxy.binary`` included);
+- a refusal by the binary never quotes the file: the descriptor may name any readable file as the
+  template (``proxy.template: /etc/shadow``), and ``nginx -t`` / ``haproxy -c`` repeat the words
+  they refuse. The message keeps what the binary says with every quoted part cut out, and the line;
+- :meth:`ManagedProxy.preflight` checks the binary, the template and a validation of what it
+  renders in a temporary directory, before a release changes anything.
 
 An adapter says how to check a file, start the binary, reload it and wait for the new workers,
 how to recognise its master and its processes, and how to render its configuration
@@ -26,8 +35,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,10 +50,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, ProxyError
-from ..model import Backend
+from ..model import Backend, Routes
 from .base import Proxy
 
 LOCK_FILE = ".cdlib.lock"
+LOADED_FILE = ".cdlib.loaded"  # what the running master loaded: {"sha256": ..., "pid": ...}
+# what preflight renders besides the empty configuration: one service with one server
+PREFLIGHT_BACKEND = Backend("cdlib-preflight", "blue", "preflight", Routes(("/cdlib-preflight/",), ()),
+                            (("127.0.0.1", 9),), "/health")
 HEALTH_PATH = "/_cdlib/health"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # an IPv4 address, an IPv6 address (hex digits, colons, a dotted IPv4 tail) or a DNS name
@@ -159,11 +175,51 @@ def children(ppid: int) -> set[int]:
 
 
 # -- durable files ------------------------------------------------------------------------------
-def write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
+def write_synced(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write and fsync; ``mode`` (e.g. 0o600) is set before a byte is written."""
+    if mode is None:
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with open(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), mode)  # an existing file keeps its mode through O_CREAT
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+_QUOTED_RE = re.compile(r"[\"'`].*[\"'`]|[\"'`].*$")  # from the first quote to the last, or to the end
+# nginx's "2024/01/01 10:00:00 [emerg] 12#12: " (or just "[emerg] "), HAProxy's level when left
+_LEVEL_RE = re.compile(r"^(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+)?\[(?:emerg|alert|crit|error|warn)\]\s*"
+                       r"(?:\d+#\d+:\s*)?", re.IGNORECASE)
+_PARSING_RE = re.compile(r"^(?:config\s*:\s*)?(?:parsing\s*)?(?::\s*)?")
+
+
+def refusal(line: str, path: str | os.PathLike, data: bytes | str) -> tuple[str, int | None]:
+    """What a binary's error line says about the file at ``path`` holding ``data``, without a byte
+    of the file: (the reason with every quoted part cut out, the line number or None).
+
+    nginx and HAProxy quote the tokens they refuse (``unknown directive "root:x:0:0..."``), so the
+    text from the first quote to the last goes. Should a whole line of the file still show through,
+    the reason is dropped altogether."""
+    where = re.escape(str(path))
+    m = re.search(where + r":(\d+)", line)
+    number = int(m.group(1)) if m else None
+    text = re.sub(r"\s*(?:\bin\s+)?\[?" + where + r"(?::\d+)?\]?", " ", line)
+    text = _QUOTED_RE.sub("…", text)
+    text = _PARSING_RE.sub("", _LEVEL_RE.sub("", text.strip())).strip(" :,;")
+    text = " ".join(text.split())
+    config = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if any(len(ln.strip()) >= 6 and ln.strip() in text for ln in config.splitlines()):
+        text = ""
+    return text, number
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
@@ -184,6 +240,7 @@ class ManagedProxy(Proxy):
     template_name: str  # the packaged Jinja2 template a user's override may extend
     subdirs: tuple[str, ...] = ()  # created in the directory before the binary runs
     stop_signal: signal.Signals  # the graceful stop, tried before SIGTERM and SIGKILL
+    check_flag: str  # the binary's "check this file" option, as messages name it (-t, -c)
 
     def __init__(self, directory: str | os.PathLike, listen: str, binary: str,
                  template: str | os.PathLike | None, drain_timeout: float, *,
@@ -203,8 +260,9 @@ class ManagedProxy(Proxy):
         """The template's variables for these backends. Pure."""
 
     @abstractmethod
-    def _validate_command(self, path: Path) -> list[str]:
-        """The command that checks the file at ``path`` without binding or touching the instance."""
+    def _validate_command(self, path: Path, prefix: Path | None = None) -> list[str]:
+        """The command that checks the file at ``path`` without binding or touching the instance;
+        ``prefix``: the directory relative paths of the file resolve in (default: the instance's)."""
 
     @abstractmethod
     def _error_line(self, output: str) -> str:
@@ -246,6 +304,10 @@ class ManagedProxy(Proxy):
     @property
     def pid_path(self) -> Path:
         return self.dir / self.pid_file
+
+    @property
+    def loaded_path(self) -> Path:
+        return self.dir / LOADED_FILE
 
     # -- the port -----------------------------------------------------------------------------------
     def url(self) -> str:
@@ -296,19 +358,29 @@ class ManagedProxy(Proxy):
     def restore(self, prior: bytes | None) -> None:
         """Put prior back byte for byte and reload. prior None means there was no configuration
         (nothing was ever served from this directory): the exact prior state is then a proxy that
-        does not run and no configuration file, so that is what restore(None) leaves."""
+        does not run and no configuration file, so that is what restore(None) leaves.
+
+        Nothing to restore, nothing done: when the file already holds exactly ``prior`` and the
+        running master is known to have loaded it (the marker), or, for None, when there is no
+        file and no proxy, neither the binary nor a signal is used. An undo after a change that
+        never happened (a refused file, a binary that is not there) then succeeds."""
         if prior is None:
+            if not self.dir.is_dir():
+                return  # nothing was ever here (and the directory is not created for nothing)
             # stop under the lock too: another process's apply between the stop and the unlink
             # would start the proxy on a file this then deletes
             with self._locked():
                 self.stop()
                 try:
-                    for path in (self.config_path, self.staged_path):
+                    for path in (self.config_path, self.staged_path, self.loaded_path):
                         path.unlink(missing_ok=True)
                 except OSError as exc:
                     raise ProxyError(f"cannot remove {path}: {exc.strerror or exc}; check proxy.dir") from exc
             return
         with self._locked():
+            if self._runs(prior):
+                self.staged_path.unlink(missing_ok=True)  # a refused candidate, if any
+                return
             self._stage_and_validate(prior)
             self._swap_in()
             try:
@@ -324,6 +396,74 @@ class ManagedProxy(Proxy):
                 self._swap_in()
             if self.master_pid() is None:
                 self._start()
+                self._mark_loaded()
+
+    def preflight(self) -> None:
+        """Check, before a release changes anything, what a switch will need: the binary is there
+        and executable (``proxy.binary``), the template can be read and renders with no backend and
+        with one (``proxy.template``), and the binary accepts both renderings. The check runs on
+        files in a temporary directory: the live configuration, the directory and the running
+        proxy are not touched. ConfigError names the field to fix and never quotes a file."""
+        self._check_binary()
+        texts = [self._preflight_render(backends) for backends in ([], [PREFLIGHT_BACKEND])]
+        for text in texts:
+            refused = self._check_elsewhere(text)
+            if refused is not None:
+                raise self._preflight_refusal(text, refused)
+
+    def _check_binary(self) -> None:
+        binary = self.binary
+        path = binary if os.sep in binary else shutil.which(binary)
+        if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+            where = "" if os.sep in binary else " on PATH"
+            raise ConfigError(f"proxy.binary: {self.kind} binary {binary!r} not found or not executable{where}; "
+                              f"install {self.kind} or fix proxy.binary in cdlib.yml", key="proxy.binary")
+
+    def _preflight_render(self, backends: Sequence[Backend]) -> str:
+        try:
+            return self.render(backends)
+        except ProxyError as exc:
+            message = exc.message if exc.message.startswith("proxy.template:") else (
+                f"{'proxy.template' if self.template is not None else 'proxy'}: {exc.message}")
+            raise ConfigError(message, key="proxy.template" if self.template is not None else "proxy") from exc
+
+    def _check_elsewhere(self, text: str) -> tuple[str, int | None, bool] | None:
+        """Let the binary check ``text`` in a temporary directory of its own. None when it accepts
+        it; else (reason, line, whether the answer came from the binary at all)."""
+        with tempfile.TemporaryDirectory(prefix=f"cdlib-{self.kind}-preflight-") as tmp:
+            prefix = Path(tmp)
+            for name in self.subdirs:
+                (prefix / name).mkdir()
+            path = prefix / self.config_file
+            data = text.encode("utf-8")
+            write_synced(path, data, mode=0o600)
+            try:
+                proc = self._run(self._validate_command(path, prefix), timeout=30)
+            except ProxyError as exc:
+                raise ConfigError(f"proxy.binary: {exc}", key="proxy.binary") from exc
+            if proc.returncode == 0:
+                return None
+            line = self._error_line(proc.stderr)
+            reason, number = refusal(line, path, data)
+            return reason, number, bool(proc.stderr.strip())
+
+    def _preflight_refusal(self, text: str, refused: tuple[str, int | None, bool]) -> ConfigError:
+        reason, number, answered = refused
+        cmd = f"{self.kind} {self.check_flag}"
+        where = f" (line {number} of the rendered configuration)" if number is not None else ""
+        if self.template is not None:
+            from ..render import render_template
+
+            if self._check_elsewhere(render_template(self.template_name, self._context([]))) is None:
+                return ConfigError(f"proxy.template: {cmd} refused the configuration rendered from "
+                                   f"{self.template}{': ' + reason if reason else ''}{where}",
+                                   key="proxy.template", line=number)
+        if not answered:
+            return ConfigError(f"proxy.binary: {self.binary!r} refused cdlib's own {self.kind} configuration "
+                               f"without saying why; is it {self.kind}?", key="proxy.binary")
+        return ConfigError(f"proxy: {cmd} refused the configuration cdlib renders{': ' + reason if reason else ''}"
+                           f"{where}; check proxy.listen, proxy.dir and the {self.kind} version",
+                           key="proxy", line=number)
 
     def status(self) -> dict:
         pid = self.master_pid()
@@ -419,15 +559,25 @@ class ManagedProxy(Proxy):
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _stage_and_validate(self, data: bytes) -> None:
-        """Write the staged file and let the binary check it. Touches nothing else."""
+        """Write the staged file and let the binary check it. Touches nothing else.
+
+        The candidate is private (0600) until the binary accepted it: a template that is some
+        other file (``proxy.template: /etc/shadow``) must not become a readable copy of it."""
         try:
-            write_synced(self.staged_path, data)
+            write_synced(self.staged_path, data, mode=0o600)
         except OSError as exc:
             raise ProxyError(f"cannot write {self.staged_path}: {exc.strerror}") from exc
         proc = self._run(self._validate_command(self.staged_path), timeout=30)
         if proc.returncode != 0:
-            raise ProxyError(f"{self.kind} refused the new configuration: {self._error_line(proc.stderr)}",
-                             staged=str(self.staged_path))
+            reason, number = refusal(self._error_line(proc.stderr), self.staged_path, data)
+            where = f"line {number} of {self.staged_path}" if number is not None else str(self.staged_path)
+            raise ProxyError(f"{self.kind} {self.check_flag} refused the rendered configuration"
+                             f"{': ' + reason if reason else ''} ({where})",
+                             staged=str(self.staged_path), line=number)
+        try:
+            os.chmod(self.staged_path, 0o644)
+        except OSError as exc:
+            raise ProxyError(f"cannot change the mode of {self.staged_path}: {exc.strerror}") from exc
 
     def _swap_in(self) -> None:
         try:
@@ -443,8 +593,39 @@ class ManagedProxy(Proxy):
         if pid is None:
             t0 = time.monotonic()
             self._start()
+            self._mark_loaded()
             return time.monotonic() - t0, 0.0
-        return self._reload_and_drain(pid)
+        timings = self._reload_and_drain(pid)
+        self._mark_loaded()
+        return timings
+
+    def _mark_loaded(self) -> None:
+        """Record that the running master loaded the active file (after a start or a reload)."""
+        data = self.read_config()
+        pid = self.master_pid()
+        try:
+            if data is None or pid is None:
+                self.loaded_path.unlink(missing_ok=True)
+                return
+            tmp = self.loaded_path.with_name(LOADED_FILE + ".tmp")
+            write_synced(tmp, json.dumps({"sha256": digest(data), "pid": pid}).encode())
+            os.replace(tmp, self.loaded_path)
+        except OSError as exc:
+            raise ProxyError(f"the {self.kind} configuration is active but {self.loaded_path} could not be "
+                             f"written: {exc.strerror}") from exc
+
+    def _runs(self, data: bytes) -> bool:
+        """Whether the active file holds exactly ``data`` and the running master loaded it."""
+        if self.read_config() != data:
+            return False
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        try:
+            marker = json.loads(self.loaded_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(marker, dict) and marker.get("pid") == pid and marker.get("sha256") == digest(data)
 
     def _wait_until_serving(self, timeout_message: str) -> float:
         """After the start command returned: wait until this directory's master runs, has workers
@@ -507,8 +688,10 @@ class ManagedProxy(Proxy):
             pid = self.master_pid()
             if pid is not None:
                 self._reload_and_drain(pid)
+                self._mark_loaded()
             elif was_running:
                 self._start()
+                self._mark_loaded()
         except (ProxyError, OSError) as exc:
             raise ProxyError(f"{cause}; putting the previous {self.kind} configuration back failed too: "
                              f"{exc}", **cause.data) from exc

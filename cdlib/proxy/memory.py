@@ -67,6 +67,9 @@ class MemoryProxy(Proxy):
         # old workers that still serve the old color (a probe must then fail)
         self.answer_from_old = False
         self.forward = forward
+        # set to a ConfigError to make preflight() raise it (a missing binary, a broken template)
+        self.fail_preflight: BaseException | None = None
+        self.preflights = 0
 
     def url(self) -> str:
         return self._url
@@ -112,10 +115,17 @@ class MemoryProxy(Proxy):
             message = self.fail_next_restore if isinstance(self.fail_next_restore, str) else "injected failure"
             self.fail_next_restore = None
             raise ProxyError(f"memory proxy: {message}")
+        if self._config == prior and self.running == (prior is not None):
+            return  # nothing to restore: no reload, as with the managed proxies
         self._prior = self._config
         self._config = prior
         self.running = prior is not None  # None: the state before anything was served, no proxy
         self.reloads += 1
+
+    def preflight(self) -> None:
+        self.preflights += 1
+        if self.fail_preflight is not None:
+            raise self.fail_preflight
 
     def ensure_running(self) -> None:
         if self._config is None:

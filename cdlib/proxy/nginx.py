@@ -94,6 +94,7 @@ class NginxProxy(ManagedProxy):
     template_name = TEMPLATE
     subdirs = ("temp",)  # the temp paths the template points at
     stop_signal = signal.SIGQUIT  # graceful quit: workers finish their requests
+    check_flag = "-t"
 
     def __init__(self, directory: str | os.PathLike, listen: str = "127.0.0.1:8880", binary: str = "nginx",
                  template: str | os.PathLike | None = None, drain_timeout: float = 15.0, *,
@@ -109,8 +110,8 @@ class NginxProxy(ManagedProxy):
                              shutdown_timeout=self._forced_stop_after())
 
     # -- nginx's own ways --------------------------------------------------------------------------
-    def _validate_command(self, path: Path) -> list[str]:
-        return [self.binary, "-t", "-q", "-p", f"{self.dir}/", "-c", str(path)]
+    def _validate_command(self, path: Path, prefix: Path | None = None) -> list[str]:
+        return [self.binary, "-t", "-q", "-p", f"{prefix or self.dir}/", "-c", str(path)]
 
     def _error_line(self, output: str) -> str:
         return _first_error_line(output)

@@ -453,9 +453,14 @@ def test_refused_config_leaves_file_and_process_untouched(managed, backends):
     p = managed.proxy
     p.apply(p.render([backend(backends, "alpha")]))
     before, workers = p.read_config(), p.workers()
-    with pytest.raises(ProxyError, match=BROKEN_WORD[managed.kind]) as info:
-        p.apply(managed.invalid_text([backend(backends, "alpha")]))
-    assert p.staged_path.name in str(info.value)  # the message points at the file that failed
+    invalid = managed.invalid_text([backend(backends, "alpha")])
+    line = next(i for i, text in enumerate(invalid.splitlines(), 1) if BROKEN_WORD[managed.kind] in text)
+    with pytest.raises(ProxyError, match="refused the rendered configuration") as info:
+        p.apply(invalid)
+    # the message points at the file and the line that failed, and never quotes the file
+    assert f"line {line} of {p.staged_path}" in str(info.value), str(info.value)
+    assert BROKEN_WORD[managed.kind] not in str(info.value)
+    assert p.staged_path.stat().st_mode & 0o777 == 0o600  # the refused candidate stays private
     assert p.read_config() == before and p.workers() == workers
 
 
@@ -653,3 +658,166 @@ def test_haproxy_second_instance_on_the_same_port_is_refused(haproxy, backends, 
     finally:
         intruder.stop()
     assert {haproxy.who() for _ in range(8)} == {"alpha"}
+
+
+# -- nothing to restore, nothing done -----------------------------------------------------------------
+def test_restore_of_what_is_already_active_does_not_reload(harness, backends):
+    """An undo with nothing to restore succeeds without touching the proxy."""
+    backends.start("alpha")
+    p = harness.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    prior = p.read_config()
+    if harness.kind == "memory":
+        reloads = p.reloads
+        p.restore(prior)
+        assert p.read_config() == prior and harness.who() == "alpha" and p.reloads == reloads
+        return
+    master, workers = p.master_pid(), p.workers()
+    p.restore(prior)
+    assert p.master_pid() == master and p.workers() == workers  # no reload: the same workers
+    assert p.read_config() == prior and harness.who() == "alpha"
+
+
+@pytest.mark.integration
+def test_restore_with_a_missing_binary_succeeds_when_nothing_changed(managed, backends):
+    """proxy.binary mistyped: the switch's apply fails before anything changed, and its undo
+    (restore the prior bytes, or None on a first release) must then succeed without the binary."""
+    backends.start("alpha")
+    good = managed.proxy
+    good.apply(good.render([backend(backends, "alpha")]))
+    prior, master, workers = good.read_config(), good.master_pid(), good.workers()
+    typo = PRIVATE[managed.kind](managed.dir, listen=managed.listen, binary="cdlibt-no-such-binary",
+                                 drain_timeout=10)
+    with pytest.raises(ProxyError, match="not found"):
+        typo.apply(typo.render([backend(backends, "alpha", color="green")]))
+    typo.restore(prior)
+    assert typo.read_config() == prior and good.master_pid() == master and good.workers() == workers
+    assert not typo.staged_path.exists()
+    assert managed.who() == "alpha"
+    # a first release: nothing was ever served from the directory
+    fresh = PRIVATE[managed.kind](managed.tmp / "fresh", listen=f"127.0.0.1:{free_port()}",
+                                  binary="cdlibt-no-such-binary")
+    with pytest.raises(ProxyError, match="not found"):
+        fresh.apply(fresh.render([backend(backends, "alpha")]))
+    fresh.restore(None)
+    fresh.restore(None)
+    assert fresh.read_config() is None and fresh.master_pid() is None
+    never = PRIVATE[managed.kind](managed.tmp / "never", listen=f"127.0.0.1:{free_port()}")
+    never.restore(None)
+    assert not (managed.tmp / "never").exists()  # not even the directory is created
+
+
+@pytest.mark.integration
+def test_restore_reloads_when_the_running_proxy_loaded_something_else(managed, backends):
+    """The file holds the prior bytes but the master was not reloaded since they were written
+    (the marker says so): restore reloads, as before."""
+    backends.start("alpha")
+    backends.start("beta")
+    p = managed.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    prior = p.read_config()
+    p.apply(p.render([backend(backends, "beta", color="green")]))
+    p.config_path.write_bytes(prior)  # put back by hand, never loaded
+    assert managed.who() == "beta"
+    workers = p.workers()
+    p.restore(prior)
+    assert not (p.workers() & workers)  # reloaded: new workers
+    assert managed.who() == "alpha"
+
+
+# -- preflight ----------------------------------------------------------------------------------------
+def test_preflight_of_a_good_proxy_changes_nothing(harness):
+    p = harness.proxy
+    p.preflight()
+    assert p.read_config() is None and not harness.running()
+    if harness.kind in PRIVATE:
+        assert not harness.dir.exists()  # validated in a directory of its own
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+@pytest.mark.parametrize("binary", ["cdlibt-no-such-binary", "/nonexistent/cdlibt/nginx", "not-executable"])
+def test_preflight_names_a_binary_that_is_not_there(tmp_path, kind, binary):
+    from cdlib.errors import ConfigError
+
+    if binary == "not-executable":
+        binary = str(tmp_path / "cdlibt-nginx")
+        Path(binary).write_text("#!/bin/sh\n")
+        os.chmod(binary, 0o644)
+    p = PRIVATE[kind](tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}", binary=binary)
+    with pytest.raises(ConfigError, match="^proxy.binary: .*not found or not executable") as info:
+        p.preflight()
+    assert info.value.key == "proxy.binary" and info.value.exit_code == 2
+    assert not (tmp_path / "proxy").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_preflight_names_a_binary_that_is_not_the_proxy(tmp_path, kind):
+    from cdlib.errors import ConfigError
+
+    p = PRIVATE[kind](tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}", binary="/bin/false")
+    with pytest.raises(ConfigError, match=f"^proxy.binary: '/bin/false' .*is it {kind}"):
+        p.preflight()
+
+
+SECRET_LINE = "cdlibt-root:$6$cdlibtS3cretHash$abcdefghijklmnop:19000:0:99999:7:::"
+SECRET_TEMPLATES = {
+    "a file that is not a template": f"{SECRET_LINE}\ncdlibt-daemon:*:19000:0:99999:7:::\n",
+    "a template that extends the packaged one with a bad line": {
+        "nginx": f'{{% extends "nginx.conf.j2" %}}{{% block http_extra %}}\n    {SECRET_LINE};\n{{% endblock %}}\n',
+        "haproxy": f'{{% extends "haproxy.cfg.j2" %}}{{% block global_extra %}}\n    {SECRET_LINE}\n'
+                   '{% endblock %}\n'},
+    "a quote that is never closed": "events {\n" + '"' + SECRET_LINE + "\n",
+    "a syntax error": f"{SECRET_LINE}\n{{% if %}}\n",
+    "an undefined name": "{{ cdlibt_S3cretHash }}\n",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+@pytest.mark.parametrize("case", sorted(SECRET_TEMPLATES))
+def test_preflight_names_a_bad_template_without_quoting_it(tmp_path, kind, case):
+    """proxy.template may name any file the agent can read: no error may repeat a byte of it."""
+    from cdlib.errors import ConfigError
+
+    text = SECRET_TEMPLATES[case]
+    template = tmp_path / "secret.j2"
+    template.write_text(text if isinstance(text, str) else text[kind])
+    p = PRIVATE[kind](tmp_path / "proxy", listen=f"127.0.0.1:{free_port()}", template=template)
+    with pytest.raises(ConfigError, match="^proxy.template: ") as info:
+        p.preflight()
+    message = str(info.value)
+    assert str(template) in message and info.value.key == "proxy.template", message
+    assert "S3cret" not in message and "cdlibt-root" not in message and "daemon" not in message, message
+    assert not (tmp_path / "proxy").exists()
+    # and apply, without preflight, refuses it the same way
+    try:
+        p.apply(p.render([]))
+    except ProxyError as exc:
+        assert "S3cret" not in str(exc) and "cdlibt-root" not in str(exc), str(exc)
+    finally:
+        p.stop()
+
+
+@pytest.mark.integration
+def test_preflight_does_not_touch_a_running_proxy(managed, backends):
+    backends.start("alpha")
+    p = managed.proxy
+    p.apply(p.render([backend(backends, "alpha")]))
+    before = sorted((f.name, f.stat().st_mtime_ns) for f in managed.dir.iterdir() if f.name != "access.log")
+    master, workers = p.master_pid(), p.workers()
+    p.preflight()
+    assert sorted((f.name, f.stat().st_mtime_ns) for f in managed.dir.iterdir() if f.name != "access.log") == before
+    assert p.master_pid() == master and p.workers() == workers
+
+
+def test_memory_preflight_can_be_scripted():
+    from cdlib.errors import ConfigError
+
+    p = MemoryProxy()
+    p.preflight()
+    p.fail_preflight = ConfigError("proxy.binary: scripted", key="proxy.binary")
+    with pytest.raises(ConfigError, match="scripted"):
+        p.preflight()
+    assert p.preflights == 2

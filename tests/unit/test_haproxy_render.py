@@ -285,7 +285,30 @@ def test_override_syntax_error_names_file_and_line(tmp_path):
 def test_override_undefined_variable_is_an_error_not_an_empty_string(tmp_path):
     message = cases.override_error(proxy, tmp_path / "undefined.cfg.j2",
                              "# ok\nbind {{ bind }}\nbackend {{ no_such_thing }}\n")
-    assert "no_such_thing" in message and "line 3" in message
+    assert "line 3" in message and "undefined" in message
+    assert "no_such_thing" not in message  # the template's words are never repeated
+
+
+@pytest.mark.parametrize("text, line", [
+    ("global\ncdlibt-s3cret-line {% if %}\n", 2),  # a syntax error
+    ("global\n{{ cdlibt_s3cret_name }}\n", 2),  # an undefined name
+    ("global\n{% extends 'cdlibt-s3cret-base' %}\n", 2),  # a template that does not exist
+    ("global\n{{ 'cdlibt s3cret' | cfg_token }}\n", 2),  # an unsafe literal
+    ("global\n{{ 1 // 0 }}\n", 2),  # any exception at all
+])
+def test_an_override_error_never_quotes_the_template(tmp_path, text, line):
+    override = tmp_path / "secret.cfg.j2"
+    message = cases.override_error(proxy, override, text)
+    assert f"proxy.template: {override}" in message and f"line {line}" in message, message
+    assert "s3cret" not in message, message
+
+
+def test_an_override_that_is_not_text_is_refused_without_its_bytes(tmp_path):
+    override = tmp_path / "binary.cfg.j2"
+    override.write_bytes(b"cdlibt-s3cret \xff\xfe")
+    with pytest.raises(ProxyError) as info:
+        (proxy)(override).render([])
+    assert "not UTF-8" in str(info.value) and "s3cret" not in str(info.value)
 
 
 def test_override_standalone_sees_the_documented_variables(tmp_path):

@@ -186,7 +186,30 @@ def test_override_syntax_error_names_file_and_line(tmp_path):
 def test_override_undefined_variable_is_an_error_not_an_empty_string(tmp_path):
     message = cases.override_error(lambda t: proxy(tmp_path, t), tmp_path / "undefined.conf.j2",
                              "# ok\nlisten {{ listen }};\nupstream {{ no_such_thing }};\n")
-    assert "no_such_thing" in message and "line 3" in message
+    assert "line 3" in message and "undefined" in message
+    assert "no_such_thing" not in message  # the template's words are never repeated
+
+
+@pytest.mark.parametrize("text, line", [
+    ("events {}\ncdlibt-s3cret-line {% if %}\n", 2),  # a syntax error
+    ("events {}\n{{ cdlibt_s3cret_name }}\n", 2),  # an undefined name
+    ("events {}\n{% extends 'cdlibt-s3cret-base' %}\n", 2),  # a template that does not exist
+    ("events {}\n{{ 'cdlibt s3cret' | cfg_token }}\n", 2),  # an unsafe literal
+    ("events {}\n{{ 1 // 0 }}\n", 2),  # any exception at all
+])
+def test_an_override_error_never_quotes_the_template(tmp_path, text, line):
+    override = tmp_path / "secret.conf.j2"
+    message = cases.override_error(lambda t: proxy(tmp_path, t), override, text)
+    assert f"proxy.template: {override}" in message and f"line {line}" in message, message
+    assert "s3cret" not in message, message
+
+
+def test_an_override_that_is_not_text_is_refused_without_its_bytes(tmp_path):
+    override = tmp_path / "binary.conf.j2"
+    override.write_bytes(b"cdlibt-s3cret \xff\xfe")
+    with pytest.raises(ProxyError) as info:
+        (lambda t: proxy(tmp_path, t))(override).render([])
+    assert "not UTF-8" in str(info.value) and "s3cret" not in str(info.value)
 
 
 def test_override_standalone_sees_the_documented_variables(tmp_path):
