@@ -24,20 +24,25 @@ Reporter = Callable[[StepReport], None]
 
 
 def load_spec(file=None, *, tag: str | None = None, image: str | None = None, store: str | None = None):
+    """The descriptor, the environment and the command-line overrides, all checked before anything
+    runs. An empty --tag/--image/--store is refused (not taken as "not given"), and so is --tag with
+    --image (the reference carries its own tag)."""
+    import os
+    from dataclasses import replace
+
+    from .errors import ConfigError
+    from .store import url as store_url
+
     spec = config.load(file)
-    if image:
-        spec = spec.with_image(image)
-    elif tag:
-        spec = spec.with_tag(tag)
-    if store:
-        from dataclasses import replace
-
-        from .config import STORE_RE, redact_url
-        from .errors import ConfigError
-
-        if not STORE_RE.match(store):
-            raise ConfigError(f"--store: expected sqlite:///path, etcd://host:port or consul://host:port, "
-                              f"got {redact_url(store)!r}", key="--store")
+    if image is not None:
+        if tag is not None:
+            raise ConfigError("--tag: cannot be combined with --image (the image reference carries its tag)",
+                              key="--tag")
+        spec = spec.with_image(image, "--image")
+    elif tag is not None:
+        spec = spec.with_tag(tag, "--tag")
+    if store is not None:
+        store_url.check(store, "--store", os.environ)
         spec = replace(spec, store=store)
     return spec
 
@@ -64,6 +69,12 @@ def color(file=None, *, next=False, store=None, ports=None) -> Outcome:  # noqa:
 
 
 def history(file=None, *, limit=20, store=None, ports=None) -> Outcome:
+    """Closed releases, newest first; ``limit`` of them (0 or None: all)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        from .errors import ConfigError
+
+        raise ConfigError(f"--limit: expected a number of releases, 0 or more (0: all), got {config.shown(limit)}",
+                          key="--limit")
     return _run(lambda c: rel.history(c, limit=limit), file, None, ports, store=store)
 
 

@@ -39,16 +39,18 @@ from .errors import (
     UndoIncomplete,
     UsageError,
 )
+from .heartbeat import Heartbeat
 from .journal import Journal
 from .model import Backend, Instance, Outcome, Routes, StepReport, other_color
 from .proxy.base import PROBE_HEADER, UPSTREAM_HEADER
-from .runtime.base import StartRequest
-from .store.base import default_holder
+from .runtime.base import ASIDE, StartRequest
+from .store.base import ALIVE, GONE, default_holder, forget_lock, holder_state
 from .testrun.base import TestRun
 from .wiring import Ports
 
 DEFAULT_LOCK_TTL = 3600.0
-PROXY_LOCK_TTL = 120.0  # a switch takes seconds; a holder killed mid-switch blocks others this long at most
+MIN_LOCK_TTL = 10.0  # refreshed every ttl/3: below this, a busy store or a paused VM loses the lock
+PROXY_LOCK_TTL = 120.0  # refreshed every 40 s while held; a holder killed mid-switch is taken over at once
 PROXY_LOCK_WAIT = 150.0
 Reporter = Callable[[StepReport], None]
 
@@ -64,6 +66,14 @@ class Ctx:
     report: Reporter = _quiet
     journal: Journal | None = None
     steps: list[StepReport] = field(default_factory=list)
+    heartbeat: Heartbeat | None = None  # refreshes the locks and registration TTLs while a verb works
+    closed: bool = False  # the journal of ctx.journal was closed by this process
+    lock_token: str | None = None  # the service lock this verb works under
+
+    def check(self) -> None:
+        """Before acting again: fail when a lock this verb works under was lost."""
+        if self.heartbeat is not None:
+            self.heartbeat.check()
 
     def emit(self, step: StepReport) -> None:
         self.steps.append(step)
@@ -211,7 +221,30 @@ def do_register(ctx: Ctx, data: dict) -> dict:
     ttl = ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL)
     for inst in _started(ctx):
         store.register(ctx.service, color, inst["name"], _registration(ctx, inst), ttl=ttl)
+    _keep_registrations(ctx)
     return {}
+
+
+REFRESH_REGISTRATIONS = "registrations"
+
+
+def _keep_registrations(ctx: Ctx) -> None:
+    """While the verb works, the heartbeat re-registers the release's instances with its TTL."""
+    if ctx.heartbeat is None:
+        return
+    store, color, ttl = ctx.ports.store, ctx.rec["color"], ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL)
+    regs = [(inst["name"], _registration(ctx, inst)) for inst in _started(ctx)]
+
+    def refresh() -> None:
+        for name, record in regs:
+            store.register(ctx.service, color, name, record, ttl=ttl)
+    ctx.heartbeat.add(REFRESH_REGISTRATIONS, refresh, ttl / 3)
+
+
+def _stop_keeping_registrations(ctx: Ctx) -> None:
+    """Before the registrations change for good (persist, undo): no refresh may write them again."""
+    if ctx.heartbeat is not None:
+        ctx.heartbeat.drop(REFRESH_REGISTRATIONS)
 
 
 def undo_register(ctx: Ctx, data: dict) -> None:
@@ -221,6 +254,7 @@ def undo_register(ctx: Ctx, data: dict) -> None:
 
 def do_persist(ctx: Ctx, data: dict) -> dict:
     """The release is done: the new color's registrations lose their TTL."""
+    _stop_keeping_registrations(ctx)
     for inst in _started(ctx):
         ctx.ports.store.register(ctx.service, ctx.rec["color"], inst["name"], _registration(ctx, inst))
     return {}
@@ -413,10 +447,13 @@ def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str
 # lock and journal helpers
 # ================================================================================================
 def _check_lock_times(lock_wait: float, lock_ttl: float) -> None:
-    """A lock TTL of 0, below 0 or NaN expires at once: another process would take the release over
-    while it runs, and the registrations would vanish. Refused before anything changes."""
-    if not isinstance(lock_ttl, (int, float)) or not math.isfinite(lock_ttl) or lock_ttl <= 0:
-        raise ConfigError(f"--lock-ttl: expected a number of seconds above 0, got {lock_ttl!r}", key="--lock-ttl")
+    """The lock is refreshed every ttl/3 while its holder works: a TTL below MIN_LOCK_TTL (or NaN)
+    would let another process take the release over while it runs, and the registrations vanish.
+    Refused before anything changes."""
+    if isinstance(lock_ttl, bool) or not isinstance(lock_ttl, (int, float)) or not math.isfinite(lock_ttl) \
+            or lock_ttl < MIN_LOCK_TTL:
+        raise ConfigError(f"--lock-ttl: expected a number of seconds from {MIN_LOCK_TTL:g}, got {lock_ttl!r}",
+                          key="--lock-ttl")
     if not isinstance(lock_wait, (int, float)) or not math.isfinite(lock_wait) or lock_wait < 0:
         raise ConfigError(f"--lock-wait: expected a number of seconds from 0, got {lock_wait!r}", key="--lock-wait")
 
@@ -443,25 +480,60 @@ def _check_routes(ctx: Ctx) -> None:
                               f"service {other}; give {ctx.service} a path or host of its own", key="routes")
 
 
+def _preflight(ctx: Ctx) -> None:
+    """The proxy's own checks (binary, template, listen address) before the lock is taken: a release
+    that could never switch fails as bad input, with nothing changed."""
+    check = getattr(ctx.ports.proxy, "preflight", None)
+    if callable(check):
+        check()
+
+
+def _holder(ctx: Ctx, **extra) -> dict:
+    return default_holder(service=ctx.service, **extra)
+
+
+def _beat(ctx: Ctx) -> Heartbeat:
+    if ctx.heartbeat is None:  # a helper called outside a verb (tests): refresh nothing in the background
+        ctx.heartbeat = Heartbeat()
+    return ctx.heartbeat
+
+
+def _why_free(taken_over: dict | None) -> str:
+    if taken_over is None:
+        return "its lock was free"
+    if taken_over.get("state") == GONE:
+        return f"its process {taken_over.get('pid')} on {taken_over.get('host') or taken_over.get('who')} is gone"
+    return "its lock expired"
+
+
 def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: str | None = None) -> None:
     store, s = ctx.ports.store, ctx.spec
     _check_lock_times(lock_wait, lock_ttl)
     _check_routes(ctx)
+    _preflight(ctx)
     ctx.ports.runtime.ping()  # an unreachable engine fails the release before anything is changed
     release_id = jr.new_release_id()
-    holder = default_holder(release=release_id, image=image)
+    holder = _holder(ctx, release=release_id, image=image)
     lock = store.acquire_lock(keys.lock(s.name), holder, lock_ttl, wait=lock_wait)
+    ctx.lock_token = lock.token
+    _beat(ctx).hold_lock(store, keys.lock(s.name), lock.token, lock_ttl)
     try:
         abandoned = Journal.load(store, s.name)
+        if lock.taken_over is not None and abandoned is None:
+            ctx.emit(StepReport("take-over", "done", 0.0, f"took the lock of {s.name} over: "
+                                f"release {lock.taken_over.get('release') or '?'} left it ({_why_free(lock.taken_over)})"))
         if abandoned is not None:
-            # the lock was free or expired, yet a release is open: its process died. Undo it first.
+            # the lock was free, expired or left by a dead process, yet a release is open: undo it first
+            why = _why_free(lock.taken_over)
             ctx.emit(StepReport("take-over", "done", 0.0,
-                                f"release {abandoned.id} was abandoned (lock expired); rolling it back first"))
-            ctx.journal = abandoned  # its lock token is stale: releasing it below is a no-op
-            out = _rollback_open(ctx, "taken over after its lock expired")
+                                f"release {abandoned.id} was abandoned ({why}); rolling it back first"))
+            ctx.journal = abandoned  # its lock token is stale: releasing it is a no-op
+            out = _rollback_open(ctx, f"taken over: {why}")
             if out.exit_code == EXIT_UNDO_INCOMPLETE:
                 raise UndoIncomplete(f"the abandoned release {abandoned.id} of {s.name} could not be fully rolled "
                                      "back; fix the cause and run 'cdlib rollback'")
+            ctx.journal, ctx.closed = None, False
+        _finish_leftovers(ctx)
         live = store.get(keys.live(s.name))
         prev = live.json() if live else None
         color = other_color(prev["color"] if prev else None)
@@ -470,11 +542,30 @@ def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: st
             "previous": prev, "holder": holder, "lock_token": lock.token, "lock_ttl": lock_ttl,
             "revert_of": revert_of, "prior": {"live": live.value if live else None},
         })
-    except BaseException:
+    except (Exception, plan.Interrupted, KeyboardInterrupt):
+        ctx.heartbeat.drop_lock(keys.lock(s.name))
         store.release_lock(keys.lock(s.name), lock.token)
+        ctx.lock_token = None
         raise
     ctx.emit(StepReport("open", "done", 0.0, f"release {release_id}: {image} as {color}"
                         + (f" beside {prev['color']} ({prev.get('image', '?')})" if prev else " (first release)")))
+
+
+def _adopt(ctx: Ctx, j: Journal) -> None:
+    """This process now works under the release's lock: its pid in the holder record (so a kill is
+    recognised), refreshed by the heartbeat. Raises LockHeld when the lock was lost, or when another
+    live process on this host works under it right now (two processes never drive one release)."""
+    store, key = ctx.ports.store, keys.lock(ctx.service)
+    info = store.lock_info(key) or {}
+    if info.get("state") == ALIVE and info.get("pid") != os.getpid():
+        raise LockHeld(f"release {j.id} of {ctx.service} is being driven by process {info.get('pid')} "
+                       f"({info.get('build') or info.get('who')}); wait for it to finish", holder=info)
+    ttl = j.record.get("lock_ttl", DEFAULT_LOCK_TTL)
+    me = _holder(ctx)
+    store.refresh_lock(key, j.record["lock_token"], ttl, parked=None,
+                       **{k: me[k] for k in ("who", "host", "pid", "proc", "build", "build_url")})
+    ctx.lock_token = j.record["lock_token"]
+    _beat(ctx).hold_lock(store, key, ctx.lock_token, ttl)
 
 
 def _require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
@@ -484,19 +575,72 @@ def _require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
     if j.phase not in phases:
         raise UsageError(f"{verb}: release {j.id} of {ctx.service} is {j.phase}; {verb} needs it to be "
                          + " or ".join(phases))
+    _adopt(ctx, j)
     ctx.journal = j
     ttl = j.record.get("lock_ttl", DEFAULT_LOCK_TTL)
-    ctx.ports.store.refresh_lock(keys.lock(ctx.service), j.record["lock_token"], ttl)
     if j.phase in (jr.DEPLOYED, jr.SWITCHED) and j.done("register"):
         for inst in _started(ctx):  # the release goes on: so do its registrations
             ctx.ports.store.register(ctx.service, j.record["color"], inst["name"], _registration(ctx, inst),
                                      ttl=ttl)
+        _keep_registrations(ctx)
     return j
 
 
+@contextmanager
+def _working(ctx: Ctx) -> Iterator[None]:
+    """Run a verb with a heartbeat (refreshing its locks and registration TTLs); stop it when the verb
+    ends. A release the verb leaves open (a stage done, an undo incomplete) has its lock parked: no
+    process works under it until the next stage adopts it, so it is taken over only once it expires.
+    A process killed mid-verb leaves its own pid in the record: a dead holder, taken over at once
+    (in tests, an exception that nothing in cdlib catches stands for the kill: nothing is parked)."""
+    if ctx.heartbeat is not None and ctx.heartbeat.running:  # a stage of 'release': the release owns it
+        yield
+        return
+    ctx.heartbeat = Heartbeat(name=f"cdlib-heartbeat-{ctx.service}").start()
+    ended = False
+    try:
+        yield
+        ended = True
+    except (Exception, plan.Interrupted, KeyboardInterrupt, SystemExit):
+        ended = True
+        raise
+    finally:
+        hb, ctx.heartbeat = ctx.heartbeat, None
+        hb.stop()
+        token, ctx.lock_token = ctx.lock_token, None
+        if token:
+            if ended and ctx.journal is not None and not ctx.closed:
+                _park(ctx, token)
+            forget_lock(token)
+
+
+def _park(ctx: Ctx, token: str) -> None:
+    store, key = ctx.ports.store, keys.lock(ctx.service)
+    try:
+        info = store.lock_info(key) or {}
+        if info.get("pid") == os.getpid() and not info.get("parked"):
+            store.refresh_lock(key, token, ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL), parked=True)
+    except CdlibError:
+        pass  # lost, or the store is away: the record names this process, which is about to end
+
+
+def _run_steps(ctx: Ctx, steps: list[plan.Step]) -> None:
+    """plan.run, with a check before every step that the verb still holds its locks."""
+    plan.run(ctx, ctx.journal, [_checked(s) for s in steps], ctx.emit)
+
+
+def _checked(step: plan.Step) -> plan.Step:
+    def intent(c: Ctx, original=step.intent) -> dict:
+        c.check()
+        return original(c) if original else {}
+    return plan.Step(step.name, step.do, intent=intent, describe=step.describe)
+
+
 def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
-    """Undo the open release in ctx.journal; close it; return the outcome (exit 1, or 4)."""
+    """Undo the open release in ctx.journal; close it; release every lock it held; return the
+    outcome (exit 1, or 4)."""
     j = ctx.journal
+    _stop_keeping_registrations(ctx)
     _claim(j)
     try:
         failed = _undo_all(ctx, j)
@@ -513,11 +657,26 @@ def _rollback_open(ctx: Ctx, reason: str) -> Outcome:
         return _outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE,
                         f"release {j.id} of {ctx.service} failed ({reason}) and was undone, but its record could "
                         f"not be closed ({exc}); run 'cdlib rollback' again")
-    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
+    ctx.closed = True
+    _release_locks(ctx, j)
     prev = j.record.get("previous")
     where = f"{prev['color']} ({prev.get('image')}) is live" if prev else "nothing is live"
     return _outcome(ctx, "rollback", False, 1, f"release {j.id} of {ctx.service} failed: {reason}; rolled back, "
                     f"{where} as before")
+
+
+def _release_locks(ctx: Ctx, j: Journal) -> None:
+    """Every lock the closed release held: the service lock (its token is in the record) and the
+    store-wide proxy lock when its holder record names this release and that process does not work
+    any more (killed between taking the proxy lock and writing the proxy step's intent)."""
+    store = ctx.ports.store
+    if ctx.heartbeat is not None:
+        ctx.heartbeat.drop_lock(keys.lock(ctx.service))
+    try:
+        store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
+        store.break_lock(keys.PROXY_LOCK, lambda holder: holder.get("release") == j.id, unexpired=True)
+    except StoreError:
+        pass  # a lock left behind here names a closed release: the next taker finds its holder gone or expired
 
 
 def _undo_all(ctx: Ctx, j: Journal) -> list[str]:
@@ -529,7 +688,8 @@ def _undo_all(ctx: Ctx, j: Journal) -> list[str]:
     if not touches_proxy:
         return plan.undo(ctx, j, UNDO, ctx.emit)
     try:
-        with proxy_lock(ctx.ports.store, j.id, f"rollback {ctx.service}"):
+        with proxy_lock(ctx.ports.store, j.id, f"rollback {ctx.service}", heartbeat=ctx.heartbeat,
+                        service=ctx.service):
             return plan.undo(ctx, j, UNDO, ctx.emit)
     except ProxyBusy as exc:
         ctx.emit(StepReport("undo", "undo-failed", 0.0, str(exc)))
@@ -562,58 +722,100 @@ class ProxyBusy(LockHeld):
     """Another proxy change held the proxy lock for longer than the wait."""
 
 
-def _holder_state(holder: dict) -> str:
-    """'gone' when the holder's process is known to be dead (it ran on this host and its pid is gone,
-    or it is this very process), 'alive' when it runs on this host, 'unknown' for another host."""
-    if holder.get("who") != default_holder()["who"]:
-        return "unknown"
-    pid = holder.get("pid")
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return "unknown"
-    if pid == os.getpid():
-        return "gone"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "gone"
-    except OSError:  # e.g. another user's live process
-        return "alive"
-    return "alive"
-
-
 @contextmanager
-def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None) -> Iterator[None]:
+def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None,
+               heartbeat: Heartbeat | None = None, service: str | None = None) -> Iterator[None]:
     """Hold the store-wide proxy lock: one proxy change (render, apply, live write) at a time across
-    services and machines. A lock left by this very release whose process is dead (killed
-    mid-switch) is taken back at once; a live holder's, even of the same release (a second process
-    racing), is waited for. Raises ProxyBusy when the wait runs out."""
-    holder = default_holder(release=release, purpose=purpose)
+    services and machines, refreshed by the heartbeat while held. A lock whose holder is gone (a
+    process killed mid-switch) is taken over at once; a live holder's is waited for, even of the same
+    release (a second process racing). Raises ProxyBusy when the wait runs out."""
+    holder = default_holder(release=release, purpose=purpose, service=service)
     try:
-        lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
-    except LockHeld as exc:
-        held = getattr(exc, "holder", None) or {}
-        try:
-            if release and held.get("release") == release and _holder_state(held) == "gone":
-                store.delete(keys.PROXY_LOCK)
-                lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL)
-            else:
-                lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL,
-                                          wait=PROXY_LOCK_WAIT if wait is None else wait)
-        except LockHeld as busy:
-            raise ProxyBusy(f"the proxy is busy: {busy}", **busy.data) from None
+        lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL,
+                                  wait=PROXY_LOCK_WAIT if wait is None else wait)
+    except LockHeld as busy:
+        raise ProxyBusy(f"the proxy is busy: {busy}", **busy.data) from None
+    own = heartbeat is None or not heartbeat.running
+    beat = Heartbeat(name="cdlib-heartbeat-proxy").start() if own else heartbeat
+    beat.hold_lock(store, keys.PROXY_LOCK, lock.token, PROXY_LOCK_TTL)
     try:
         yield
-    finally:
+    except (Exception, plan.Interrupted, KeyboardInterrupt, SystemExit):
+        _let_go_of_proxy(store, beat, own, lock.token, release=True)
+        raise
+    except BaseException:  # killed: the record stays, naming a process that no longer works under it
+        _let_go_of_proxy(store, beat, own, lock.token, release=False)
+        raise
+    _let_go_of_proxy(store, beat, own, lock.token, release=True)
+
+
+def _let_go_of_proxy(store, beat: Heartbeat, own: bool, token: str, release: bool) -> None:
+    beat.drop_lock(keys.PROXY_LOCK)
+    if own:
+        beat.stop()
+    if not release:
+        forget_lock(token)
+        return
+    try:
+        store.release_lock(keys.PROXY_LOCK, token)
+    except StoreError:
+        forget_lock(token)  # it expires by itself, and reads as a dead holder's at once
+
+
+def _finish_leftovers(ctx: Ctx) -> list[str]:
+    """What a killed close or a killed suite left behind, finished by 'rollback' and by the next
+    release's open: set-aside instances of releases that closed as released (their close was
+    interrupted after the record was closed), and test containers of the service whose process is
+    gone. Best effort: a failure here is reported, never fatal."""
+    done: list[str] = []
+    store, runtime = ctx.ports.store, ctx.ports.runtime
+    open_id = ctx.journal.id if ctx.journal is not None and not ctx.closed else None
+    t0 = time.monotonic()
+    try:
+        released = {h.get("id") for h in jr.history(store, ctx.service) if h.get("outcome") == "released"}
+        aside: dict[tuple[str, str], list[str]] = {}
+        for inst in runtime.instances(ctx.service, include_aside=True):
+            if ASIDE not in inst.name:
+                continue
+            owner = inst.name.rsplit(ASIDE, 1)[1]
+            if owner in released and owner != open_id:
+                aside.setdefault((inst.color, owner), []).append(inst.name)
+        for color_, owner in sorted(aside):
+            done += runtime.remove(ctx.service, color_, release=owner, aside=True)
+    except CdlibError as exc:
+        ctx.emit(StepReport("leftovers", "done", time.monotonic() - t0, f"warning: set-aside instances kept: {exc}"))
+    seen = set()
+    for suite in ctx.spec.tests.values():
         try:
-            store.release_lock(keys.PROXY_LOCK, lock.token)
-        except StoreError:
-            pass  # it expires by itself
+            runner = ctx.ports.runner(suite)
+        except CdlibError:
+            continue
+        remove = getattr(runner, "remove_leftovers", None)
+        if remove is None or id(runner) in seen:
+            continue
+        seen.add(id(runner))
+        try:
+            done += remove(ctx.service, _owner_gone)
+        except CdlibError as exc:
+            ctx.emit(StepReport("leftovers", "done", time.monotonic() - t0, f"warning: test containers kept: {exc}"))
+    if done:
+        ctx.emit(StepReport("leftovers", "done", time.monotonic() - t0, "removed " + ", ".join(done)))
+    return done
+
+
+def _owner_gone(owner: dict) -> bool:
+    """owner: host, pid (and proc) of the process that started a test container."""
+    return holder_state({k: owner.get(k) for k in ("host", "pid", "proc")}) == GONE
 
 
 def _close_success(ctx: Ctx) -> None:
     j = ctx.journal
     runtime = ctx.ports.runtime
+    _stop_keeping_registrations(ctx)
     j.close("released")
+    ctx.closed = True
+    if ctx.heartbeat is not None:
+        ctx.heartbeat.drop_lock(keys.lock(ctx.service))
     ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
     t0 = time.monotonic()
     try:
@@ -635,20 +837,22 @@ def _outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> 
 
 def _guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure: bool = True,
            busy_proxy_fails: bool = False) -> Outcome:
-    """Run body; on a failure inside an open release, roll the release back (exit 1, or 4). A busy
-    proxy leaves a stage-by-stage release open for a later 'switch' (exit 3), unless busy_proxy_fails
-    (a verb that runs the whole release in one process must finish it or roll it back)."""
+    """Run body; on a failure inside an open release, roll the release back (exit 1, or 4). Bad input
+    found after the release opened is such a failure too: only an error before the first change
+    keeps exit 2. A busy proxy leaves a stage-by-stage release open for a later 'switch' (exit 3),
+    unless busy_proxy_fails (a verb that runs the whole release in one process must finish it or roll
+    it back)."""
     try:
         return body()
     except ProxyBusy:
-        if not busy_proxy_fails or ctx.journal is None:
+        if not busy_proxy_fails or ctx.journal is None or ctx.closed:
             raise
         return _roll_back(ctx, verb, "the proxy lock stayed held by another proxy change; the release could not "
                                      "switch")
-    except (ConfigError, LockHeld, NothingToRollBack, UndoIncomplete):
+    except (LockHeld, NothingToRollBack, UndoIncomplete):
         raise
     except (Exception, plan.Interrupted) as exc:
-        if ctx.journal is None or not rollback_on_failure or ctx.journal.phase == jr.CLEANING:
+        if ctx.journal is None or ctx.closed or not rollback_on_failure or ctx.journal.phase == jr.CLEANING:
             raise
         return _roll_back(ctx, verb, plan._reason(exc))
 
@@ -666,13 +870,14 @@ def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_T
     """Open a release; start the next color beside the live one; wait until healthy; register it."""
     def body() -> Outcome:
         _open(ctx, ctx.spec.image.ref, lock_wait, lock_ttl)
-        plan.run(ctx, ctx.journal, DEPLOY_STEPS, ctx.emit)
+        _run_steps(ctx, DEPLOY_STEPS)
         ctx.journal.phase = jr.DEPLOYED
         ctx.journal.save()
         return _outcome(ctx, "deploy", True, 0, f"{ctx.service} {ctx.rec['color']} is up and healthy beside the "
                         "live color; next: 'cdlib test pre-integration', then 'cdlib switch'",
                         instances=_started(ctx))
-    return _guard(ctx, "deploy", body)
+    with _working(ctx):
+        return _guard(ctx, "deploy", body)
 
 
 def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> Outcome:
@@ -680,24 +885,32 @@ def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> Outcome:
     A busy proxy lock leaves the release deployed (exit 3) unless busy_proxy_fails (release)."""
     def body() -> Outcome:
         j = _require_open(ctx, (jr.DEPLOYED,), "switch")
-        with proxy_lock(ctx.ports.store, j.id, f"switch {ctx.service}"):
+        with proxy_lock(ctx.ports.store, j.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
+                        service=ctx.service):
             j.phase = jr.SWITCHING
             j.save()
-            plan.run(ctx, j, SWITCH_STEPS, ctx.emit)
+            _run_steps(ctx, SWITCH_STEPS)
         j.phase = jr.SWITCHED
         j.save()
         return _outcome(ctx, "switch", True, 0, f"{ctx.service} now serves {j.record['color']} through "
                         f"{ctx.ports.proxy.url()}; next: 'cdlib test post-integration', then 'cdlib cleanup'")
-    return _guard(ctx, "switch", body, busy_proxy_fails=busy_proxy_fails)
+    with _working(ctx):
+        return _guard(ctx, "switch", body, busy_proxy_fails=busy_proxy_fails)
 
 
 def cleanup(ctx: Ctx) -> Outcome:
     """Stop and de-register the old color (kept stopped for a quick rollback); close the release."""
+    with _working(ctx):
+        return _cleanup(ctx)
+
+
+def _cleanup(ctx: Ctx) -> Outcome:
     j = _require_open(ctx, (jr.SWITCHED, jr.CLEANING), "cleanup")
     j.phase = jr.CLEANING
     j.save()
     try:
-        plan.run(ctx, j, CLEANUP_STEPS, ctx.emit)
+        _run_steps(ctx, CLEANUP_STEPS)
+        ctx.check()
     except (Exception, plan.Interrupted) as exc:
         return _outcome(ctx, "cleanup", False, EXIT_UNDO_INCOMPLETE,
                         f"cleanup of {ctx.service} failed: {plan._reason(exc)}; {j.record['color']} is live and "
@@ -714,11 +927,17 @@ def cleanup(ctx: Ctx) -> Outcome:
 def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit: Path | None = None,
               rollback_on_failure: bool = True) -> Outcome:
     """Run one suite. Inside an open release, a failure (unless the suite is marked unstable) rolls
-    the release back."""
-    spec = ctx.spec
+    the release back. The release's locks are refreshed while the suite runs, however long it takes."""
     if test_type not in ("pre-deployment", "pre-integration", "post-integration"):
         raise ConfigError(f"test: TYPE must be pre-deployment, pre-integration or post-integration, "
                           f"got {test_type!r}", key="TYPE")
+    with _working(ctx):
+        return _run_tests(ctx, test_type, target_url, junit, rollback_on_failure)
+
+
+def _run_tests(ctx: Ctx, test_type: str, target_url: str | None, junit: Path | None,
+               rollback_on_failure: bool) -> Outcome:
+    spec = ctx.spec
     suite = spec.tests.get(test_type)
     if test_type != "pre-deployment":
         phases = (jr.DEPLOYED,) if test_type == "pre-integration" else (jr.SWITCHED,)
@@ -739,6 +958,7 @@ def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit:
         ctx.emit(StepReport(f"test {test_type}", status, time.monotonic() - t0,
                             f"exit {result.exit_code} against {url or '(no target)'}"))
         if ctx.journal is not None:
+            ctx.check()  # the suite may have run for hours: the release must still be ours
             ctx.journal.add_test(result.to_dict())
         if result.passed or suite.unstable:
             msg = f"{test_type} tests of {spec.name} " + ("passed" if result.passed else
@@ -760,10 +980,10 @@ def _test_target(ctx: Ctx, test_type: str) -> tuple[dict, str]:
         return {}, ""
     if test_type == "pre-integration":
         urls = [Instance.from_dict(i).url for i in _started(ctx)]
-        return {"TARGET_URLS": " ".join(urls), "CDLIB_COLOR": ctx.rec["color"]}, urls[0]
+        return {"TARGET_URLS": " ".join(urls), "CDLIB_COLOR": ctx.rec["color"], "CDLIB_RELEASE": ctx.rec["id"]}, urls[0]
     routes = ctx.spec.routes
     base = ctx.ports.proxy.url()
-    env = {"CDLIB_COLOR": ctx.rec["color"], "PROXY_URL": base}
+    env = {"CDLIB_COLOR": ctx.rec["color"], "CDLIB_RELEASE": ctx.rec["id"], "PROXY_URL": base}
     if routes.paths:
         return env, base + routes.paths[0]
     env["TARGET_HOST"] = routes.hosts[0]
@@ -775,28 +995,65 @@ def _junit_path(ctx: Ctx, test_type: str) -> Path | None:
     return None if d is None else Path(d) / f"cdlib-{ctx.service}-{test_type}.xml"
 
 
-def rollback(ctx: Ctx, *, to: str | None = None, lock_wait: float = 0.0,
+def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wait: float = 0.0,
              lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
-    """With an open release: undo it from its journal. Without one: return to the previous release
-    (or the release ``to`` from history): resume its stopped color when it is still there, else
-    deploy its image again; then switch and clean up, without test suites."""
+    """With an open release: undo it from its journal. Without one, no release changes: only what a
+    killed close or a killed suite left behind is finished (set-aside instances of closed releases,
+    test containers whose process is gone, a lock whose holder is gone). Returning to an earlier
+    release takes ``previous`` (the release before the live one) or ``to`` (a release from history):
+    resume its stopped color when it is still there, else deploy its image again; then switch and clean
+    up, without test suites."""
+    _check_lock_times(lock_wait, lock_ttl)
+    if to is not None and previous:
+        raise ConfigError("rollback: --to and --previous name two targets; give one of them", key="--to")
     store = ctx.ports.store
     j = Journal.load(store, ctx.service)
-    if j is not None:
-        if to is not None:
-            raise UsageError(f"{ctx.service} has an open release {j.id}; run 'cdlib rollback' without --to first")
-        holder = store.lock_info(keys.lock(ctx.service)) or {}
-        if not holder.get("expired", True) and _holder_state(holder) == "alive":
-            raise LockHeld(f"release {j.id} of {ctx.service} is still running in process {holder['pid']} "
-                           f"({holder.get('build') or holder.get('who')}); wait for it to finish or fail (it rolls "
-                           "itself back), or stop it and run 'cdlib rollback'", holder=holder)
+    if j is None:
+        if to is not None or previous:
+            return _revert(ctx, to, lock_wait, lock_ttl)
+        return _nothing_open(ctx)
+    if to is not None or previous:
+        raise UsageError(f"{ctx.service} has an open release {j.id}; run 'cdlib rollback' without "
+                         f"{'--to' if to is not None else '--previous'} first")
+    holder = store.lock_info(keys.lock(ctx.service)) or {}
+    if holder.get("state") == ALIVE:
+        raise LockHeld(f"release {j.id} of {ctx.service} is still running in process {holder['pid']} "
+                       f"({holder.get('build') or holder.get('who')}); wait for it to finish or fail (it rolls "
+                       "itself back), or stop it and run 'cdlib rollback'", holder=holder)
+    with _working(ctx):
+        try:
+            _adopt(ctx, j)
+        except LockHeld:
+            pass  # the lock went (expired, taken, removed): the journal's compare-and-set still guards the undo
         ctx.journal = j
         out = _rollback_open(ctx, "rollback requested")
         if out.exit_code == 1:
             out.ok, out.exit_code = True, 0
             out.message = out.message.replace("failed: rollback requested; rolled back", "rolled back")
+            _finish_leftovers(ctx)
+            out.steps = list(ctx.steps)
         return out
-    return _revert(ctx, to, lock_wait, lock_ttl)
+
+
+def _nothing_open(ctx: Ctx) -> Outcome:
+    """rollback without an open release: no release changes; leftovers of a killed release are
+    finished (its lock when its holder is gone, set-aside instances of closed releases, test
+    containers of dead processes)."""
+    store, done = ctx.ports.store, []
+    t0 = time.monotonic()
+    for key, accept in ((keys.lock(ctx.service), lambda h: True),
+                        (keys.PROXY_LOCK, lambda h: h.get("service") == ctx.service)):
+        removed = store.break_lock(key, accept)
+        if removed is not None:
+            what = "the proxy lock" if key == keys.PROXY_LOCK else "the lock"
+            done.append(f"{what} of release {removed.get('release') or '?'} ({_why_free(removed)})")
+            ctx.emit(StepReport("leftovers", "done", time.monotonic() - t0, f"removed {done[-1]}"))
+    done += _finish_leftovers(ctx)
+    msg = f"{ctx.service} has no open release: nothing to roll back"
+    if done:
+        msg += f"; finished what an interrupted release left: {', '.join(done)}"
+    msg += "; to return to the previous release, run 'cdlib rollback --previous'"
+    return Outcome("rollback", ctx.service, True, 0, msg, list(ctx.steps), {"release": None, "leftovers": done})
 
 
 def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outcome:
@@ -825,40 +1082,43 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outc
             release = stopped[0].release
             steps = [plan.Step(s.name, s.do, intent=(lambda c, r=release: {"release": r}) if s.name == "resume"
                                else s.intent, describe=s.describe) for s in REVERT_STEPS]
-        plan.run(ctx, ctx.journal, steps, ctx.emit)
+        _run_steps(ctx, steps)
         ctx.journal.phase = jr.DEPLOYED
-        with proxy_lock(ctx.ports.store, ctx.journal.id, f"switch {ctx.service}"):
-            plan.run(ctx, ctx.journal, SWITCH_STEPS, ctx.emit)
+        with proxy_lock(ctx.ports.store, ctx.journal.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
+                        service=ctx.service):
+            _run_steps(ctx, SWITCH_STEPS)
         ctx.journal.phase = jr.SWITCHED
         ctx.journal.save()
-        out = cleanup(ctx)
+        out = _cleanup(ctx)
         out.verb = "rollback"
         if out.ok:
             out.message = f"{ctx.service} is back on {target['image']} (release {target['id']}) as {color}"
         return out
-    return _guard(ctx, "rollback", body, busy_proxy_fails=True)
+    with _working(ctx):
+        return _guard(ctx, "rollback", body, busy_proxy_fails=True)
 
 
 def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
-    """deploy -> pre-integration tests -> switch -> post-integration tests -> cleanup, in one process;
-    any failure rolls everything back."""
-    tests = []
-    for verb in (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
-                 lambda: run_tests(ctx, "pre-integration"),
-                 lambda: switch(ctx, busy_proxy_fails=True),
-                 lambda: run_tests(ctx, "post-integration"),
-                 lambda: cleanup(ctx)):
-        out = verb()
-        tests += out.data.get("tests", [])
-        if not out.ok:
-            out.verb = "release"
-            out.data["tests"] = tests
-            return out
-    out.verb = "release"
-    out.message = (f"released {ctx.spec.image.ref} as {ctx.rec['color']}: {ctx.service} answers through "
-                   f"{ctx.ports.proxy.url()}" + (ctx.spec.routes.paths[0] if ctx.spec.routes.paths else ""))
-    out.data["tests"] = tests
-    return out
+    """deploy -> pre-integration tests -> switch -> post-integration tests -> cleanup, in one process
+    and under one heartbeat; any failure rolls everything back."""
+    with _working(ctx):
+        tests = []
+        for verb in (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
+                     lambda: run_tests(ctx, "pre-integration"),
+                     lambda: switch(ctx, busy_proxy_fails=True),
+                     lambda: run_tests(ctx, "post-integration"),
+                     lambda: cleanup(ctx)):
+            out = verb()
+            tests += out.data.get("tests", [])
+            if not out.ok:
+                out.verb = "release"
+                out.data["tests"] = tests
+                return out
+        out.verb = "release"
+        out.message = (f"released {ctx.spec.image.ref} as {ctx.rec['color']}: {ctx.service} answers through "
+                       f"{ctx.ports.proxy.url()}" + (ctx.spec.routes.paths[0] if ctx.spec.routes.paths else ""))
+        out.data["tests"] = tests
+        return out
 
 
 def status(ctx: Ctx, *, check_health: bool = True) -> Outcome:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from .config import ServiceSpec, SuiteSpec
 from .errors import ConfigError
@@ -19,41 +18,31 @@ from .testrun.base import TestRunner
 
 
 def open_store(url: str) -> Store:
-    """sqlite:///abs/path, sqlite://rel/path, memory:, etcd://h:p[,h:p], etcds://…, consul://h:p, consuls://…"""
-    scheme = url.split(":", 1)[0]
-    if scheme == "memory":
+    """sqlite:///abs/path, sqlite://rel/path, memory:, etcd://h:p[,h:p], etcds://…, consul://h:p, consuls://…
+    (checked by cdlib.store.url, the one store-URL parser: a bad URL is a ConfigError, exit code 2)."""
+    from .store import url as store_url
+
+    parsed = store_url.parse(url, "store")
+    if parsed.kind == "memory":
         from .store.memory import MemoryStore
 
         return MemoryStore()
-    if scheme == "sqlite":
+    if parsed.kind == "sqlite":
         # sqlite:///abs/path.db (absolute) or sqlite://rel/path.db (relative to the working directory)
-        path = unquote(url[len("sqlite://"):]) if url.startswith("sqlite://") else ""
-        if not path.strip("/"):
-            raise ConfigError(f"store: expected sqlite:///path/to/state.db, got {url!r}", key="store")
-        return _sqlite(path)
-    if scheme in ("etcd", "etcds"):
+        return _sqlite(parsed.path)
+    if parsed.kind == "etcd":
         from .store.etcd import EtcdStore
 
         return EtcdStore(url)
-    if scheme in ("consul", "consuls"):
-        from .store.consul import ConsulStore
+    from .store.consul import ConsulStore
 
-        return ConsulStore(url)
-    raise ConfigError(f"store: unknown store URL {_redact(url)!r}; expected sqlite:///path, etcd://host:port or "
-                      "consul://host:port", key="store")
+    return ConsulStore(url)
 
 
 def _sqlite(path: str) -> Store:
     from .store.sqlite import SqliteStore
 
     return SqliteStore(path)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password or parts.username:
-        return url.replace(parts.netloc, parts.hostname or "", 1)
-    return url
 
 
 def open_runtime(spec: ServiceSpec) -> Runtime:

@@ -2,8 +2,9 @@
 
 Adapters implement five primitives (get, list, put with compare-and-set and optional TTL, delete
 with compare-and-set, close). The lock, the release journal and the registrations are built on them
-here and in the core, so every adapter gets the same semantics; an adapter may override the lock with
-its registry's native mechanism (etcd leases, Consul sessions) as long as the contract suite passes.
+here and in the core, so every adapter gets the same semantics. The lock rules are written once, here;
+an adapter with native expiry (etcd leases, Consul sessions) supplies only the lock's primitive: read
+the record with a handle, compare-and-set it with an expiry, delete it.
 
 Versions are opaque positive integers that change on every write of a key (a row counter in SQLite,
 ``mod_revision`` in etcd, ``ModifyIndex`` in Consul). ``expect=0`` means "the key must not exist".
@@ -14,10 +15,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import keys
 from ..errors import ConflictError, LockHeld, StoreError
@@ -38,21 +42,109 @@ class Lock:
     key: str
     token: str
     holder: dict
-    taken_over: dict | None = None  # the expired holder record this lock replaced, if any
+    taken_over: dict | None = None  # the record of the holder this lock replaced (dead or expired), if any
+
+
+# -- who holds a lock, and whether that process still works ------------------------------------------------
+ALIVE, GONE, UNKNOWN = "alive", "gone", "unknown"
+# tokens of the locks this process holds while one of its verbs works under them; a record naming this
+# process whose token is not here was left by a verb of this process that is over (see forget_lock)
+_WORKING: set[str] = set()
+_WORKING_MUTEX = threading.Lock()
+
+
+def forget_lock(token: str) -> None:
+    """This process no longer works under the lock (the verb that held it is over). A record that still
+    names this process then reads as a dead holder's, like one left by a killed process."""
+    with _WORKING_MUTEX:
+        _WORKING.discard(token)
+
+
+def _user() -> str:
+    name = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if name:
+        return name
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError, AttributeError):
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, boot id + start time) of a process on this host (Linux); None where unknown. The
+    start time tells a reused pid from the process that held a lock, the state a zombie from a live one."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return fields[0], f"{boot}:{fields[19]}"
+    except (OSError, IndexError):
+        return None
+
+
+_OWN_IDENTITY: list = []
+
+
+def _own_identity() -> str | None:
+    if not _OWN_IDENTITY or _OWN_IDENTITY[0][0] != os.getpid():  # computed again after a fork
+        stat = _proc_stat(os.getpid())
+        _OWN_IDENTITY[:] = [(os.getpid(), stat[1] if stat else None)]
+    return _OWN_IDENTITY[0][1]
 
 
 def default_holder(**extra) -> dict:
-    """Who holds a lock: user@host, the Jenkins build when there is one, and when."""
-    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    """Who holds a lock: user@host (the login name, else the uid's name, else the uid), the host and
+    process (pid and its start time, so a dead or reused pid is recognised), the Jenkins build when
+    there is one, and since when."""
+    host = socket.gethostname()
     holder = {
-        "who": f"{user}@{socket.gethostname()}",
+        "who": f"{_user()}@{host}",
+        "host": host,
         "pid": os.getpid(),
+        "proc": _own_identity(),
         "build": os.environ.get("BUILD_TAG") or os.environ.get("BUILD_NUMBER") or "",
         "build_url": os.environ.get("BUILD_URL", ""),
         "since": time.time(),
     }
     holder.update({k: v for k, v in extra.items() if v is not None})
     return holder
+
+
+def holder_state(record: dict) -> str:
+    """ALIVE: the holder's process runs on this host (never taken over). GONE: it ran on this host and
+    is dead (its pid is gone, a zombie, or reused by another process; or it is this very process and
+    the verb that held the lock is over): taken over at once. UNKNOWN: another host, no pid, or a lock
+    parked between the stages of a release: taken over only once expired."""
+    if record.get("parked"):
+        return UNKNOWN
+    host = record.get("host") or str(record.get("who", "")).rpartition("@")[2]
+    if host != socket.gethostname():
+        return UNKNOWN
+    pid = record.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return UNKNOWN
+    if pid == os.getpid():
+        token = record.get("token")
+        if token is None:
+            return ALIVE  # a public record: no way to tell, so the safe answer
+        with _WORKING_MUTEX:
+            return ALIVE if token in _WORKING else GONE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return GONE
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return UNKNOWN
+    stat = _proc_stat(pid)
+    if stat is not None:
+        if stat[0] in ("Z", "X"):
+            return GONE
+        if record.get("proc") and stat[1] != record["proc"]:
+            return GONE  # the pid now belongs to another process
+    return ALIVE
 
 
 class Store(ABC):
@@ -130,11 +222,46 @@ class Store(ABC):
         registries that run checks themselves (Consul); None for the others."""
         return None
 
-    # -- the lock: CAS on a record with an expiry; adapters may use native leases instead ------
+    # -- the lock: the rules live here; adapters supply only the primitive -----------------------------
+    # A lock is a record (holder, token, expires) written with compare-and-set. An adapter with native
+    # expiry (etcd leases, Consul sessions) overrides _lock_read/_lock_write/_lock_delete to attach the
+    # record to its lease or session; every rule below is the same for all stores.
+    clock: Callable[[], float] | None = None  # wall-clock seconds; tests inject one
+
+    def now(self) -> float:
+        return (self.clock or time.time)()
+
+    def _lock_read(self, key: str) -> tuple[dict, object] | None:
+        """The lock record and a handle for compare-and-set (here: the key's version), or None."""
+        entry = self.get(key)
+        if entry is None:
+            return None
+        try:
+            record = entry.json()
+        except ValueError:
+            record = {}
+        return (record if isinstance(record, dict) else {}), entry.version
+
+    def _lock_write(self, key: str, record: dict, ttl: float, handle: object | None) -> bool:
+        """Write record when the key is still as read (handle; None: absent), with an expiry of at
+        least ttl; False when it changed. May add fields (lease, session) to record."""
+        try:
+            self.put_json(key, record, expect=handle or 0)
+            return True
+        except ConflictError:
+            return False
+
+    def _lock_delete(self, key: str, handle: object) -> bool:
+        try:
+            return self.delete(key, expect=handle)
+        except ConflictError:
+            return False
+
     def acquire_lock(self, key: str, holder: dict, ttl: float, wait: float = 0.0,
                      poll: float = 0.5) -> Lock:
-        """Take the lock or raise LockHeld with the holder's record. An expired lock is taken over
-        (the returned Lock names the previous holder in taken_over). With wait, retry until then."""
+        """Take the lock or raise LockHeld with the holder's record. A lock whose holder is gone is
+        taken over at once, an expired one unless its holder is provably alive (the returned Lock
+        names the previous holder in taken_over). With wait, retry until then."""
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             try:
@@ -144,67 +271,116 @@ class Store(ABC):
                     raise
                 time.sleep(min(poll, max(0.01, deadline - time.monotonic())))
 
+    def _verdict(self, record: dict) -> tuple[str, bool]:
+        """(holder state, whether the lock may be taken over)."""
+        state = holder_state(record)
+        expired = record.get("expires", 0) <= self.now()
+        return state, state == GONE or (state == UNKNOWN and expired)
+
     def try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
-        """One attempt: take the lock or raise LockHeld. Adapters with native leases or sessions
-        override this (and refresh_lock/release_lock), keeping the record and LockHeld semantics."""
-        token = uuid.uuid4().hex
-        record = dict(holder, token=token, expires=time.time() + ttl)
-        current = self.get(key)
+        """One attempt: take the lock or raise LockHeld."""
+        current = self._lock_read(key)
         taken_over = None
         if current is not None:
-            previous = current.json()
-            if previous.get("expires", 0) > time.time():
-                raise LockHeld(_held_message(key, previous), holder=_public(previous))
-            taken_over = _public(previous)
+            state, free = self._verdict(current[0])
+            if not free:
+                raise LockHeld(_held_message(key, current[0], state), holder=_public(current[0], state))
+            taken_over = _public(current[0], state)
+        token = uuid.uuid4().hex
+        record = dict(holder, token=token, expires=self.now() + ttl)
+        record.pop("parked", None)
+        with _WORKING_MUTEX:
+            _WORKING.add(token)  # before the write: a record naming this process is never read as dead
         try:
-            self.put_json(key, record, expect=current.version if current else 0)
-        except ConflictError:
-            now = self.get_json(key) or {}
-            raise LockHeld(_held_message(key, now), holder=_public(now)) from None
+            written = self._lock_write(key, record, ttl, current[1] if current else None)
+        except BaseException:
+            forget_lock(token)
+            raise
+        if not written:
+            forget_lock(token)
+            now = self._lock_read(key)
+            held = now[0] if now else {}
+            state = holder_state(held) if held else UNKNOWN
+            raise LockHeld(_held_message(key, held, state), holder=_public(held, state))
         return Lock(key, token, _public(record), taken_over)
 
-    def refresh_lock(self, key: str, token: str, ttl: float) -> None:
-        current = self.get(key)
-        if current is None or current.json().get("token") != token:
-            raise LockHeld(f"the lock {key} is no longer held by this release (it expired and was "
-                           "taken over); run 'cdlib status' to see who holds it", key=key)
-        record = dict(current.json(), expires=time.time() + ttl)
-        try:
-            self.put_json(key, record, expect=current.version)
-        except ConflictError:
-            raise LockHeld(f"the lock {key} changed hands while it was refreshed", key=key) from None
+    def refresh_lock(self, key: str, token: str, ttl: float, **changes) -> None:
+        """Extend the lock by ttl from now; changes update the holder record (None removes a field):
+        a stage adopting the lock of its release writes its own pid, the end of a stage parks it.
+        Raises LockHeld when the lock is no longer this token's."""
+        current = self._lock_read(key)
+        if current is None or current[0].get("token") != token:
+            raise LockHeld(f"the lock {key} is no longer held by this release (it expired or its holder was "
+                           "found dead, and it was taken over); run 'cdlib status' to see who holds it", key=key)
+        record = dict(current[0], expires=self.now() + ttl)
+        for name, value in changes.items():
+            if value is None:
+                record.pop(name, None)
+            else:
+                record[name] = value
+        if changes.get("pid") is not None and not record.get("parked"):
+            with _WORKING_MUTEX:
+                _WORKING.add(token)
+        if not self._lock_write(key, record, ttl, current[1]):
+            raise LockHeld(f"the lock {key} changed hands while it was refreshed", key=key)
 
     def release_lock(self, key: str, token: str) -> bool:
-        current = self.get(key)
-        if current is None or current.json().get("token") != token:
+        forget_lock(token)
+        current = self._lock_read(key)
+        if current is None or current[0].get("token") != token:
             return False
-        try:
-            return self.delete(key, expect=current.version)
-        except ConflictError:
-            return False
+        return self._lock_delete(key, current[1])
+
+    def break_lock(self, key: str, accept: Callable[[dict], bool] = lambda record: True,
+                   unexpired: bool = False) -> dict | None:
+        """Remove the lock when it could be taken over (its holder is gone, or it expired and its holder
+        is not provably alive; with unexpired, whenever its holder is not provably alive) and
+        accept(holder record) agrees: what 'rollback' does with a lock that a killed process left
+        behind. Returns the removed holder record, or None."""
+        current = self._lock_read(key)
+        if current is None:
+            return None
+        state, free = self._verdict(current[0])
+        if unexpired:
+            free = state != ALIVE
+        if not free or not accept(_public(current[0], state)):
+            return None
+        return _public(current[0], state) if self._lock_delete(key, current[1]) else None
 
     def lock_info(self, key: str) -> dict | None:
-        record = self.get_json(key)
-        if record is None:
+        current = self._lock_read(key)
+        if current is None:
             return None
-        info = _public(record)
-        info["expired"] = record.get("expires", 0) <= time.time()
+        record = current[0]
+        info = _public(record, holder_state(record))
+        info["expired"] = record.get("expires", 0) <= self.now()
         return info
 
     def holds_lock(self, key: str, token: str) -> bool:
-        record = self.get_json(key)
-        return bool(record) and record.get("token") == token and record.get("expires", 0) > time.time()
+        current = self._lock_read(key)
+        return current is not None and current[0].get("token") == token and \
+            current[0].get("expires", 0) > self.now()
 
 
-def _public(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "token"}
+def _public(record: dict, state: str | None = None) -> dict:
+    out = {k: v for k, v in record.items() if k != "token"}
+    if state is not None:
+        out["state"] = state
+    return out
 
 
-def _held_message(key: str, holder: dict) -> str:
+def _held_message(key: str, holder: dict, state: str = UNKNOWN) -> str:
     service = key.split("/")[2] if key.count("/") >= 3 else key
     since = holder.get("since")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
-    parts = [f"another release of {service} is running: held by {holder.get('who', '?')} since {when}"]
+    what = "the proxy is being changed" if key == keys.PROXY_LOCK else f"another release of {service} is running"
+    pid = holder.get("pid")
+    process = f"pid {pid}" if pid else "pid unknown"
+    if holder.get("parked"):
+        process += ", between stages"
+    elif state == ALIVE:
+        process += ", running on this host"
+    parts = [f"{what}: held by {holder.get('who', '?')} ({process}) since {when}"]
     if holder.get("release"):
         parts.append(f"release {holder['release']}")
     if holder.get("image"):

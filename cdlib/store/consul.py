@@ -19,7 +19,6 @@ import json
 import math
 import os
 import time
-import urllib.parse
 import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
@@ -470,49 +469,22 @@ def _result(results: list[dict], key: str) -> dict:
 
 
 def _address(url: str, env) -> tuple[str, int, str]:
-    """consul://host:port, consuls://host:port, or CONSUL_HTTP_ADDR when the URL names no host."""
-    parts = urllib.parse.urlsplit(url or "consul://")
-    if parts.scheme not in ("consul", "consuls"):
-        raise StoreError(f"consul store: unsupported URL {url!r}; use consul://host:port or consuls://host:port",
-                         store="consul")
-    if "@" in parts.netloc:
-        raise StoreError("consul store: credentials in the store URL are not supported (URLs end up in logs); "
-                         "set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE instead", store="consul")
-    scheme = "https" if parts.scheme == "consuls" else "http"
-    netloc = parts.netloc
-    if not netloc:
-        addr = env.get("CONSUL_HTTP_ADDR", "").strip()
-        if addr.startswith("unix://"):
-            raise StoreError("consul store: CONSUL_HTTP_ADDR points at a unix socket, which is not supported; "
-                             "use host:port", store="consul")
-        if "://" in addr:
-            addr_parts = urllib.parse.urlsplit(addr)
-            if addr_parts.scheme == "https":
-                scheme = "https"
-            addr = addr_parts.netloc
-        if "@" in addr:  # user:password@ would reach every message through describe()
-            raise StoreError("consul store: credentials in CONSUL_HTTP_ADDR are not supported (addresses end up "
-                             "in logs); set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE instead", store="consul")
-        netloc = addr or f"127.0.0.1:{DEFAULT_PORT}"
-    if parts.scheme == "consul" and _parse_bool(env.get("CONSUL_HTTP_SSL", "")):
-        scheme = "https"
-    host, port = _split_hostport(netloc)
-    try:
-        port_number = int(port) if port else DEFAULT_PORT
-    except ValueError:
-        raise StoreError(f"consul store: bad port in {netloc!r}; check the store URL or CONSUL_HTTP_ADDR",
-                         store="consul") from None
-    return host, port_number, scheme
+    """consul://host:port, consuls://host:port, or CONSUL_HTTP_ADDR when the URL names no host
+    (127.0.0.1:8500 when that is unset too). A bad URL or variable is a StoreURLError (exit code 2)."""
+    from .url import StoreURLError, parse, redact, registry_hosts
 
-
-def _split_hostport(netloc: str) -> tuple[str, str]:
-    if netloc.startswith("["):
-        host, _, rest = netloc[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else ""
-    if netloc.count(":") == 1:
-        host, port = netloc.split(":")
-        return host or "127.0.0.1", port
-    return netloc or "127.0.0.1", ""
+    parsed = parse(url or "consul://", "store")
+    if parsed.kind != "consul":
+        raise StoreURLError(f"consul store: unsupported URL {redact(url)!r}; use consul://host:port or "
+                            "consuls://host:port", key="store", store="consul")
+    hosts, tls = parsed.hosts, parsed.tls
+    if not hosts:
+        hosts, env_tls = registry_hosts("consul", env)
+        tls = tls or env_tls
+    if parsed.scheme == "consul" and _parse_bool(env.get("CONSUL_HTTP_SSL", "")):
+        tls = True
+    host, port = hosts[0]
+    return host, port, ("https" if tls else "http")
 
 
 def _token_from_env(env, where: str) -> str | None:

@@ -20,7 +20,6 @@ import math
 import os
 import threading
 import time
-import urllib.parse
 import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
@@ -465,32 +464,19 @@ def _split_hostport(endpoint: str) -> tuple[str, int]:
 
 
 def _endpoints(url: str, env) -> tuple[str, list[str]]:
-    """etcd://h:p[,h:p], etcds://..., or ETCDCTL_ENDPOINTS when the URL names no host."""
-    parts = urllib.parse.urlsplit(url or "etcd://")
-    if parts.scheme not in ("etcd", "etcds"):
-        raise StoreError(f"etcd store: unsupported URL {url!r}; use etcd://host:port[,host:port] or etcds://...",
-                         store="etcd")
-    if "@" in parts.netloc:
-        raise StoreError("etcd store: credentials in the store URL are not supported (URLs end up in logs); "
-                         "set ETCDCTL_USER instead", store="etcd")
-    protocol = "https" if parts.scheme == "etcds" else "http"
-    raw = parts.netloc or env.get("ETCDCTL_ENDPOINTS", "") or DEFAULT_ENDPOINT
-    if "@" in raw:  # user:password@ would reach every message through describe()
-        raise StoreError("etcd store: credentials in ETCDCTL_ENDPOINTS are not supported (endpoints end up in "
-                         "logs); set ETCDCTL_USER instead", store="etcd")
-    endpoints = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "://" in item:
-            scheme, _, item = item.partition("://")
-            if scheme == "https":
-                protocol = "https"
-        endpoints.append(item.rstrip("/"))
-    for endpoint in endpoints:
-        _split_hostport(endpoint)  # validate now, not on first use
-    return protocol, endpoints or [DEFAULT_ENDPOINT]
+    """etcd://h:p[,h:p], etcds://..., or ETCDCTL_ENDPOINTS when the URL names no host (127.0.0.1:2379
+    when that is unset too). A bad URL or variable is a StoreURLError (exit code 2)."""
+    from .url import StoreURLError, format_host, parse, redact, registry_hosts
+
+    parsed = parse(url or "etcd://", "store")
+    if parsed.kind != "etcd":
+        raise StoreURLError(f"etcd store: unsupported URL {redact(url)!r}; use etcd://host:port[,host:port] or "
+                            "etcds://...", key="store", store="etcd")
+    hosts, tls = parsed.hosts, parsed.tls
+    if not hosts:
+        hosts, env_tls = registry_hosts("etcd", env)
+        tls = tls or env_tls
+    return ("https" if tls else "http"), [format_host(h, p) for h, p in hosts]
 
 
 def _credentials(env) -> tuple[str | None, str | None]:

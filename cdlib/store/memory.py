@@ -1,4 +1,7 @@
-"""In-memory store: the reference implementation of the store contract, for unit tests."""
+"""In-memory store: the reference implementation of the store contract, for unit tests.
+
+TTLs and lock expiry follow ``clock`` (wall-clock seconds) when a test sets one, so expiry is
+rehearsed by moving the clock instead of waiting."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class MemoryStore(Store):
 
     def _alive(self, key: str):
         item = self._data.get(key)
-        if item is not None and item[2] is not None and item[2] <= time.time():
+        if item is not None and item[2] is not None and item[2] <= self.now():
             del self._data[key]
             return None
         return item
@@ -58,7 +61,7 @@ class MemoryStore(Store):
             if expect is not None and version != expect:
                 raise ConflictError(f"memory store: {key} changed concurrently", key=key)
             rev = self._record(key)
-            self._data[key] = (str(value), rev, time.time() + ttl if ttl else None)
+            self._data[key] = (str(value), rev, self.now() + ttl if ttl else None)
             return rev
 
     def delete(self, key, *, expect=None):

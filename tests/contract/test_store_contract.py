@@ -286,13 +286,35 @@ def test_lock_acquire_held_refresh_release(harness):
     assert second.release_lock(key, again.token)
 
 
-def test_lock_expired_is_taken_over(harness):
-    first, second = harness.store(), harness.store()
+def _elsewhere(**extra) -> dict:
+    """A holder record written by a process on another host: its liveness cannot be proved here."""
+    return dict(default_holder(**extra), who="jenkins@ci-agent-7", host="ci-agent-7", pid=4242)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _later(store: Store, seconds: float) -> Store:
+    """The same store read by a clock that is seconds ahead: expiry without waiting."""
+    store.clock = lambda: time.time() + seconds
+    return store
+
+
+def test_lock_expired_is_taken_over_when_its_holder_is_not_provably_alive(harness):
+    first = harness.store()
     key = harness.key("services/api/lock")
-    stale = first.acquire_lock(key, default_holder(release="r-old"), ttl=1)
-    time.sleep(1.3)
-    assert second.lock_info(key)["expired"] is True
-    lock = second.acquire_lock(key, default_holder(release="r-new"), ttl=30)
+    stale = first.acquire_lock(key, _elsewhere(release="r-old"), ttl=60)
+    with pytest.raises(LockHeld):  # not expired yet
+        harness.store().acquire_lock(key, default_holder(release="r-early"), ttl=30)
+    second = _later(harness.store(), 120)  # (the memory harness shares one store: set the clock last)
+    assert second.lock_info(key)["expired"] is True and second.lock_info(key)["state"] == "unknown"
+    lock = second.acquire_lock(key, default_holder(release="r-new"), ttl=300)
     assert lock.taken_over is not None and lock.taken_over["release"] == "r-old"
     assert "token" not in lock.taken_over
     with pytest.raises(LockHeld):
@@ -300,6 +322,44 @@ def test_lock_expired_is_taken_over(harness):
     assert first.release_lock(key, stale.token) is False
     assert second.holds_lock(key, lock.token)
     assert second.release_lock(key, lock.token)
+
+
+def test_lock_of_a_live_holder_on_this_host_is_never_taken_over_even_expired(harness):
+    first = harness.store()
+    key = harness.key("services/alive/lock")
+    lock = first.acquire_lock(key, default_holder(release="r-1"), ttl=60)  # this process, working
+    second = _later(harness.store(), 120)
+    assert second.lock_info(key)["expired"] is True and second.lock_info(key)["state"] == "alive"
+    with pytest.raises(LockHeld, match=r"pid \d+, running on this host"):
+        second.acquire_lock(key, default_holder(release="r-2"), ttl=30)
+    assert second.break_lock(key) is None
+    assert first.release_lock(key, lock.token)
+
+
+def test_lock_of_a_dead_holder_is_taken_over_at_once(harness):
+    first, second = harness.store(), harness.store()
+    key = harness.key("services/dead/lock")
+    first.acquire_lock(key, dict(default_holder(release="r-dead"), pid=_dead_pid()), ttl=3600)
+    assert second.lock_info(key)["state"] == "gone" and second.lock_info(key)["expired"] is False
+    lock = second.acquire_lock(key, default_holder(release="r-new"), ttl=30)
+    assert lock.taken_over["release"] == "r-dead" and lock.taken_over["state"] == "gone"
+    assert second.release_lock(key, lock.token)
+
+
+def test_lock_parked_between_stages_waits_for_its_expiry(harness):
+    first = harness.store()
+    key = harness.key("services/parked/lock")
+    lock = first.acquire_lock(key, dict(default_holder(release="r-1"), pid=_dead_pid()), ttl=60)
+    first.refresh_lock(key, lock.token, 60, parked=True)  # the stage ended, the release goes on
+    with pytest.raises(LockHeld, match="between stages"):
+        harness.store().acquire_lock(key, default_holder(release="r-2"), ttl=30)
+    first.refresh_lock(key, lock.token, 60, parked=None, pid=os.getpid())  # the next stage adopts it
+    assert first.lock_info(key)["state"] == "alive"
+    later = _later(harness.store(), 120)
+    assert later.break_lock(key) is None  # expired, but its holder provably works
+    first.refresh_lock(key, lock.token, 60, parked=True)
+    later = _later(harness.store(), 400)
+    assert later.break_lock(key)["release"] == "r-1" and first.get(key) is None
 
 
 def test_lock_refresh_keeps_it_alive(harness):
@@ -324,13 +384,14 @@ def test_abandoned_lock_expires(harness):
     _skip_slow(harness)
     store = harness.store()
     key = harness.key("services/killed/lock")
-    store.acquire_lock(key, default_holder(), ttl=1)
+    store.acquire_lock(key, _elsewhere(), ttl=1)
     assert store.get(key) is not None
     if harness.native_expiry:
         assert wait_until(lambda: store.get(key) is None, 6.0, step=0.1)
     else:
-        assert wait_until(lambda: store.lock_info(key)["expired"], 3.0, step=0.1)
-        assert harness.store().acquire_lock(key, default_holder(), ttl=5).taken_over is not None
+        later = _later(harness.store(), 5)
+        assert later.lock_info(key)["expired"]
+        assert later.acquire_lock(key, default_holder(), ttl=5).taken_over is not None
 
 
 def _race_for_lock(clients: list[Store], key: str) -> list:

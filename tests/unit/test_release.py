@@ -26,6 +26,15 @@ def world(tmp_path):
     return World(tmp_path)
 
 
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def released(world, tag):
     out = rel.release(world.ctx(tag))
     assert out.ok, out.message
@@ -171,8 +180,7 @@ def test_sigkill_at_any_step_then_rollback_restores_the_prior_state(world, side,
         rel.release(world.ctx("v3"))
     restore()
     assert world.store.get(keys.release("shop")) is not None  # the journal survived the crash
-    with pytest.raises(LockHeld):  # and the lock keeps others out
-        rel.deploy(world.ctx("v4"))
+    assert world.store.lock_info(keys.lock("shop"))["state"] == "gone"  # its holder is known to be dead
     out = rel.rollback(world.ctx())  # a new process
     assert out.ok and out.exit_code == 0, out.message
     assert world.snapshot() == before
@@ -222,14 +230,25 @@ def test_second_release_while_one_is_open_fails_with_the_holder(world):
     assert ":v1" in str(info.value) and "token" not in str(info.value.holder)
 
 
+def _as_if_on_another_host(world, key):
+    """Rewrite the lock record as if a process on another agent held it: its liveness is unknown here."""
+    entry = world.store.get(key)
+    world.store.put_json(key, dict(entry.json(), host="ci-agent-7", who="jenkins@ci-agent-7", pid=4242),
+                         expect=entry.version)
+
+
 def test_expired_lock_is_taken_over_and_the_abandoned_release_rolled_back(world):
     before = world.snapshot()
     restore = _kill_at(world, "runtime", "start", "after")
     with pytest.raises(Killed):
-        rel.deploy(world.ctx("v1"), lock_ttl=0.01)
+        rel.deploy(world.ctx("v1"), lock_ttl=60)
     restore()
-    time.sleep(0.05)  # the lock expires
+    _as_if_on_another_host(world, keys.lock("shop"))
+    with pytest.raises(LockHeld):  # not expired, holder unknown: kept
+        rel.deploy(world.ctx("v2"))
+    world.store.clock = lambda: time.time() + 61  # the lock expires
     out = rel.deploy(world.ctx("v2"))
+    world.store.clock = None
     assert out.ok
     assert out.steps[0].name == "take-over"
     assert [i.image.rsplit(":", 1)[1] for i in world.runtime.instances("shop")] == ["v2", "v2"]
@@ -262,10 +281,10 @@ def test_failed_undo_exits_4_and_a_later_rollback_completes(world):
     assert world.snapshot() == before
 
 
-def test_rollback_without_an_open_release_returns_to_the_previous_release(world):
+def test_rollback_previous_without_an_open_release_returns_to_the_previous_release(world):
     released(world, "v1")
     released(world, "v2")
-    out = rel.rollback(world.ctx())
+    out = rel.rollback(world.ctx(), previous=True)
     assert out.ok, out.message
     assert world.live()["color"] == "blue" and world.live()["image"].endswith(":v1")
     # the stopped blue containers were resumed, not recreated
@@ -280,6 +299,8 @@ def test_rollback_to_a_release_from_history_redeploys_its_image(world):
     first = released(world, "v1").data["release"]
     released(world, "v2")
     released(world, "v3")
+    with pytest.raises(ConfigError, match="--to and --previous"):
+        rel.rollback(world.ctx(), to=first, previous=True)
     out = rel.rollback(world.ctx(), to=first)
     assert out.ok, out.message
     assert world.live()["image"].endswith(":v1")
@@ -290,8 +311,10 @@ def test_nothing_to_roll_back(world):
     from cdlib.errors import NothingToRollBack
 
     with pytest.raises(NothingToRollBack):
-        rel.rollback(world.ctx())
+        rel.rollback(world.ctx(), previous=True)
     released(world, "v1")
+    with pytest.raises(NothingToRollBack):
+        rel.rollback(world.ctx(), previous=True)
     with pytest.raises(NothingToRollBack):
         rel.rollback(world.ctx(), to="no-such-release")
 
@@ -348,10 +371,11 @@ def test_registrations_carry_the_release_ttl_until_the_release_closes(world):
 def test_registrations_of_a_dead_deploy_expire_by_themselves(world):
     restore = _kill_at(world, "proxy", "apply", "before")
     with pytest.raises(Killed):
-        rel.release(world.ctx("v1"), lock_ttl=0.2)
+        rel.release(world.ctx("v1"), lock_ttl=30)
     restore()
+    world.store.clock = lambda: time.time() + 29
     assert world.store.registrations("shop", "blue")
-    time.sleep(0.3)
+    world.store.clock = lambda: time.time() + 31
     assert world.store.registrations("shop", "blue") == []
 
 
@@ -422,7 +446,8 @@ def test_a_proxy_lock_left_by_the_same_dead_release_is_taken_back(world):
     from cdlib.store.base import default_holder
 
     dead = world.store.get_json(keys.release("shop"))["id"]
-    world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release=dead), ttl=60)
+    world.store.break_lock(keys.PROXY_LOCK)  # (the kill left it already; written again with a dead pid)
+    world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release=dead), pid=dead_pid()), ttl=60)
     out = rel.rollback(world.ctx())
     assert out.ok, out.message
     assert world.snapshot() == before and world.store.get(keys.PROXY_LOCK) is None
@@ -582,7 +607,8 @@ def test_rollback_refuses_while_the_release_process_is_alive_on_this_host(world)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         record = world.store.get(keys.lock("shop"))
-        holder = dict(record.json(), pid=live.pid, who=default_holder()["who"])
+        holder = dict(record.json(), pid=live.pid, who=default_holder()["who"], proc=None)
+        assert holder.pop("parked") is True  # the deploy stage ended: its lock waits for the next stage
         world.store.put_json(keys.lock("shop"), holder, expect=record.version)
         with pytest.raises(LockHeld, match=f"still running in process {live.pid}"):
             rel.rollback(world.ctx())

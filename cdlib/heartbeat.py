@@ -1,0 +1,134 @@
+"""Keep what a verb holds alive while it works: its locks and the TTLs of its release's registrations.
+
+A lock is refreshed only by a process that works under it, so a lock that nobody refreshes has a
+dead or stuck holder. One daemon thread per verb refreshes every item every ttl/3 (the service lock,
+the store-wide proxy lock while it is held, the registrations that carry the release's TTL), so a
+test suite may run for a day under a one-hour lock. A refresh that finds a lock lost (taken over
+after it expired, deleted) is recorded; the verb calls check() between steps and fails there, before
+acting again, instead of going on without the lock. A store error is retried at the next beat.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import CdlibError, LockHeld, ReleaseFailed
+
+
+class LockLost(ReleaseFailed):
+    """The verb's lock was taken over or removed while it worked: it must not act again."""
+
+
+@dataclass
+class _Item:
+    name: str
+    refresh: Callable[[], None]
+    interval: float
+    due: float
+    lock: bool  # a lock: losing it (LockHeld) makes the verb fail; other items only log
+
+
+class Heartbeat:
+    """Refresh registered items from a daemon thread until stop(). beat(now) runs one pass (tests)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, name: str = "cdlib-heartbeat"):
+        self.clock = clock
+        self.name = name
+        self._items: dict[str, _Item] = {}
+        self._mutex = threading.RLock()  # held while an item refreshes: drop() waits for it
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost: LockLost | None = None
+        self.errors: list[str] = []  # refreshes that failed for another reason (retried)
+
+    # -- what to refresh ------------------------------------------------------------------------------
+    def hold_lock(self, store, key: str, token: str, ttl: float) -> None:
+        """Refresh the lock key (token) every ttl/3 while held."""
+        self.add(f"lock {key}", lambda: store.refresh_lock(key, token, ttl), ttl / 3, lock=True)
+
+    def add(self, name: str, refresh: Callable[[], None], interval: float, lock: bool = False) -> None:
+        with self._mutex:
+            self._items[name] = _Item(name, refresh, max(0.05, interval), self.clock() + max(0.05, interval), lock)
+        self._wake.set()
+
+    def drop(self, name: str) -> None:
+        """Stop refreshing name; when this returns, its refresh is not running and never runs again."""
+        with self._mutex:
+            self._items.pop(name, None)
+
+    def drop_lock(self, key: str) -> None:
+        self.drop(f"lock {key}")
+
+    def holds(self, name: str) -> bool:
+        with self._mutex:
+            return name in self._items
+
+    # -- the verb's side ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise LockLost when a refresh found a lock lost: called before every step."""
+        if self.lost is not None:
+            raise self.lost
+
+    # -- the thread ---------------------------------------------------------------------------------
+    def beat(self, now: float | None = None) -> None:
+        """Refresh every item that is due."""
+        now = self.clock() if now is None else now
+        with self._mutex:
+            for item in [i for i in self._items.values() if i.due <= now]:
+                if self._items.get(item.name) is not item:
+                    continue
+                try:
+                    item.refresh()
+                except LockHeld as exc:
+                    if item.lock:
+                        self._items.pop(item.name, None)
+                        if self.lost is None:
+                            self.lost = LockLost(f"{item.name[5:]} was lost while this process worked ({exc}); "
+                                                 "stopping before the next step")
+                        continue
+                    self.errors.append(str(exc))
+                except CdlibError as exc:  # the store is away: try again soon, at the latest before expiry
+                    self.errors.append(str(exc))
+                    item.due = now + min(item.interval, 5.0)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the thread must keep refreshing the other items
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                item.due = now + item.interval
+
+    def _next_due(self) -> float | None:
+        with self._mutex:
+            return min((i.due for i in self._items.values()), default=None)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            due = self._next_due()
+            timeout = None if due is None else max(0.0, due - self.clock())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            self.beat()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stopped.is_set()
+
+    def start(self) -> Heartbeat:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread; when this returns, no refresh runs any more."""
+        self._stopped.set()
+        self._wake.set()
+        with self._mutex:
+            self._items.clear()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        self._thread = None
