@@ -41,7 +41,7 @@ TARGET_TEXT = "cdlibt-target-answer"
 SUITE_SCRIPT = f"""\
 #!/bin/busybox sh
 bb=/bin/busybox
-for name in TEST_TYPE TARGET_URL CDLIB_SERVICE CDLIBT_SUITE_ENV CDLIBT_RUN_ENV; do
+for name in TEST_TYPE TARGET_URL CDLIB_SERVICE CDLIBT_SUITE_ENV CDLIBT_RUN_ENV CDLIBT_PASSED CDLIBT_HOST_ONLY; do
   eval "echo \\"{ENV_MARK}$name=\\$$name\\""
 done
 if [ "$TEST_TYPE" != "$CDLIBT_EXPECT_TYPE" ]; then echo "cdlibt: wrong TEST_TYPE $TEST_TYPE"; exit 5; fi
@@ -264,6 +264,36 @@ def test_a_passing_suite_sees_its_environment_and_reaches_the_target(harness, ta
         assert "cdlibt: target answered" in result.output
         assert target.hits[hits_before:] == ["/"]
         assert "cdlibt: target answered" in harness.lines  # streamed as well as kept
+
+
+def test_a_suite_gets_its_pass_env_and_nothing_else_of_the_agent_and_its_values_are_masked(
+        harness, target, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from cdlib import secrets as secret_values
+
+    monkeypatch.setenv("CDLIBT_PASSED", "cdlibt-passed-s3cret")
+    monkeypatch.setenv("CDLIBT_HOST_ONLY", "cdlibt-host-only")
+    suite = replace(harness.suite(), pass_env=("CDLIBT_PASSED", "CDLIBT_NOT_SET"))
+    reports = tmp_path / "reports"
+    try:
+        result = harness.runner.run(harness.run(suite, target.url, reports))
+        assert result.passed, result.output
+        seen = harness.seen(result)
+        assert seen.get("CDLIBT_HOST_ONLY", "") == ""  # not inherited
+        assert "CDLIBT_NOT_SET" not in seen
+        if harness.executes:
+            # the suite saw the value and printed it; what cdlib kept, streamed and wrote is masked
+            assert seen["CDLIBT_PASSED"] == "***"
+            assert "cdlibt-passed-s3cret" not in result.output + "\n".join(harness.lines)
+            assert f"{ENV_MARK}CDLIBT_PASSED=***" in harness.lines
+        else:
+            assert seen["CDLIBT_PASSED"] == "cdlibt-passed-s3cret"
+        assert "cdlibt-passed-s3cret" in secret_values.values()
+        summary = Path(result.junit_path).read_text()
+        assert "cdlibt-passed-s3cret" not in summary
+    finally:
+        secret_values.reset()
 
 
 @pytest.mark.parametrize("suite_type", TEST_TYPES)

@@ -176,3 +176,25 @@ def test_prepare_dir_creates_the_directory_the_suite_writes_into(tmp_path):
     (tmp_path / "blocker").write_text("")
     with pytest.raises(TestRunnerError, match="cannot create the JUnit directory"):
         junit.prepare_dir(_run(tmp_path / "blocker" / "d"))
+
+
+def test_secrets_never_reach_the_report_and_are_masked_before_the_tail_is_cut(tmp_path, monkeypatch):
+    from cdlib import secrets
+
+    secret = "cdlibt-junit-s3cret-" + "x" * 40
+    monkeypatch.setenv("CDLIBT_JUNIT_TOKEN", secret)
+    monkeypatch.setenv("CDLIBT_URL_PASSWORD", "cdlibt-url-pw")
+    # the secret straddles the point where the output is cut to its last MAX_CHARS characters
+    output = "a" * 10 + secret + "b" * (junit.MAX_CHARS - 30)
+    data = junit.render_junit(result(passed=False, exit_code=1, output=output + "\nfailed with " + secret),
+                              "shop", timestamp=0)
+    text = data.decode()
+    assert "s3cret" not in text and "xxxxxxxxxx" not in text
+    assert "failed with ***" in text
+    run = TestRun("shop", SuiteSpec(type="pre-integration", command="x"),
+                  "http://user:cdlibt-target-pw@127.0.0.1:9/", junit_path=tmp_path)
+    got = junit.conclude(run, 1, f"token {secret}\nurl pw cdlibt-target-pw", time.time(), 0.1)
+    assert got.output == "token ***\nurl pw ***" and got.target_url == "http://user:***@127.0.0.1:9/"
+    written = Path(got.junit_path).read_text()
+    assert secret not in written and "cdlibt-target-pw" not in written
+    secrets.reset()
