@@ -24,8 +24,10 @@ from . import __version__
 from .errors import EXIT_ROLLED_BACK, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN_HINT, CdlibError
 from .model import Outcome, StepReport
 
+# the credential variables masked by value everywhere (cdlib.secrets holds the rules); a bare
+# ETCDCTL_USER is a user name, not a secret: only the password of ETCDCTL_USER=user:password is masked
 SECRET_ENV = ("CDLIB_REGISTRY_PASSWORD", "CONSUL_HTTP_TOKEN", "JENKINS_API_TOKEN", "ETCDCTL_PASSWORD",
-              "ETCDCTL_USER", "DOCKER_AUTH_CONFIG")
+              "DOCKER_AUTH_CONFIG")
 TEST_TYPES = ("pre-deployment", "pre-integration", "post-integration")
 
 
@@ -199,16 +201,11 @@ SECRET_NAME_RE = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|PRIVATE_KEY|C
 
 
 def _redact(text: str) -> str:
-    """Mask the values of secret environment variables: the known ones, and any whose name says it
-    holds a secret (a test suite's pass_env token, say, which the suite might print)."""
-    names = set(SECRET_ENV) | {n for n in os.environ if SECRET_NAME_RE.search(n)}
-    for name in names:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-            if ":" in value:  # user:password
-                text = text.replace(value.split(":", 1)[1], "***")
-    return text
+    """Mask every secret by value (cdlib.secrets): credential variables, the values of a suite's
+    pass_env variables, passwords of URLs; as is, URL-quoted or JSON-escaped."""
+    from . import secrets  # light: no client library
+
+    return secrets.mask(text)
 
 
 class _Printer:
