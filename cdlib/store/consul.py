@@ -8,8 +8,8 @@ and compare-and-set, lock hand-over and delete-if-version are atomic.
 TTL keys and the lock use sessions with ``Behavior=delete`` and ``LockDelay=0``: the key is acquired by a
 session with a TTL, and disappears when the session is invalidated. Consul only expires a TTL session
 after **twice** its TTL, and never below its ``session_ttl_min`` (10 s by default), so a TTL key may
-outlive its TTL by up to 2 x max(ttl, 10 s). The lock therefore also keeps ``expires`` in its record:
-an expired holder is taken over at once, whatever its session still says.
+outlive its TTL by up to 2 x max(ttl, 10 s). The lock therefore also keeps ``expires`` in its record, and
+follows the rules of every store (``Store.try_lock``): this adapter only supplies the primitive.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import json
 import math
 import os
 import time
-import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
 from ..extras import require
-from .base import Entry, Lock, Store, _held_message, _public, tls_failure
+from .base import Entry, Store, tls_failure
 
 DEFAULT_PORT = 8500
 MAX_SESSION_TTL = 86400.0
@@ -262,74 +261,61 @@ class ConsulStore(Store):
         except StoreError:
             pass  # the session dies with its TTL anyway
 
-    # -- the lock: a session-held key with the holder record ----------------------------------------------
-    def try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
-        """One attempt; an expired holder (record past ``expires``, or session gone) is taken over."""
+    # -- the lock's primitive: a session-held key with the holder record (the rules are in Store) ---------
+    def _lock_read(self, key: str) -> tuple[dict, object] | None:
+        """A key whose session is gone reads as expired, whatever its record still says."""
         self._check_key(key)
-        current = self._get_raw(key)
-        taken_over = None
-        if current is not None:
-            previous = _record(current)
-            if current.get("Session") and previous.get("expires", 0) > time.time():
-                raise LockHeld(_held_message(key, previous), holder=_public(previous))
-            taken_over = _public(previous)
-        session = self._create_session(f"cdlib lock {key}", ttl)
-        record = dict(holder, token=uuid.uuid4().hex, expires=time.time() + ttl, session=session,
-                      session_ttl=self._session_ttl(ttl))
-        value = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        ops = [_kv("check-index", key, index=current["ModifyIndex"]) if current else _kv("check-not-exists", key)]
-        old = (current or {}).get("Session")
-        if old:
-            ops.append(_kv("unlock", key, value, session=old))
-        ops.append(_kv("lock", key, value, session=session))
+        raw = self._get_raw(key)
+        if raw is None:
+            return None
+        record = _record(raw)
+        return (record if raw.get("Session") else dict(record, expires=0)), raw
+
+    def _lock_write(self, key: str, record: dict, ttl: float, handle: object | None) -> bool:
+        """Compare-and-set the record on a TTL session: a refresh renews the session when its TTL is
+        unchanged, else (and on a take-over) the key moves to a new session in the same transaction."""
+        previous = _record(handle) if handle else {}
+        refresh = bool(previous) and previous.get("token") == record.get("token")
+        session = (handle or {}).get("Session") or ""
+        want = self._session_ttl(ttl)
+        ops = [_kv("check-index", key, index=handle["ModifyIndex"]) if handle else _kv("check-not-exists", key)]
+        new_session = None
+        if refresh and session and previous.get("session") == session and previous.get("session_ttl") == want:
+            if not self._renew(session):
+                return False  # the session expired: the key went with it
+            ops.append(_kv("set", key, _dump(record)))
+        else:
+            new_session = self._create_session(f"cdlib lock {key}", ttl)
+            record.update(session=new_session, session_ttl=want)
+            if session:
+                ops.append(_kv("unlock", key, _dump(record), session=session))
+            ops.append(_kv("lock", key, _dump(record), session=new_session))
         try:
             ok, _, _ = self._txn(f"lock {key}", ops)
         except BaseException:
-            # the write may have been applied; its caller will never release it: destroying the session
-            # deletes such a record instead of leaving it (and the session) for 2 x ttl
-            self._destroy_quietly(session)
+            if not refresh and new_session:
+                # the write may have been applied; its caller will never release it: destroying the session
+                # deletes such a record instead of leaving it (and the session) for 2 x ttl
+                self._destroy_quietly(new_session)
             raise
-        if not ok:
-            self._destroy_quietly(session)
-            now = self._record_of(key)
-            raise LockHeld(_held_message(key, now), holder=_public(now))
-        if old:
-            self._destroy_quietly(old)
-        return Lock(key, record["token"], _public(record), taken_over)
-
-    def _record_of(self, key: str) -> dict:
-        raw = self._get_raw(key)
-        return _record(raw) if raw else {}
-
-    def refresh_lock(self, key: str, token: str, ttl: float) -> None:
-        current = self._get_raw(key)
-        record = _record(current) if current else {}
-        if current is None or record.get("token") != token:
-            raise LockHeld(f"the lock {key} is no longer held by this release (it expired and was "
-                           "taken over); run 'cdlib status' to see who holds it", key=key)
-        session = current.get("Session") or ""
-        want = self._session_ttl(ttl)
-        new = dict(record, expires=time.time() + ttl)
-        ops = [_kv("check-index", key, index=current["ModifyIndex"])]
-        new_session = None
-        if session and record.get("session") == session and record.get("session_ttl") == want:
-            if not self._renew(session):
-                raise LockHeld(f"the lock {key} is no longer held by this release (its session expired); "
-                               "run 'cdlib status' to see who holds it", key=key)
-            ops.append(_kv("set", key, _dump(new)))
-        else:  # another TTL, or the session is gone: move the key to a fresh session
-            new_session = self._create_session(f"cdlib lock {key}", ttl)
-            new.update(session=new_session, session_ttl=want)
-            if session:
-                ops.append(_kv("unlock", key, _dump(new), session=session))
-            ops.append(_kv("lock", key, _dump(new), session=new_session))
-        ok, _, _ = self._txn(f"refresh lock {key}", ops)
         if not ok:
             if new_session:
                 self._destroy_quietly(new_session)
-            raise LockHeld(f"the lock {key} changed hands while it was refreshed", key=key)
+            return False
         if new_session and session:
             self._destroy_quietly(session)
+        return True
+
+    def _lock_delete(self, key: str, handle: object) -> bool:
+        session = handle.get("Session") or ""
+        ops = [_kv("check-index", key, index=handle["ModifyIndex"])]
+        if session:
+            ops.append(_kv("unlock", key, _value(handle), session=session))
+        ops.append(_kv("delete", key))
+        ok, _, _ = self._txn(f"release lock {key}", ops)
+        if ok and session:
+            self._destroy_quietly(session)
+        return ok
 
     def _renew(self, session: str) -> bool:
         consul = require("consul", "consul")
@@ -342,20 +328,6 @@ class ConsulStore(Store):
                 return False
 
         return self._call("session renew", run)
-
-    def release_lock(self, key: str, token: str) -> bool:
-        current = self._get_raw(key)
-        if current is None or _record(current).get("token") != token:
-            return False
-        session = current.get("Session") or ""
-        ops = [_kv("check-index", key, index=current["ModifyIndex"])]
-        if session:
-            ops.append(_kv("unlock", key, _value(current), session=session))
-        ops.append(_kv("delete", key))
-        ok, _, _ = self._txn(f"release lock {key}", ops)
-        if ok and session:
-            self._destroy_quietly(session)
-        return ok
 
     # -- watch ----------------------------------------------------------------------------------------
     # -- registrations: KV (what the proxy renders) plus an agent service with an HTTP check ---------

@@ -19,12 +19,10 @@ import json
 import math
 import os
 import threading
-import time
-import uuid
 
 from ..errors import ConflictError, LockHeld, StoreError
 from ..extras import require
-from .base import Entry, Lock, Store, _held_message, _public, tls_failure
+from .base import Entry, Store, tls_failure
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 API_PATH = "/v3/"
@@ -269,72 +267,49 @@ class EtcdStore(Store):
                 pass
         self._clients.clear()
 
-    # -- the lock: a leased key with the holder record ---------------------------------------------------
-    def try_lock(self, key: str, holder: dict, ttl: float) -> Lock:
-        """One attempt; an expired holder is taken over. The record is attached to a lease of
-        LOCK_LEASE_FACTOR x ttl: it expires (``expires``) at ttl as in every store, and the key itself
-        goes when the lease does, so a killed holder frees it."""
-        current = self._raw(key)
-        taken_over = None
-        previous: dict = {}
-        if current is not None:
-            previous = _record(current)
-            if previous.get("expires", 0) > time.time():
-                raise LockHeld(_held_message(key, previous), holder=_public(previous))
-            taken_over = _public(previous)
-        lease, lease_ttl = self._grant(ttl * LOCK_LEASE_FACTOR)
-        record = dict(holder, token=uuid.uuid4().hex, expires=time.time() + ttl, lease=lease, lease_ttl=lease_ttl)
-        version = int(current["mod_revision"]) if current else 0
+    # -- the lock's primitive: a leased key with the holder record (the rules are in Store) --------------
+    def _lock_read(self, key: str) -> tuple[dict, object] | None:
+        raw = self._raw(key)
+        return None if raw is None else (_record(raw), raw)
+
+    def _lock_write(self, key: str, record: dict, ttl: float, handle: object | None) -> bool:
+        """Compare-and-set the record on a lease of LOCK_LEASE_FACTOR x ttl: it expires (``expires``)
+        at ttl as in every store, and the key itself goes when the lease does, so a killed holder frees
+        it. A refresh keeps the lease alive when its TTL is unchanged, else moves the key to a new one."""
+        previous = _record(handle) if handle else {}
+        refresh = bool(previous) and previous.get("token") == record.get("token")
+        old_lease = int(previous.get("lease") or 0)
+        wanted = max(1, math.ceil(ttl * LOCK_LEASE_FACTOR))
+        new_lease = None
+        if refresh and old_lease and previous.get("lease_ttl") == wanted and self._keepalive(old_lease):
+            lease = old_lease
+        else:
+            new_lease, wanted = self._grant(ttl * LOCK_LEASE_FACTOR)
+            lease = new_lease
+        record.update(lease=lease, lease_ttl=wanted)
+        version = int(handle["mod_revision"]) if handle else 0
         put = {"request_put": {"key": _b64(key), "value": _b64(_dump(record)), "lease": lease}}
         try:
             result = self._txn(f"lock {key}", [self._compare(key, version)], [put])
         except BaseException:
-            # the write may have been applied; its caller will never release it: revoking the lease
-            # removes such a record instead of blocking every release for 2 x ttl
-            self._revoke_quietly(lease)
+            if not refresh:
+                # the write may have been applied; its caller will never release it: revoking the lease
+                # removes such a record instead of blocking every release for 2 x ttl
+                self._revoke_quietly(new_lease)
             raise
         if not result.get("succeeded"):
-            self._revoke_quietly(lease)
-            now = self._raw(key)
-            held = _record(now) if now else {}
-            raise LockHeld(_held_message(key, held), holder=_public(held))
-        if previous.get("lease"):
-            self._revoke_quietly(previous["lease"])  # it held only this key, which now has our lease
-        return Lock(key, record["token"], _public(record), taken_over)
-
-    def refresh_lock(self, key: str, token: str, ttl: float) -> None:
-        current = self._raw(key)
-        record = _record(current) if current else {}
-        if current is None or record.get("token") != token:
-            raise LockHeld(f"the lock {key} is no longer held by this release (it expired and was "
-                           "taken over); run 'cdlib status' to see who holds it", key=key)
-        old_lease = int(record.get("lease") or 0)
-        wanted = max(1, math.ceil(ttl * LOCK_LEASE_FACTOR))
-        new_lease = None
-        if old_lease and record.get("lease_ttl") == wanted and self._keepalive(old_lease):
-            lease = old_lease
-        else:  # another TTL, or the lease is gone: move the key to a fresh lease
-            new_lease, wanted = self._grant(ttl * LOCK_LEASE_FACTOR)
-            lease = new_lease
-        new = dict(record, expires=time.time() + ttl, lease=lease, lease_ttl=wanted)
-        put = {"request_put": {"key": _b64(key), "value": _b64(_dump(new)), "lease": lease}}
-        result = self._txn(f"refresh lock {key}", [self._compare(key, int(current["mod_revision"]))], [put])
-        if not result.get("succeeded"):
             self._revoke_quietly(new_lease)
-            raise LockHeld(f"the lock {key} changed hands while it was refreshed", key=key)
-        if new_lease and old_lease:
-            self._revoke_quietly(old_lease)
-
-    def release_lock(self, key: str, token: str) -> bool:
-        current = self._raw(key)
-        record = _record(current) if current else {}
-        if current is None or record.get("token") != token:
             return False
+        if old_lease and old_lease != lease:
+            self._revoke_quietly(old_lease)  # it held only this key, which now has another lease
+        return True
+
+    def _lock_delete(self, key: str, handle: object) -> bool:
         request = {"request_delete_range": {"key": _b64(key)}}
-        result = self._txn(f"release lock {key}", [self._compare(key, int(current["mod_revision"]))], [request])
+        result = self._txn(f"release lock {key}", [self._compare(key, int(handle["mod_revision"]))], [request])
         if not result.get("succeeded"):
             return False
-        self._revoke_quietly(record.get("lease"))
+        self._revoke_quietly(_record(handle).get("lease"))
         return True
 
     # -- watch ----------------------------------------------------------------------------------------
