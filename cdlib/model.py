@@ -12,12 +12,15 @@ from dataclasses import asdict, dataclass, field
 
 COLORS = ("blue", "green")
 
-SERVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$|^[a-z]$")
+# Every pattern is anchored with \Z (not $, which also matches before a trailing newline) and is
+# ASCII only (re.ASCII; explicit classes), so .match() and .fullmatch() both take the whole value and
+# a look-alike letter from another script is refused.
+SERVICE_RE = re.compile(r"(?:[a-z][a-z0-9-]{0,38}[a-z0-9]|[a-z])\Z", re.ASCII)
 # an URL path prefix: unreserved characters and '/', nothing nginx or HAProxy would interpret
-PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
+PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,200}\Z", re.ASCII)
 HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-HOST_RE = re.compile(rf"^(?:\*\.)?{HOST_LABEL}(?:\.{HOST_LABEL})*$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+HOST_RE = re.compile(rf"(?:\*\.)?{HOST_LABEL}(?:\.{HOST_LABEL})*\Z", re.ASCII)
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z", re.ASCII)
 TEST_TYPES = ("pre-deployment", "pre-integration", "post-integration")
 
 
@@ -31,7 +34,7 @@ def other_color(color: str | None) -> str:
 
 
 def valid_service_name(name: object) -> bool:
-    return isinstance(name, str) and bool(SERVICE_RE.match(name))
+    return isinstance(name, str) and bool(SERVICE_RE.fullmatch(name))
 
 
 def instance_name(service: str, color: str, index: int) -> str:

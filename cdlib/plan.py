@@ -26,15 +26,46 @@ class Step:
     intent: Callable[[object], dict] | None = None  # (ctx) -> data recorded before acting
     describe: Callable[[dict], str] | None = None  # result data -> one line for humans
 
+    def __post_init__(self):
+        FAILPOINT_STEPS.add(self.name)
+
 
 class Interrupted(BaseException):
     """SIGTERM/SIGINT arrived (Jenkins aborted the build): roll back like any failure."""
 
 
+# the steps of verbs.py (a Step registers its own name too); a failpoint elsewhere adds its name here
+FAILPOINT_STEPS = {"set-aside", "start", "health", "register", "resume", "proxy", "live", "persist", "stop-old"}
+FAILPOINT_WHEN = ("before", "after")
+FAILPOINT_ACTIONS = ("kill", "fail")
+
+
+def check_failpoints(spec: str | None = None) -> None:
+    """Refuse a CDLIB_FAILPOINTS value (default: the environment's) with an item that would never
+    fire: ConfigError (exit code 2) naming the variable and the item. Empty or unset: nothing to check."""
+    from .errors import ConfigError
+
+    spec = os.environ.get("CDLIB_FAILPOINTS") if spec is None else spec
+    if not spec:
+        return
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        where, _, action = item.strip().partition("=")
+        step, _, when = where.partition(":")
+        if step in FAILPOINT_STEPS and when in FAILPOINT_WHEN and action in FAILPOINT_ACTIONS:
+            continue
+        shown = item.strip()
+        shown = repr(shown if len(shown) <= 60 else shown[:57] + "...")
+        raise ConfigError(f"CDLIB_FAILPOINTS: expected STEP:before|after=kill|fail items separated by ',' "
+                          f"(steps: {', '.join(sorted(FAILPOINT_STEPS))}), got {shown}", key="CDLIB_FAILPOINTS")
+
+
 def failpoint(step: str, when: str) -> None:
     """Crash rehearsal: CDLIB_FAILPOINTS="proxy:after=kill,start:before=fail" makes this process
     SIGKILL itself (kill) or fail the step (fail) at that point. Used by the crash-safety tests and
-    by operators who want to watch a rollback; unset, it costs one environment lookup."""
+    by operators who want to watch a rollback; unset, it costs one environment lookup. The value is
+    checked (check_failpoints) when the descriptor is loaded, before anything runs."""
     spec = os.environ.get("CDLIB_FAILPOINTS")
     if not spec:
         return
@@ -116,4 +147,4 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["Step", "Interrupted", "run", "undo", "INTENT", "DONE", "FAILED"]
+__all__ = ["Step", "Interrupted", "run", "undo", "check_failpoints", "INTENT", "DONE", "FAILED"]

@@ -46,23 +46,24 @@ DEFAULT_CATALOG = "jenkins/catalog.yml"
 
 # Jenkins.checkGoodName rejects these anywhere in an item name
 JENKINS_UNSAFE = set("?*/\\%!@#$^&|<>[]:;")
-FOLDER_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-REPOSITORY_RE = re.compile(r"^(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f\x7f-\x9f]+"
-                           r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s\x00-\x1f\x7f-\x9f]+)$")
-BRANCH_RE = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")
-CREDENTIALS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
-SCRIPT_PATH_RE = re.compile(r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\x00-\x1f\x7f-\x9f\u2028\u2029\\]{1,200}$")
-PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-PROPERTY_CLASS_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)+$")
-CRON_FIELD_RE = re.compile(r"^[0-9H*/,()-]+$")
+# anchored with \Z, not $ (which also matches before a trailing newline); used with fullmatch
+FOLDER_SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z", re.ASCII)
+REPOSITORY_RE = re.compile(r"(?:(?:https?|ssh|git|file)://[^\s\x00-\x1f\x7f-\x9f]+"
+                           r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s\x00-\x1f\x7f-\x9f]+)\Z")
+BRANCH_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}\Z")
+CREDENTIALS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}\Z", re.ASCII)
+SCRIPT_PATH_RE = re.compile(r"(?!/)(?!(?:.*/)?\.\.(?:/|\Z))[^\x00-\x1f\x7f-\x9f\u2028\u2029\\]{1,200}\Z")
+PARAM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z", re.ASCII)
+PROPERTY_CLASS_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)+\Z", re.ASCII)
+CRON_FIELD_RE = re.compile(r"[0-9H*/,()-]+\Z", re.ASCII)
 CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 # The rendered config.xml declares XML 1.1, as Jenkins writes it. XML 1.1 forbids C1 controls (U+007F
 # to U+009F) in text and turns NEL, U+2028 and U+2029 into line feeds when Jenkins parses the upload,
 # so such a character would come back changed on every read: refused here, with lone surrogates and
 # the non-characters U+FFFE/U+FFFF (not XML at all).
 _NOT_XML_TEXT = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff"
-TEXT_RE = re.compile(f"^[^{_NOT_XML_TEXT}]*$")
-CHOICE_RE = re.compile(f"^[^\n\r\t{_NOT_XML_TEXT}]{{1,200}}$")
+TEXT_RE = re.compile(f"[^{_NOT_XML_TEXT}]*\\Z")
+CHOICE_RE = re.compile(f"[^\n\r\t{_NOT_XML_TEXT}]{{1,200}}\\Z")
 MARKER_TEXT = "[managed by cdlib"
 
 JOB_KEYS = {"name", "repository", "folder", "branch", "credentials", "jenkinsfile", "lightweight", "description",
@@ -215,7 +216,7 @@ def _fields(r: _Reader, data: dict, key: str) -> dict:
     if "name" in data:
         name = r.string(data, key, "name", required=True)
         problem = jenkins_name_problem(name)
-        if problem or not SERVICE_RE.match(name):
+        if problem or not SERVICE_RE.fullmatch(name):
             why = f"Jenkins: {problem}; " if problem else ""
             raise r.fail(f"{key}.name", f"a service name ({why}lower-case letters, digits and '-', 1 to 40, "
                                         "starting with a letter)", name)
@@ -227,7 +228,7 @@ def _fields(r: _Reader, data: dict, key: str) -> dict:
         folder = r.string(data, key, "folder", default="") or ""
         for segment in folder.split("/") if folder else []:
             problem = jenkins_name_problem(segment)
-            if problem or not FOLDER_SEGMENT_RE.match(segment):
+            if problem or not FOLDER_SEGMENT_RE.fullmatch(segment):
                 why = f"Jenkins: {problem}; " if problem else ""
                 raise r.fail(f"{key}.folder", f"a folder path like team-a/services ({why}each part: letters, "
                                               "digits, '.', '_', '-', starting with a letter or digit)", folder)
@@ -281,7 +282,7 @@ def _cron(r: _Reader, data: dict, key: str, name: str) -> str:
     value = r.string(data, key, name, required=True, what=what)
     value = " ".join(value.split())
     fields = value.split(" ")
-    if value in CRON_ALIASES or (len(fields) == 5 and all(CRON_FIELD_RE.match(f) for f in fields)):
+    if value in CRON_ALIASES or (len(fields) == 5 and all(CRON_FIELD_RE.fullmatch(f) for f in fields)):
         return value
     raise r.fail(f"{key}.{name}", what, value)
 
@@ -298,7 +299,7 @@ def _parameters(r: _Reader, data: dict, key: str) -> tuple[Parameter, ...]:
         r.only(p, pkey, {"name", "type", "description", "default", "choices", "trim"})
         name = r.string(p, pkey, "name", PARAM_NAME_RE, required=True,
                         what="a parameter name ([A-Za-z_][A-Za-z0-9_]*)")
-        ptype = r.string(p, pkey, "type", re.compile(r"^(string|boolean|choice)$"), default="string",
+        ptype = r.string(p, pkey, "type", re.compile(r"string|boolean|choice"), default="string",
                          what="string, boolean or choice")
         description = r.string(p, pkey, "description", TEXT_RE, default="", what="text without control characters")
         if ptype == "string":
