@@ -146,7 +146,7 @@ def parse(url: object, field: str = "store") -> StoreURL:
     rest = rest[2:]
     if scheme == "sqlite":
         path = unquote(rest)
-        if not path.strip("/") or _CONTROL_RE.search(path) or "?" in rest or "#" in rest:
+        if not path.strip("/") or _CONTROL_RE.search(path):
             raise _fail(field, f"expected sqlite:///path/to/state.db (absolute) or sqlite://rel/path.db, got {shown!r}")
         return StoreURL("sqlite", path=path)
     kind = scheme.rstrip("s")

@@ -592,3 +592,9 @@ def test_the_cli_exits_2_with_one_line_and_writes_nothing(run_cli, name, argv, e
 def test_the_cli_refuses_a_device_as_the_descriptor(run_cli):
     code, out, err = run_cli(["status", "-f", "/dev/zero"])
     assert code == 2 and err.count("\n") == 1 and "/dev/zero" in err
+
+
+def test_sqlite_paths_are_file_names_not_urls():
+    assert store_url.parse("sqlite:///tmp/a b?c#d.db").path == "/tmp/a b?c#d.db"
+    assert store_url.parse("sqlite://rel/x%20y.db").path == "rel/x y.db"
+    assert parse(env={"CDLIB_HOME": "/tmp/cdlib home"}).store.endswith("/cdlib home/state.db")
