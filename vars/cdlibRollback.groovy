@@ -1,15 +1,19 @@
-// Undoes the open release from its journal; without one, returns to the previous release (cdlib rollback).
+// Undoes the open release from its journal (cdlib rollback); with no open release it changes nothing
+// and succeeds. previous: true (--previous) or to: 'RELEASE_ID' (--to) returns to an earlier release.
 // Parameters and behaviour: vars/cdlibRollback.txt. The command line is built by cdlibRun.
 //
-// afterFailure: true is for post { failure { ... } }: it rolls back only a release this build opened
-// and that is still open (env.CDLIB_RELEASE_OPEN, kept by cdlibRun), and never after an exit code 3
-// (another release holds the lock) or 4 (the undo is incomplete: a person is needed). Without that
-// guard a rollback after a failed build step would return the service to the release before the
-// live one, because rollback without an open release means "go back one release".
+// afterFailure: true is for post { failure { ... } }: it rolls back only a release this build may have
+// left open (env.CDLIB_RELEASE_OPEN, kept by cdlibRun: 'true' also after an exit code 5, a killed or
+// terminated CLI, or any code cdlib does not use, because the release may still be open), and never
+// after an exit code 3 (another release holds the lock) or 4 (the undo is incomplete: a person is
+// needed). The guard keeps a failed build from undoing a release that another build has open.
 def call(Map params = [:]) {
     Map p = new LinkedHashMap(params ?: [:])
     Object afterFailure = p.remove('afterFailure')
     if (afterFailure) {
+        if (p.containsKey('to') || p.containsKey('previous')) {
+            error('cdlibRollback: afterFailure undoes the release this build left open; it takes no to or previous')
+        }
         if (env.CDLIB_RELEASE_OPEN != 'true') {
             echo 'cdlib rollback: skipped, this build left no open release (nothing was deployed, or it was already undone)'
             return [:]
@@ -20,6 +24,9 @@ def call(Map params = [:]) {
                                                   : 'the undo is incomplete, a person is needed (cdlib status)')
             return [:]
         }
+        String last = env.CDLIB_LAST_EXIT_CODE ?: 'none (the step was aborted)'
+        echo "cdlib rollback: the last cdlib step ended with exit code ${last}; this build's release may still " +
+             'be open, rolling it back (a rollback without an open release changes nothing)'
     }
-    return cdlibRun('rollback', p, ['to', 'lockWait', 'lockTtl'])
+    return cdlibRun('rollback', p, ['to', 'previous', 'lockWait', 'lockTtl'])
 }

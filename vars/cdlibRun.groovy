@@ -12,15 +12,20 @@
  * 4. runs the CLI with sh(returnStatus: true) and reads the JSON result file it wrote;
  * 5. publishes JUnit reports for the test verbs;
  * 6. maps the exit code: 0 ok, 1 failed and rolled back, 2 bad input, 3 lock held, 4 undo
- *    incomplete; a failed suite the descriptor marks unstable makes the build UNSTABLE instead.
+ *    incomplete, 5 failed and the state is unknown; 137 (killed), 143 (terminated) and any other code
+ *    are unknown too; a failed suite the descriptor marks unstable makes the build UNSTABLE instead.
  *
  * The CLI is `python3 -m cdlib` unless the environment variable CDLIB_CLI names another command
  * (e.g. /opt/cdlib/venv/bin/cdlib). It is expanded by the shell, not by Groovy.
  *
  * Two environment variables carry what a post block needs to decide about a rollback:
  * CDLIB_LAST_EXIT_CODE (the last CLI exit code, empty while a step runs or after it was killed) and
- * CDLIB_RELEASE_OPEN ('true' from a successful deploy until cleanup or a rollback closes it, or a
- * step reports that it already rolled back).
+ * CDLIB_RELEASE_OPEN ('true' whenever this build may have a release open: from the start of a deploy,
+ * release or rollback until cleanup or a rollback closes it, or a step reports that it already rolled
+ * back). Only a code that proves it turns it to 'false'; an unknown outcome (exit 5, a killed CLI, a
+ * code cdlib does not use, a step aborted by a timeout) leaves it 'true', so that
+ * post { failure { cdlibRollback(afterFailure: true) } } runs the rollback, which changes nothing
+ * when no release is open.
  *
  * Pure string work lives in @NonCPS methods; steps are only called from call().
  */
@@ -31,6 +36,9 @@ def call(String verb, Map params = [:], List keys = []) {
         error(cmd.problem)
     }
     env.CDLIB_LAST_EXIT_CODE = ''
+    String before = env.CDLIB_RELEASE_OPEN
+    // while the CLI runs (and if the step is aborted, e.g. by a timeout) a release may be open
+    env.CDLIB_RELEASE_OPEN = cmd.role == 'opens' ? 'true' : (before ?: 'false')
     int code
     if (cmd.bindings) {
         withCredentials(credentialBindings(cmd.bindings)) {
@@ -40,12 +48,12 @@ def call(String verb, Map params = [:], List keys = []) {
         code = sh(script: cmd.script, returnStatus: true, label: "cdlib ${cmd.title}")
     }
     env.CDLIB_LAST_EXIT_CODE = String.valueOf(code)
-    env.CDLIB_RELEASE_OPEN = releaseOpen(verb, code, env.CDLIB_RELEASE_OPEN)
+    env.CDLIB_RELEASE_OPEN = releaseOpen(cmd, code, before)
     Map result = fileExists(cmd.resultFile) ? readJSON(file: cmd.resultFile, returnPojo: true) : [:]
     if (cmd.junit) {
         junit(allowEmptyResults: true, testResults: cmd.junit)
     }
-    Map outcome = verdict(cmd.title, verb, code, result ?: [:])
+    Map outcome = verdict(cmd, code, result ?: [:])
     if (outcome.kind == 'error') {
         error(outcome.message)
     }
@@ -94,6 +102,7 @@ List options() {
         [key: 'lockWait', alias: 'lock-wait', flag: '--lock-wait'],
         [key: 'lockTtl', alias: 'lock-ttl', flag: '--lock-ttl'],
         [key: 'to', flag: '--to'],
+        [key: 'previous', flag: '--previous', bool: true],
         [key: 'next', flag: '--next', bool: true],
         [key: 'limit', flag: '--limit'],
         [key: 'resultFile', alias: 'result-file', flag: '--result-file'],
@@ -123,10 +132,41 @@ String stepName(String verb) {
     return 'cdlib' + verb.substring(0, 1).toUpperCase() + verb.substring(1)
 }
 
+@NonCPS
+boolean isTrue(Object v) {
+    return v == true || String.valueOf(v) == 'true'
+}
+
+/**
+ * What the verb does to a release: 'opens' (deploy, release, and rollback, which may open a release
+ * to return to an earlier one), 'inside' (works on the open release: switch, cleanup, the pre- and
+ * post-integration tests) or 'none' (status, color, history, build, push, the pre-deployment tests).
+ */
+@NonCPS
+String releaseRole(String verb, Map values) {
+    if (verb in ['deploy', 'release', 'rollback']) {
+        return 'opens'
+    }
+    if (verb in ['switch', 'cleanup'] || (verb == 'test' && String.valueOf(values.type) != 'pre-deployment')) {
+        return 'inside'
+    }
+    return 'none'
+}
+
+/** Whether the verb's exit code 1 means "failed, and the release was rolled back". */
+@NonCPS
+boolean undoesOnFailure(String verb, Map values) {
+    if (verb == 'test') {
+        return releaseRole(verb, values) == 'inside' && !isTrue(values.noRollback)
+    }
+    return verb in ['deploy', 'switch', 'release', 'rollback']
+}
+
 /**
  * Everything call() needs, or `problem` (a one-line message) when the parameters are wrong:
  * argv, script, resultFile, junit (an Ant pattern to publish, or null), bindings (checked
- * credential entries), title (the verb as the user reads it, e.g. "test pre-integration").
+ * credential entries), title (the verb as the user reads it, e.g. "test pre-integration"),
+ * verb, role (releaseRole) and undoes (undoesOnFailure).
  */
 @NonCPS
 Map plan(String verb, Map params, List keys) {
@@ -158,6 +198,9 @@ Map plan(String verb, Map params, List keys) {
     }
     if (values.containsKey('tag') && values.containsKey('image')) {
         return [problem: "${step}: give tag or image, not both".toString()]
+    }
+    if (values.containsKey('to') && isTrue(values.previous)) {
+        return [problem: "${step}: give to or previous, not both".toString()]
     }
     String wrong = badChoice(step, values)
     if (wrong) {
@@ -199,7 +242,7 @@ Map plan(String verb, Map params, List keys) {
         if (o.flag == null) {
             argv << String.valueOf(v)
         } else if (o.bool) {
-            if (v == true || String.valueOf(v) == 'true') {
+            if (isTrue(v)) {
                 argv << o.flag
             }
         } else {
@@ -213,7 +256,8 @@ Map plan(String verb, Map params, List keys) {
     }
     String script = "rm -f -- ${stale.join(' ')}\n${launcher()} ${words.join(' ')}".toString()
     return [argv: argv, script: script, resultFile: String.valueOf(values.resultFile), junit: junit,
-            bindings: checked.bindings, title: title]
+            bindings: checked.bindings, title: title, verb: verb, role: releaseRole(verb, values),
+            undoes: undoesOnFailure(verb, values)]
 }
 
 /** The problem with the first value outside its option's `choices`, or null. */
@@ -273,16 +317,33 @@ Map credentials(String step, Object given) {
     return [bindings: out]
 }
 
-/** 'true' while this build has a release open that nothing has closed or undone yet. */
+/**
+ * 'true' while this build may have a release open that nothing has closed or undone yet; `current`
+ * is the value from before the step. Only an exit code that proves it closes the release: 0 of
+ * cleanup, rollback or release, and 1 of a verb that rolls its release back on failure. Exit 2, 3
+ * and 4 leave it as it was (nothing changed; another release's lock; the release stays open for a
+ * person). Everything else (5: state unknown, 137: killed, 143: terminated, any code cdlib does not
+ * use) means a release this step works on may still be open.
+ */
 @NonCPS
-String releaseOpen(String verb, int code, Object current) {
-    if (code == 0 && verb == 'deploy') {
-        return 'true'
+String releaseOpen(Map cmd, int code, Object current) {
+    String was = current == null ? 'false' : String.valueOf(current)
+    if (cmd.role == 'none') {
+        return was  // status, color, history, build, push, pre-deployment tests: no release involved
     }
-    if ((code == 0 && verb in ['cleanup', 'rollback', 'release']) || code == 1) {
-        return 'false'  // closed, or the CLI already undid it (exit 1 means rolled back)
+    if (code == 0) {
+        if (cmd.verb == 'deploy') {
+            return 'true'
+        }
+        return cmd.verb in ['cleanup', 'rollback', 'release'] ? 'false' : was
     }
-    return current == null ? 'false' : String.valueOf(current)
+    if (code == 1) {
+        return cmd.undoes ? 'false' : was  // exit 1 of such a verb means: rolled back
+    }
+    if (code in [2, 3, 4]) {
+        return was
+    }
+    return 'true'
 }
 
 /** The failed suites of a result when every one of them is allowed to mark the build UNSTABLE. */
@@ -302,10 +363,10 @@ List unstableSuites(Map result) {
     return (failed && allUnstable) ? failed : []
 }
 
-/** Who holds the lock, from the result's holder record or from the CLI's message. */
+/** Who holds the lock: the holder record the CLI puts in the result's error, else its message. */
 @NonCPS
 String holderText(Map result) {
-    Object h = result.holder
+    Object h = result.error instanceof Map ? result.error.holder : null
     if (h instanceof Map) {
         List parts = ["held by ${h.who ?: '?'}".toString()]
         if (h.build) {
@@ -324,13 +385,24 @@ String holderText(Map result) {
     return at >= 0 ? message.substring(at + ' is running: '.length()) : message
 }
 
+/** What to do when the outcome is unknown, for a verb that works on a release (else ''). */
+@NonCPS
+String unknownHint(Map cmd) {
+    if (cmd.role == 'none') {
+        return ''
+    }
+    return "; the release may still be open: run 'cdlib status', then 'cdlib rollback' " +
+        "(post { failure { cdlibRollback(afterFailure: true) } } does)"
+}
+
 /** [kind: 'ok' | 'unstable' | 'error', message: ...] for an exit code and the JSON result. */
 @NonCPS
-Map verdict(String title, String verb, int code, Map result) {
+Map verdict(Map cmd, int code, Map result) {
+    String title = cmd.title
     String service = result.service ? String.valueOf(result.service) : 'the service'
     String message = result.message ? String.valueOf(result.message) : 'no result file; see the log above'
     List suites = unstableSuites(result)
-    if (suites && (code == 0 || (code == 1 && verb == 'test'))) {
+    if (suites && (code == 0 || (code == 1 && cmd.verb == 'test'))) {
         return [kind: 'unstable', message: "cdlib ${title}: ${suites.join(', ')} tests of ${service} failed; " +
                 "the descriptor marks them unstable, so the build is UNSTABLE: ${message}".toString()]
     }
@@ -338,23 +410,39 @@ Map verdict(String title, String verb, int code, Map result) {
         case 0:
             return [kind: 'ok', message: message]
         case 1:
-            if (verb in ['status', 'color', 'build', 'push', 'history']) {
+            if (cmd.undoes) {
+                return [kind: 'error',
+                        message: "cdlib ${title} failed for ${service}; the release was rolled back: ${message}".toString()]
+            }
+            if (cmd.role == 'none') {
                 return [kind: 'error', message: "cdlib ${title} failed for ${service}: ${message}".toString()]
             }
-            return [kind: 'error',
-                    message: "cdlib ${title} failed for ${service}; the release was rolled back: ${message}".toString()]
+            return [kind: 'error', message: "cdlib ${title} failed for ${service}; the release was not rolled back " +
+                    "and is still open: ${message}".toString()]
         case 2:
             return [kind: 'error', message: "cdlib ${title}: bad input, nothing was changed: ${message}".toString()]
         case 3:
-            if (!(result.holder instanceof Map) && message.startsWith('another release of ')) {
-                return [kind: 'error', message: message]
+            Object holder = result.error instanceof Map ? result.error.holder : null
+            if (message.startsWith('another release of ')) {
+                return [kind: 'error', message: holder instanceof Map
+                        ? "another release of ${service} is running: ${holderText(result)}".toString() : message]
             }
-            return [kind: 'error', message: "another release of ${service} is running: ${holderText(result)}".toString()]
+            return [kind: 'error', message: "cdlib ${title}: ${message}".toString() +
+                    (holder instanceof Map ? " (${holderText(result)})".toString() : '')]
         case 4:
             return [kind: 'error', message: "cdlib ${title} failed for ${service} and the undo is incomplete: " +
                     "a person is needed (run 'cdlib status'): ${message}".toString()]
+        case 5:
+            return [kind: 'error', message: "cdlib ${title} failed for ${service} and the state is unknown" +
+                    "${unknownHint(cmd)}: ${message}".toString()]
+        case 137:
+            return [kind: 'error', message: "cdlib ${title} was killed (exit 137: SIGKILL, e.g. a timeout or the " +
+                    "out-of-memory killer)${unknownHint(cmd)}: ${message}".toString()]
+        case 143:
+            return [kind: 'error', message: "cdlib ${title} was terminated (exit 143: SIGTERM)${unknownHint(cmd)}: " +
+                    "${message}".toString()]
         default:
             return [kind: 'error', message: "cdlib ${title} ended with exit code ${code} (not a cdlib exit code: " +
-                    "is the CLI installed? set CDLIB_CLI): ${message}".toString()]
+                    "is the CLI installed? set CDLIB_CLI)${unknownHint(cmd)}: ${message}".toString()]
     }
 }

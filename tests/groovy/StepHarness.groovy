@@ -11,11 +11,14 @@
  * the stage order of the Jenkinsfile (declarative syntax evaluated by a small DSL stub) and of
  * cdlibPipeline, and which rollbacks a failure triggers.
  *
- *   groovy tests/groovy/StepHarness.groovy [--root DIR] [--emit FILE]
+ *   groovy tests/groovy/StepHarness.groovy [--root DIR] [--emit FILE] --cli-results DIR
  *
  * Prints one line per check and a closing "N passed, M failed" line; exits 1 on any failure.
  * --emit writes every command the steps ran as JSON ([{case, step, argv, script}]) for the Python
  * tests, which run the scripts through a real shell and parse the argument lists with the CLI's parser.
+ * --cli-results names a directory of result files the real CLI wrote (lock-held.json, unknown.json,
+ * bad-input.json; tests/unit/test_groovy_steps.py makes them with cdlib.cli.main), which the steps
+ * are checked against, so the two sides cannot drift apart.
  */
 
 import groovy.json.JsonOutput
@@ -25,13 +28,16 @@ import org.codehaus.groovy.control.customizers.ImportCustomizer
 // ---- arguments ------------------------------------------------------------------------------------
 File root = new File(getClass().protectionDomain.codeSource.location.path).parentFile.parentFile.parentFile
 String emit = null
+File cliResults = null
 for (int i = 0; i < args.length; i++) {
     if (args[i] == '--root') {
         root = new File(args[++i])
     } else if (args[i] == '--emit') {
         emit = args[++i]
+    } else if (args[i] == '--cli-results') {
+        cliResults = new File(args[++i])
     } else {
-        System.err.println("usage: groovy StepHarness.groovy [--root DIR] [--emit FILE]")
+        System.err.println("usage: groovy StepHarness.groovy [--root DIR] [--emit FILE] --cli-results DIR")
         System.exit(2)
     }
 }
@@ -353,6 +359,10 @@ section('3. argument lists') {
          argv: ['cleanup', '--result-file', 'cdlib-result-cleanup.json']],
         [name: 'rollback to', step: 'cdlibRollback', params: [to: '20240101-120000-ab12', lockWait: 60],
          argv: ['rollback', '--lock-wait', '60', '--to', '20240101-120000-ab12', '--result-file', 'cdlib-result-rollback.json']],
+        [name: 'rollback previous', step: 'cdlibRollback', params: [previous: true, lockWait: 5],
+         argv: ['rollback', '--lock-wait', '5', '--previous', '--result-file', 'cdlib-result-rollback.json']],
+        [name: 'rollback previous false', step: 'cdlibRollback', params: [previous: false],
+         argv: ['rollback', '--result-file', 'cdlib-result-rollback.json']],
         [name: 'release', step: 'cdlibRelease', params: [tag: 'v9', junitDir: 'reports', lockTtl: 600],
          argv: ['release', '--tag', 'v9', '--junit-dir', 'reports', '--lock-ttl', '600', '--result-file', 'cdlib-result-release.json'],
          junit: 'reports/*.xml'],
@@ -476,6 +486,11 @@ section('5. parameter checks') {
          "cdlibDeploy: unknown parameter 'only'; it takes: tag, image, lockWait, lockTtl, file, store, credentials, resultFile"],
         ['cdlibTest', [type: 'pre-deployment', only: 'tests'],
          "cdlibTest: unknown parameter 'only'; it takes: type, tag, targetUrl, junit, noRollback, file, store, credentials, resultFile"],
+        ['cdlibRollback', [to: 'r-1', previous: true], 'cdlibRollback: give to or previous, not both'],
+        ['cdlibRollback', [afterFailure: true, previous: true],
+         'cdlibRollback: afterFailure undoes the release this build left open; it takes no to or previous'],
+        ['cdlibRollback', [tag: 'x'],
+         "cdlibRollback: unknown parameter 'tag'; it takes: to, previous, lockWait, lockTtl, file, store, credentials, resultFile"],
     ]
     paramCases.each { List pc ->
         Ctx ctx = newCtx()
@@ -509,16 +524,18 @@ section('6. exit codes') {
          result: null, error: 'cdlib test smoke: bad input, nothing was changed: no result file; see the log above',
          junit: 'cdlib-reports/smoke.xml'],
         [name: 'exit 3 with a holder record', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
-         result: [service: 'demo', ok: false, exit_code: 3, message: 'another release of demo is running: ...', holder: lockHolder],
+         result: [service: 'demo', ok: false, exit_code: 3, message: 'another release of demo is running: ...',
+                  error: [type: 'LockHeld', holder: lockHolder]],
          error: 'another release of demo is running: held by jenkins@ci, build jenkins-demo-41, http://ci/job/demo/41/'],
+        [name: 'exit 3 of a busy proxy', step: 'cdlibSwitch', params: [:], code: 3,
+         result: [service: 'demo', ok: false, exit_code: 3, message: 'the proxy is busy: another proxy change runs',
+                  error: [type: 'ProxyBusy', holder: lockHolder + [release: 'r-7']]],
+         error: 'cdlib switch: the proxy is busy: another proxy change runs (held by jenkins@ci, build jenkins-demo-41, ' +
+                'http://ci/job/demo/41/, release r-7)'],
         [name: 'exit 3 with the message only', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
          result: [service: 'demo', ok: false, exit_code: 3,
                   message: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
          error: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
-        [name: 'exit 3 as the CLI reports a held lock', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
-         result: [verb: 'deploy', service: '', ok: false, exit_code: 3,
-                  message: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00'],
-         error: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00'],
         [name: 'exit 4', step: 'cdlibCleanup', params: [:], code: 4,
          result: [service: 'demo', ok: false, exit_code: 4, message: 'cleanup of demo failed: docker unreachable'],
          error: "cdlib cleanup failed for demo and the undo is incomplete: a person is needed (run 'cdlib status'): " +
@@ -526,6 +543,38 @@ section('6. exit codes') {
         [name: 'exit 127 (no CLI)', step: 'cdlibStatus', params: [:], code: 127, result: null,
          error: 'cdlib status ended with exit code 127 (not a cdlib exit code: is the CLI installed? set CDLIB_CLI): ' +
                 'no result file; see the log above'],
+        [name: 'exit 5', step: 'cdlibSwitch', params: [:], code: 5,
+         result: [service: 'demo', ok: false, exit_code: 5, message: 'switch failed with an unexpected KeyError: x',
+                  error: [type: 'KeyError', unexpected: true]],
+         error: "cdlib switch failed for demo and the state is unknown; the release may still be open: run 'cdlib status', " +
+                "then 'cdlib rollback' (post { failure { cdlibRollback(afterFailure: true) } } does): " +
+                'switch failed with an unexpected KeyError: x'],
+        [name: 'exit 5 of a verb outside a release', step: 'cdlibPush', params: [tag: 't'], code: 5,
+         result: [service: 'demo', ok: false, exit_code: 5, message: 'push failed with an unexpected OSError: x'],
+         error: 'cdlib push failed for demo and the state is unknown: push failed with an unexpected OSError: x'],
+        [name: 'exit 137', step: 'cdlibDeploy', params: [tag: 't'], code: 137, result: null,
+         error: "cdlib deploy was killed (exit 137: SIGKILL, e.g. a timeout or the out-of-memory killer); the release may " +
+                "still be open: run 'cdlib status', then 'cdlib rollback' (post { failure { cdlibRollback(afterFailure: true) } } " +
+                'does): no result file; see the log above'],
+        [name: 'exit 143', step: 'cdlibTest', params: [type: 'post-integration'], code: 143, result: null,
+         error: "cdlib test post-integration was terminated (exit 143: SIGTERM); the release may still be open: run " +
+                "'cdlib status', then 'cdlib rollback' (post { failure { cdlibRollback(afterFailure: true) } } does): " +
+                'no result file; see the log above',
+         junit: 'cdlib-reports/post-integration.xml'],
+        [name: 'exit 42', step: 'cdlibRelease', params: [tag: 't'], code: 42, result: null,
+         error: "cdlib release ended with exit code 42 (not a cdlib exit code: is the CLI installed? set CDLIB_CLI); the " +
+                "release may still be open: run 'cdlib status', then 'cdlib rollback' (post { failure { " +
+                "cdlibRollback(afterFailure: true) } } does): no result file; see the log above",
+         junit: 'cdlib-reports/*.xml'],
+        [name: 'exit 1 of the pre-deployment suite', step: 'cdlibTest', params: [type: 'pre-deployment'], code: 1,
+         result: [service: 'demo', ok: false, exit_code: 1, message: 'demo: pre-deployment tests failed (exit 1)'],
+         error: 'cdlib test pre-deployment failed for demo: demo: pre-deployment tests failed (exit 1)',
+         junit: 'cdlib-reports/pre-deployment.xml'],
+        [name: 'exit 1 of a suite with noRollback', step: 'cdlibTest', params: [type: 'pre-integration', noRollback: true],
+         code: 1, result: [service: 'demo', ok: false, exit_code: 1, message: 'demo: pre-integration tests failed (exit 1)'],
+         error: 'cdlib test pre-integration failed for demo; the release was not rolled back and is still open: ' +
+                'demo: pre-integration tests failed (exit 1)',
+         junit: 'cdlib-reports/pre-integration.xml'],
         [name: 'an unstable suite', step: 'cdlibTest', params: [type: 'post-integration'], code: 0,
          result: [service: 'demo', ok: true, exit_code: 0, message: 'post-integration tests of demo failed; marked unstable',
                   tests: [[suite: 'post-integration', passed: false, exit_code: 1, unstable_ok: true]]],
@@ -579,14 +628,17 @@ section('6. exit codes') {
 
 // ---- 7. which release this build holds open ------------------------------------------------------
 section('7. which release') {
-    Closure openAfter = { List sequence ->
+    // [step, params, exit code] in order; 'abort' stands for a step Jenkins aborted (sh throws)
+    Closure runAll = { List sequence ->
         Ctx ctx = newCtx()
         sequence.each { List s ->
-            ctx.cli = fixedCli(s[2], [service: 'demo', ok: s[2] == 0, exit_code: s[2], message: 'x'])
+            ctx.cli = s[2] == 'abort' ? { List argv -> throw new StepFailed('Timeout has been exceeded') }
+                                      : fixedCli(s[2], [service: 'demo', ok: s[2] == 0, exit_code: s[2], message: 'x'])
             runStep(ctx, s[0], s[1])
         }
-        return ctx.env.CDLIB_RELEASE_OPEN
+        return ctx
     }
+    Closure openAfter = { List sequence -> runAll(sequence).env.CDLIB_RELEASE_OPEN }
     report.equal('release open after deploy', openAfter([['cdlibDeploy', [tag: 't'], 0]]), 'true')
     report.equal('release open after deploy, switch exit 2',
                  openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibSwitch', [:], 2]]), 'true')
@@ -595,11 +647,51 @@ section('7. which release') {
     report.equal('release closed after cleanup', openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibCleanup', [:], 0]]), 'false')
     report.equal('no release after a failed build', openAfter([['cdlibBuild', [tag: 't'], 2]]), 'false')
     report.equal('no release after deploy exit 3', openAfter([['cdlibDeploy', [tag: 't'], 3]]), 'false')
+    report.equal('no release after deploy exit 2', openAfter([['cdlibDeploy', [tag: 't'], 2]]), 'false')
+    report.equal('release closed after release exit 1', openAfter([['cdlibRelease', [tag: 't'], 1]]), 'false')
+    report.equal('a failed status does not close the release (exit 1 of a verb outside releases)',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibStatus', [:], 1]]), 'true')
+    report.equal('a failed pre-deployment suite does not close the release',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibTest', [type: 'pre-deployment'], 1]]), 'true')
+    report.equal('a suite with noRollback that exits 1 leaves the release open',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibTest', [type: 'pre-integration', noRollback: true], 1]]), 'true')
+    report.equal('cleanup exit 4 leaves the release open',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibCleanup', [:], 4]]), 'true')
+    report.equal('a failed build leaves no release (exit 5 of a verb outside releases)',
+                 openAfter([['cdlibBuild', [tag: 't'], 5]]), 'false')
+    // unknown outcomes: the release may be open (exit 5: state unknown, 137: killed, 143: terminated, 42: not cdlib's)
+    [5, 137, 143, 42, 'abort'].each { Object code ->
+        report.equal("release may be open after deploy exits ${code}", openAfter([['cdlibDeploy', [tag: 't'], code]]), 'true')
+        report.equal("release may be open after release exits ${code}", openAfter([['cdlibRelease', [tag: 't'], code]]), 'true')
+        [['cdlibSwitch', [:]], ['cdlibTest', [type: 'pre-integration']], ['cdlibTest', [type: 'post-integration']],
+         ['cdlibCleanup', [:]]].each { List step ->
+            report.equal("release stays open after deploy, then ${step[0]}${step[1].type ? ' ' + step[1].type : ''} exits ${code}",
+                         openAfter([['cdlibDeploy', [tag: 't'], 0], [step[0], step[1], code]]), 'true')
+        }
+        report.equal("release may be open after rollback exits ${code}",
+                     openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibRollback', [:], code]]), 'true')
+        // and post { failure { cdlibRollback(afterFailure: true) } } then runs the rollback
+        Ctx ctx = runAll([['cdlibDeploy', [tag: 't'], 0], ['cdlibSwitch', [:], code], ['cdlibRollback', [afterFailure: true], 0]])
+        report.equal("rollback after failure runs after switch exits ${code}", ctx.verbs(), ['deploy', 'switch', 'rollback'])
+        report.equal("rollback after failure closes the release after switch exits ${code}", ctx.env.CDLIB_RELEASE_OPEN, 'false')
+        ctx = runAll([['cdlibDeploy', [tag: 't'], code], ['cdlibRollback', [afterFailure: true], 0]])
+        report.equal("rollback after failure runs after deploy exits ${code}", ctx.verbs(), ['deploy', 'rollback'])
+        report.check("rollback after failure after deploy exits ${code}: says why",
+                     ctx.named('echo').any { it.args.startsWith('cdlib rollback: the last cdlib step ended with exit code ') },
+                     ctx.named('echo'))
+    }
+    Ctx aborted = runAll([['cdlibDeploy', [tag: 't'], 'abort']])
+    report.equal('an aborted deploy leaves CDLIB_LAST_EXIT_CODE empty', aborted.env.CDLIB_LAST_EXIT_CODE, '')
 
     List afterFailureCases = [
         [name: 'no open release', env: [:], runs: false, echo: 'cdlib rollback: skipped, this build left no open release'],
         [name: 'open release, last exit 2', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '2'], runs: true],
         [name: 'open release, step killed', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: ''], runs: true],
+        [name: 'open release, state unknown', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '5'], runs: true,
+         echo: 'cdlib rollback: the last cdlib step ended with exit code 5; this build\'s release may still be open'],
+        [name: 'open release, CLI killed', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '137'], runs: true],
+        [name: 'open release, CLI terminated', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '143'], runs: true],
+        [name: 'open release, unknown exit code', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '42'], runs: true],
         [name: 'open release, lock held', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '3'], runs: false,
          echo: 'cdlib rollback: skipped after exit code 3: another release holds the lock'],
         [name: 'open release, undo incomplete', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '4'], runs: false,
@@ -614,7 +706,7 @@ section('7. which release') {
         report.equal("rollback after failure, ${c.name}: runs the CLI", ctx.commands.collect { it.argv },
                      c.runs ? [['rollback', '--file', 'cdlib.yml', '--result-file', 'cdlib-result-rollback.json']] : [])
         if (c.echo) {
-            report.check("rollback after failure, ${c.name}: says why not",
+            report.check("rollback after failure, ${c.name}: says why",
                          ctx.named('echo').any { it.args.startsWith(c.echo) }, ctx.named('echo'))
         }
         emitAll("rollback after failure, ${c.name}", ctx)
@@ -651,7 +743,8 @@ section('8. cdlibPipeline') {
     emitAll('cdlibPipeline', pctx)
 
     [['switch', 2, true], ['test pre-integration', 1, false], ['deploy', 3, false], ['build tests', 1, false],
-     ['test pre-deployment', 1, false], ['build service', 2, false], ['cleanup', 4, false]].each { List f ->
+     ['test pre-deployment', 1, false], ['build service', 2, false], ['cleanup', 4, false], ['deploy', 5, true],
+     ['switch', 143, true], ['build service', 5, false]].each { List f ->
         Ctx ctx = newCtx(env: [GIT_COMMIT: 'fedcba9876543210fedcba9876543210fedcba98'], cli: failingAt(f[0], f[1]))
         List r = runStep(ctx, 'cdlibPipeline', [:])
         report.check("cdlibPipeline, ${f[0]} exits ${f[1]}: fails", r[1] != null, r)
@@ -859,7 +952,8 @@ if (jenkinsfileClass != null) try {
     emitAll('Jenkinsfile', ok[0])
     [['switch', 2, true], ['test post-integration', 1, false], ['deploy', 3, false], ['push', 2, false],
      ['build tests', 1, false], ['test pre-deployment', 1, false], ['build service', 1, false],
-     ['cleanup', 4, false]].each { List f ->
+     ['cleanup', 4, false], ['switch', 5, true], ['deploy', 137, true], ['test post-integration', 143, true],
+     ['cleanup', 42, true], ['push', 5, false], ['test pre-deployment', 5, false]].each { List f ->
         List run = endToEnd(failingAt(f[0], f[1]))
         int at = pipelineVerbs.indexOf(f[0])
         report.check("Jenkinsfile (library), ${f[0]} exits ${f[1]}: the build fails", run[1] != null, run[1])
@@ -883,6 +977,59 @@ if (jenkinsfileClass != null) try {
                  noCommitError)
 } catch (Throwable t) {
     report.check('Jenkinsfile: evaluates', false, "${t.class.name}: ${t.message}")
+}
+
+// ---- 10. results the real CLI wrote ----------------------------------------------------------------
+section('10. results the real CLI wrote') {
+    report.check('CLI results: a directory of results from cdlib.cli.main (--cli-results DIR)',
+                 cliResults != null && cliResults.isDirectory(), "${cliResults}: run through tests/unit/test_groovy_steps.py")
+    Closure fromCli = { String name ->
+        File f = new File(cliResults, name)
+        return f.isFile() ? new groovy.json.JsonSlurper().parse(f) : null
+    }
+    Map locked = cliResults ? fromCli('lock-held.json') : null
+    report.check('CLI results: lock-held.json', locked != null, 'missing')
+    if (locked) {
+        Ctx ctx = newCtx(cli: fixedCli(locked.exit_code as int, locked))
+        List r = runStep(ctx, 'cdlibDeploy', [tag: 't'])
+        Map h = locked.error?.holder ?: [:]
+        report.equal('CLI lock-held result: exit code 3', locked.exit_code, 3)
+        report.equal('CLI lock-held result: the message names the holder from error.holder', r[1],
+                     "another release of shop is running: held by ${h.who}, build jenkins-shop-41, ".toString() +
+                     'http://ci.example/job/shop/41/, release r-9')
+        report.check('CLI lock-held result: the holder is not a top-level key', !locked.containsKey('holder'), locked.keySet())
+        report.equal('CLI lock-held result: no release of this build is open', ctx.env.CDLIB_RELEASE_OPEN, 'false')
+        runStep(ctx, 'cdlibRollback', [afterFailure: true])
+        report.equal('CLI lock-held result: the post-failure rollback leaves the other release alone',
+                     ctx.verbs(), ['deploy'])
+        emitAll('CLI lock-held result', ctx)
+    }
+    Map unknown = cliResults ? fromCli('unknown.json') : null
+    report.check('CLI results: unknown.json', unknown != null, 'missing')
+    if (unknown) {
+        Ctx ctx = newCtx(env: [CDLIB_RELEASE_OPEN: 'true'], cli: fixedCli(unknown.exit_code as int, unknown))
+        List r = runStep(ctx, 'cdlibSwitch', [:])
+        report.equal('CLI unknown result: exit code 5 with error.type', [unknown.exit_code, unknown.error?.type],
+                     [5, 'RuntimeError'])
+        report.check('CLI unknown result: the state is unknown and the release may be open',
+                     r[1]?.startsWith('cdlib switch failed for shop and the state is unknown; the release may still be open: ' +
+                                      "run 'cdlib status', then 'cdlib rollback'"), r[1])
+        report.equal('CLI unknown result: CDLIB_RELEASE_OPEN', ctx.env.CDLIB_RELEASE_OPEN, 'true')
+        ctx.cli = fixedCli(0, [service: 'shop', ok: true, exit_code: 0, message: 'rolled back'])
+        runStep(ctx, 'cdlibRollback', [afterFailure: true])
+        report.equal('CLI unknown result: the post-failure rollback runs', ctx.verbs(), ['switch', 'rollback'])
+        emitAll('CLI unknown result', ctx)
+    }
+    Map bad = cliResults ? fromCli('bad-input.json') : null
+    report.check('CLI results: bad-input.json', bad != null, 'missing')
+    if (bad) {
+        Ctx ctx = newCtx(cli: fixedCli(bad.exit_code as int, bad))
+        List r = runStep(ctx, 'cdlibDeploy', [tag: 't'])
+        report.equal('CLI bad-input result: exit code 2', bad.exit_code, 2)
+        report.equal('CLI bad-input result: the message', r[1], "cdlib deploy: bad input, nothing was changed: ${bad.message}".toString())
+        report.equal('CLI bad-input result: no release open', ctx.env.CDLIB_RELEASE_OPEN, 'false')
+        emitAll('CLI bad-input result', ctx)
+    }
 }
 
 // ---- summary ---------------------------------------------------------------------------------------

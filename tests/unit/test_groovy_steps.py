@@ -4,15 +4,20 @@ tests/groovy/StepHarness.groovy compiles every step and the Jenkinsfile and runs
 pipeline steps (exact argument lists, credentials, exit-code mapping, stage order, rollbacks). These
 tests run it, then run every command line the steps produced through a real /bin/sh, the way Jenkins'
 ``sh`` step does, to prove that the quoting gives the CLI exactly the intended arguments.
+
+The results the harness feeds to the steps for a held lock, an unknown failure and bad input are
+written by the real CLI (cdlib.cli.main) first, so the steps and the CLI cannot drift apart.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,10 +37,56 @@ def groovy_env() -> dict:
     return env
 
 
+LOCK_HOLDER = {"release": "r-9", "image": "127.0.0.1:5000/shop:v8", "build": "jenkins-shop-41",
+               "build_url": "http://ci.example/job/shop/41/"}  # StepHarness.groovy section 10 expects these
+UNKNOWN_FAILURE = ("import sys\n"
+                   "from cdlib import cli\n"
+                   "def dispatch(args, printer):\n"
+                   "    raise RuntimeError('a bug')\n"
+                   "cli._dispatch = dispatch\n"
+                   "sys.exit(cli.main(sys.argv[1:]))\n")
+_results: Path | None = None
+
+
+def _cli(work: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CDLIB_HOME=str(work / ".cdlib"))
+    env.pop("CDLIB_STORE", None)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=work, timeout=120)
+
+
+def cli_results() -> Path:
+    """lock-held.json, unknown.json and bad-input.json, each written by cdlib.cli.main (made once)."""
+    global _results
+    if _results is not None:
+        return _results
+    from cdlib import keys
+    from cdlib.store.base import default_holder
+    from cdlib.store.sqlite import SqliteStore
+
+    out = Path(tempfile.mkdtemp(prefix="cdlib-cli-results-"))
+    atexit.register(shutil.rmtree, out, True)
+    work = out / "work"
+    work.mkdir()
+    (work / "cdlib.yml").write_text(f"service: shop\nport: 80\nimage: r/shop:1\nstore: sqlite:///{work / 's.db'}\n")
+    # held by this (live) process, so no expiry or dead-holder rule takes it over
+    store = SqliteStore(work / "s.db")
+    store.acquire_lock(keys.lock("shop"), default_holder(**LOCK_HOLDER), ttl=600)
+    store.close()
+    proc = _cli(work, "-m", "cdlib", "deploy", "--result-file", str(out / "lock-held.json"))
+    assert proc.returncode == 3, proc.stderr
+    proc = _cli(work, "-c", UNKNOWN_FAILURE, "switch", "--result-file", str(out / "unknown.json"))
+    assert proc.returncode == 5, proc.stderr
+    (work / "bad.yml").write_text("service: shop\nport: 80\nimage: r/shop:1\nroutes: {paths: ['/x;}']}\n")
+    proc = _cli(work, "-m", "cdlib", "deploy", "-f", "bad.yml", "--result-file", str(out / "bad-input.json"))
+    assert proc.returncode == 2, proc.stderr
+    _results = out
+    return out
+
+
 def run_harness(root: Path, emit: Path | None = None) -> subprocess.CompletedProcess:
     groovy = shutil.which("groovy")
     assert groovy, "groovy is not installed (scripts/setup installs the Debian package)"
-    cmd = [groovy, str(HARNESS), "--root", str(root)]
+    cmd = [groovy, str(HARNESS), "--root", str(root), "--cli-results", str(cli_results())]
     if emit is not None:
         cmd += ["--emit", str(emit)]
     return subprocess.run(cmd, capture_output=True, text=True, env=groovy_env(), timeout=300)
@@ -57,6 +108,19 @@ def test_every_harness_check_passes(harness):
     passed = int(summary.split()[0])
     assert summary == f"{passed} passed, 0 failed"
     assert passed > 300  # the harness really ran its cases
+
+
+def test_the_results_the_harness_uses_come_from_the_cli(harness):
+    """The CLI side of the contract the harness checks: the lock holder sits under error.holder."""
+    proc, _ = harness
+    locked = json.loads((cli_results() / "lock-held.json").read_text())
+    assert locked["exit_code"] == 3 and locked["service"] == "shop" and "holder" not in locked
+    assert locked["error"]["type"] == "LockHeld"
+    assert {k: locked["error"]["holder"][k] for k in LOCK_HOLDER} == LOCK_HOLDER
+    unknown = json.loads((cli_results() / "unknown.json").read_text())
+    assert unknown["exit_code"] == 5 and unknown["error"]["type"] == "RuntimeError"
+    checked = [line for line in proc.stdout.splitlines() if line.startswith("ok - CLI ")]
+    assert len(checked) >= 12, proc.stdout[-3000:]
 
 
 def test_the_harness_covers_every_step_and_verb(harness):

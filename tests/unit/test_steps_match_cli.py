@@ -135,7 +135,7 @@ def test_every_recorded_argument_list_parses(recorded):
         if "--limit" in argv:
             assert ns.limit == int(argv[argv.index("--limit") + 1]), command["case"]
             seen.add("--limit")
-        for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback")):
+        for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback"), ("--previous", "previous")):
             if flag in argv:
                 assert getattr(ns, dest) is True
                 seen.add(flag)
@@ -157,3 +157,12 @@ def test_the_bad_input_the_harness_simulates_is_what_the_cli_rejects(recorded, c
         with pytest.raises(SystemExit) as exc:
             build_parser().parse_args(command["argv"])
         assert exc.value.code == 2
+
+
+def test_rollback_previous_is_a_flag_of_both_sides(verbs):
+    """cdlibRollback(previous: true) -> --previous, which the CLI takes instead of --to, never with it."""
+    assert "previous" in step_table()["cdlibRollback"][1] and option_table()["previous"] == "--previous"
+    assert build_parser().parse_args(["rollback", "--previous"]).previous is True
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["rollback", "--previous", "--to", "r-1"])
+    assert exc.value.code == 2
