@@ -387,9 +387,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _failure(args, exc: BaseException) -> tuple[Outcome, bool]:
-    """The outcome for an exception that escaped the verb, and whether a traceback may help
-    (only shown with CDLIB_DEBUG=1)."""
+def _handle(handler) -> None:
+    for sig in SIGNALS:
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread (cli.main called from a library's thread)
+            return
+
+
+def _failure(args, exc: BaseException) -> Outcome:
+    """The outcome for an exception that escaped the verb."""
     from .plan import Interrupted
 
     service = _service_name(args)
@@ -399,27 +406,26 @@ def _failure(args, exc: BaseException) -> tuple[Outcome, bool]:
         if code == EXIT_ROLLED_BACK and _acts_on_release(args):
             # raised, not returned: the verb rolled nothing back (a returned outcome says when it did)
             code, message = EXIT_UNKNOWN, f"{message}; nothing was rolled back and {UNKNOWN_HINT}"
-        return Outcome(args.verb, service, False, code, message, data={"error": error}), False
+        return Outcome(args.verb, service, False, code, message, data={"error": error})
     if isinstance(exc, (Interrupted, KeyboardInterrupt)):
         name = _signal_name()
         error = {"type": "Interrupted", "signal": name}
         if _acts_on_release(args):
             return Outcome(args.verb, service, False, EXIT_UNKNOWN,
                            f"{args.verb} was interrupted ({name}) before it finished or rolled back: {UNKNOWN_HINT}",
-                           data={"error": error}), False
+                           data={"error": error})
         return Outcome(args.verb, service, False, EXIT_ROLLED_BACK, f"{args.verb} was interrupted ({name})",
-                       data={"error": error}), False
+                       data={"error": error})
     detail = _one_line(exc) or "(no message)"
     return Outcome(args.verb, service, False, EXIT_UNKNOWN,
                    f"{args.verb} failed with an unexpected {type(exc).__name__}: {detail}; {UNKNOWN_HINT}",
-                   data={"error": {"type": type(exc).__name__, "unexpected": True}}), True
+                   data={"error": {"type": type(exc).__name__, "unexpected": True}})
 
 
 def _run_verb(args, printer: _Printer) -> tuple[Outcome, BaseException | None]:
-    for sig in SIGNALS:
-        # SIGINT too: a KeyboardInterrupt is no Exception, so it would skip the rollback and leave
-        # the release open behind an exit code that says "rolled back"
-        signal.signal(sig, _interrupt)
+    # SIGINT too: a KeyboardInterrupt is no Exception, so it would skip the rollback and leave the
+    # release open behind an exit code that says "rolled back"
+    _handle(_interrupt)
     try:
         try:
             from . import extras
@@ -427,12 +433,11 @@ def _run_verb(args, printer: _Printer) -> tuple[Outcome, BaseException | None]:
             extras.check("yaml")  # every verb reads a descriptor or a catalog: say so before anything
             return _dispatch(args, printer), None
         finally:
-            for sig in SIGNALS:
-                signal.signal(sig, _late_signal)
+            _handle(_late_signal)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: B036 - SIGTERM/SIGINT arrive as plan.Interrupted
-        return _failure(args, exc)[0], exc
+        return _failure(args, exc), exc
 
 
 def _write_result(path: Path, doc: dict) -> None:
@@ -546,11 +551,7 @@ def main(argv: list[str] | None = None) -> int:
 def _last_resort(args, exc: BaseException, debug: bool) -> int:
     """Something failed while the outcome was being reported (or a signal slipped in between): the
     caller must not read a rollback into it."""
-    for sig in SIGNALS:
-        try:
-            signal.signal(sig, _late_signal)
-        except (OSError, ValueError):
-            pass
+    _handle(_late_signal)
     message = (f"{args.verb} ended with an error while reporting its outcome ({type(exc).__name__}: "
                f"{_one_line(exc) or 'no message'}); {UNKNOWN_HINT}")
     if getattr(args, "result_file", None):

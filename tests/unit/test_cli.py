@@ -309,6 +309,19 @@ def test_an_unwritable_result_file_after_a_failure_is_exit_5_too(tmp_path, monke
     assert err[1].startswith("cdlib: error: cannot write the result file") and "exit 3" in err[1]
 
 
+def test_an_error_while_reporting_is_exit_5_with_the_result_written(tmp_path, monkeypatch, capsys, signals_restored):
+    from cdlib.model import Outcome
+
+    monkeypatch.setattr(cli, "_dispatch", lambda args, printer: Outcome("switch", "shop", True, 0, "switched"))
+    monkeypatch.setattr(cli, "_print_human", _raise(RuntimeError("printer bug")))
+    monkeypatch.setattr(cli, "_report", lambda args, outcome: cli._print_human(args, outcome))
+    result = tmp_path / "r.json"
+    assert cli.main(["switch", "--result-file", str(result)]) == 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "RuntimeError: printer bug" in err
+    assert json.loads(result.read_text())["error"]["type"] == "RuntimeError"
+
+
 # ---- missing optional clients ---------------------------------------------------------------------
 MISSING_ETCD = ("import sys; sys.modules['etcd3gw'] = None  # as if cdlib was installed without the etcd extra\n"
                 "from cdlib import cli; sys.exit(cli.main(sys.argv[1:]))\n")
