@@ -209,7 +209,7 @@ def refusal(line: str, path: str | os.PathLike, data: bytes | str) -> tuple[str,
     m = re.search(where + r":(\d+)", line)
     number = int(m.group(1)) if m else None
     text = re.sub(r"\s*(?:\bin\s+)?\[?" + where + r"(?::\d+)?\]?", " ", line)
-    text = _QUOTED_RE.sub("…", text)
+    text = _QUOTED_RE.sub("[...]", text)
     text = _PARSING_RE.sub("", _LEVEL_RE.sub("", text.strip())).strip(" :,;")
     text = " ".join(text.split())
     config = data.decode("utf-8", "replace") if isinstance(data, bytes) else data

@@ -65,6 +65,11 @@ def test_registered_values_are_masked_by_value_whatever_the_name():
     assert mask("db=innocent-value-1;", env={}) == "db=***;"
 
 
+def test_register_env_takes_the_values_of_named_variables():
+    secrets.register_env(["CDLIBT_A", "CDLIBT_MISSING"], env={"CDLIBT_A": "value-of-a-1", "CDLIBT_B": "value-b-1"})
+    assert values({}) == {"value-of-a-1"}
+
+
 def test_short_values_are_a_documented_limit():
     register("abc")
     assert secrets.MIN_LENGTH == 4
