@@ -200,7 +200,13 @@ class ContainerRunner(TestRunner):
 
     def _create(self, client, image: str, command: list[str] | None, env: dict[str, str], name: str,
                 run: TestRun):
-        options = {"labels": {LABEL: "1", "cdlib.service": run.service, "cdlib.suite": run.suite.type},
+        from ..store.base import default_holder
+
+        owner = default_holder()  # who runs the suite: 'rollback' removes it once that process is gone
+        labels = {LABEL: "1", "cdlib.service": run.service, "cdlib.suite": run.suite.type,
+                  "cdlib.release": env.get("CDLIB_RELEASE", ""), "cdlib.host": owner["host"],
+                  "cdlib.pid": str(owner["pid"]), "cdlib.proc": owner["proc"] or ""}
+        options = {"labels": labels,
                    "init": self.init, "environment": env, "name": name, "stdin_open": False, "tty": False}
         if command is not None:
             options["command"] = command
@@ -287,6 +293,25 @@ class ContainerRunner(TestRunner):
         except _engine_errors() as exc:
             return [f"cdlib: could not remove the test container {container.name}: {_redact(exc)}; "
                     f"remove containers labelled {LABEL}=1 by hand"]
+
+    def remove_leftovers(self, service: str, gone: Callable[[dict], bool]) -> list[str]:
+        """Remove the service's test containers whose cdlib process is gone (killed while its suite
+        ran): gone({"host", "pid", "proc"}) decides from their labels. Returns their names."""
+        try:
+            found = self._docker().containers.list(
+                all=True, filters={"label": [f"{LABEL}=1", f"cdlib.service={service}"]}, ignore_removed=True)
+        except _engine_errors() as exc:
+            raise TestRunnerError(f"cannot list the test containers of {service}: {_redact(exc)}; check the Docker "
+                                  f"engine at {self._where()}") from exc
+        removed = []
+        for container in found:
+            labels = container.labels or {}
+            pid = labels.get("cdlib.pid", "")
+            if pid.isdigit() and gone({"host": labels.get("cdlib.host"), "pid": int(pid),
+                                       "proc": labels.get("cdlib.proc") or None}):
+                if not self._remove(container):
+                    removed.append(container.name)
+        return removed
 
     @staticmethod
     def _remove_by_name(client, name: str) -> None:

@@ -472,8 +472,8 @@ def test_a_second_switch_of_the_same_release_neither_steals_the_proxy_lock_nor_u
     second.journal = None
     loaded = rel.Journal.load(world.store, "shop")
     if first_holds_the_proxy_lock:
-        world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release=opened["id"]), pid=os.getppid()),
-                                 ttl=60)
+        world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release=opened["id"]), pid=os.getppid(),
+                                                                proc=None), ttl=60)
     first = rel.Journal.load(world.store, "shop")
     first.phase = "switching"
     first.save()
