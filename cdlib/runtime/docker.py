@@ -19,10 +19,15 @@ The SDK is imported on first use (the CLI must start fast), and nothing from ``d
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import random
+import socket
+import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +86,7 @@ class DockerRuntime(Runtime):
         self.docker_host = docker_host
         self.timeout = timeout
         self._docker_client = None
+        self._local_engine: _LocalEngine | None = None
 
     # -- connection ---------------------------------------------------------------------------
     @property
@@ -108,6 +114,17 @@ class DockerRuntime(Runtime):
             self._docker_client = client
         return self._docker_client
 
+    @property
+    def _engine(self) -> _LocalEngine | _SdkEngine:
+        """What the container calls go through: the local socket directly when the engine is on
+        a unix socket (no SDK to import: that costs more than a release's calls), else the SDK
+        (TCP with TLS, ssh://...)."""
+        if self.host.startswith("unix://"):
+            if self._local_engine is None:
+                self._local_engine = _LocalEngine(self.host[len("unix://"):], self.timeout)
+            return self._local_engine
+        return _SdkEngine(self._client.api)
+
     def close(self) -> None:
         if self._docker_client is not None:
             self._docker_client.close()
@@ -132,19 +149,37 @@ class DockerRuntime(Runtime):
 
     def ping(self) -> None:
         with self._translate("ping the engine"):
-            self._client.ping()
+            self._engine.ping()
 
     @contextmanager
     def _translate(self, action: str, hint: str = "") -> Iterator[None]:
-        """Turn SDK and transport errors into RuntimeBackendError; ours pass through."""
+        """Turn engine, SDK and transport errors into RuntimeBackendError; ours pass through."""
+        tail = f"; {hint}" if hint else ""
+        try:
+            yield
+        except RuntimeBackendError:
+            raise
+        except _EngineDown as exc:
+            raise self._unreachable(exc.__cause__ or exc) from exc
+        except _EngineTimeout as exc:
+            raise RuntimeBackendError(f"docker runtime: {action}: no answer from {self.describe()} within "
+                                      f"{exc.seconds:g}s; check the engine's load") from exc
+        except _EngineError as exc:
+            raise RuntimeBackendError(f"docker runtime: {action}: {self._reason(exc)}{tail}") from exc
+        except Exception as exc:
+            if "docker" not in sys.modules:  # the SDK was not used: nothing of it to translate
+                raise
+            self._translate_sdk(exc, action, tail)
+            raise
+
+    def _translate_sdk(self, exc: Exception, action: str, tail: str) -> None:
+        """Raise the RuntimeBackendError for an SDK or transport error; return for anything else."""
         import docker
         import requests
         import urllib3
 
         try:
-            yield
-        except RuntimeBackendError:
-            raise
+            raise exc
         except requests.exceptions.ConnectionError as exc:
             raise self._unreachable(exc) from exc
         except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as exc:
@@ -157,11 +192,11 @@ class DockerRuntime(Runtime):
             raise RuntimeBackendError(f"docker runtime: {action}: the answer from {self.describe()} broke "
                                       f"off ({self._mask(first)}); check the engine and retry") from exc
         except docker.errors.APIError as exc:
-            tail = f"; {hint}" if hint else ""
             raise RuntimeBackendError(f"docker runtime: {action}: {self._reason(exc)}{tail}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-            tail = f"; {hint}" if hint else ""
             raise RuntimeBackendError(f"docker runtime: {action}: {self._reason(exc)}{tail}") from exc
+        except Exception:
+            return
 
     # -- lookups --------------------------------------------------------------------------------
     # Other processes create and remove containers all the time (test suites, other services'
@@ -170,7 +205,7 @@ class DockerRuntime(Runtime):
     # container takes "no such container" (404) and "removal in progress" (409) to mean it is gone.
     def _list(self, action: str, labels: list[str]) -> list[_Seen]:
         with self._translate(action):
-            rows = self._client.api.containers(all=True, filters={"label": labels})
+            rows = self._engine.containers(labels)
         return sorted((_seen(row) for row in rows), key=lambda s: s.name)
 
     def _containers(self, service: str, color: str | None = None, release: str | None = None, *,
@@ -185,19 +220,17 @@ class DockerRuntime(Runtime):
 
     def _call(self, action: str, fn, *args, hint: str = "", **kw):
         """fn(*args, **kw) with errors translated; GONE when the container vanished meanwhile."""
-        import docker
-
         with self._translate(action, hint):
             try:
                 return fn(*args, **kw)
-            except docker.errors.APIError as exc:
+            except Exception as exc:
                 if _vanished(exc):
                     return GONE
                 raise
 
     def _inspect(self, ref: str) -> dict | None:
         """The container's full description, None when there is no such container (any more)."""
-        found = self._call(f"inspect container {ref}", self._client.api.inspect_container, ref)
+        found = self._call(f"inspect container {ref}", self._engine.inspect, ref)
         return None if found is GONE else found
 
     def _instance(self, seen: _Seen) -> Instance | None:
@@ -281,7 +314,7 @@ class DockerRuntime(Runtime):
                 if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
                     raise
                 self._call(f"remove container {name} after a port clash",
-                           self._client.api.remove_container, created, force=True, v=True)
+                           self._engine.remove, created)
         raise RuntimeBackendError(f"docker runtime: no free host port for {name} in {low}-{high} after "
                                   f"{attempts} attempts; widen target.host_ports", name=name)
 
@@ -311,41 +344,41 @@ class DockerRuntime(Runtime):
                        LABEL_STOP_TIMEOUT: str(req.stop_timeout)})
         env = dict(req.env)
         env.update({"CDLIB_SERVICE": req.service, "CDLIB_COLOR": req.color, "CDLIB_RELEASE": req.release})
-        import docker
-
+        # the Engine API's own form (what the SDK's low-level create_container sends): the
+        # container's StopTimeout also makes a hand-typed `docker stop` wait long enough
+        config = {
+            "Image": req.image, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()],
+            "ExposedPorts": {f"{req.port}/tcp": {}}, "StopTimeout": req.stop_timeout,
+            "HostConfig": {
+                "PortBindings": {f"{req.port}/tcp": [{"HostIp": req.bind, "HostPort": str(host_port)}]},
+                "Init": req.init, "RestartPolicy": {"Name": "unless-stopped"},
+                "NetworkMode": req.network or "default",
+            },
+        }
+        if req.network:
+            config["NetworkingConfig"] = {"EndpointsConfig": {req.network: {}}}
         with self._translate(f"create container {name} from {req.image}",
                              "check the image, target.network and target.bind"):
-            # the low-level call: the SDK's containers.create() cannot set StopTimeout, and the
-            # container's own StopTimeout also makes a hand-typed `docker stop` wait long enough
-            api = self._client.api
-            host_config = api.create_host_config(
-                port_bindings={f"{req.port}/tcp": (req.bind, host_port)}, init=req.init,
-                restart_policy={"Name": "unless-stopped"}, network_mode=req.network or None)
-            networking = (api.create_networking_config({req.network: api.create_endpoint_config()})
-                          if req.network else None)
             try:
-                created = api.create_container(
-                    req.image, name=name, labels=labels, environment=env, ports=[(req.port, "tcp")],
-                    host_config=host_config, networking_config=networking, stop_timeout=req.stop_timeout)
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409 and "already in use" in _reason(exc):
+                return self._engine.create(name, config)
+            except Exception as exc:
+                if getattr(exc, "status_code", None) == 409 and "already in use" in _reason(exc):
                     return GONE
                 raise
-            return created["Id"]
 
     def _run(self, ref: str, name: str, fresh: bool = False):
         """Start the container when it is not running and wait until its port is published; GONE
         when the container vanished meanwhile. fresh: just created, so not running yet."""
-        api, hint = self._client.api, f"check `docker logs {name}`"
+        engine, hint = self._engine, f"check `docker logs {name}`"
         action = f"start container {name}"
         started = False
         if fresh:
-            if self._call(action, api.start, ref, hint=hint) is GONE:
+            if self._call(action, engine.start, ref, hint=hint) is GONE:
                 return GONE
             started = True
         deadline = time.monotonic() + self.timeout
         while True:
-            attrs = self._call(action, api.inspect_container, ref, hint=hint)
+            attrs = self._call(action, engine.inspect, ref, hint=hint)
             if attrs is GONE:
                 return GONE
             status = (attrs.get("State") or {}).get("Status", "")
@@ -354,7 +387,7 @@ class DockerRuntime(Runtime):
             if status in ("removing", "dead"):
                 return GONE
             if not started and status != "running":
-                if self._call(action, api.start, ref, hint=hint) is GONE:
+                if self._call(action, engine.start, ref, hint=hint) is GONE:
                     return GONE
                 started = True
                 continue
@@ -367,14 +400,15 @@ class DockerRuntime(Runtime):
 
     def _ensure_image(self, ref: str) -> None:
         """Pull the image only when the engine does not have it (a registry may be offline)."""
-        import docker
-
         with self._translate(f"look up image {ref}"):
             try:
-                self._client.api.inspect_image(ref)
+                self._engine.inspect_image(ref)
                 return
-            except docker.errors.NotFound:
-                pass
+            except Exception as exc:
+                if getattr(exc, "status_code", None) != 404:
+                    raise
+        import docker
+
         repository, tag = docker.utils.parse_repository_tag(ref)
         with self._translate(f"pull image {ref}", "check the image reference, the registry and its credentials"):
             self._client.images.pull(repository, tag=tag or "latest", auth_config=_auth_config())
@@ -395,7 +429,7 @@ class DockerRuntime(Runtime):
                 if attrs is None:
                     return None
                 timeout = (attrs.get("Config") or {}).get("StopTimeout") or DEFAULT_STOP_TIMEOUT
-            got = self._call(f"stop container {seen.name}", self._client.api.stop, seen.id, timeout=timeout)
+            got = self._call(f"stop container {seen.name}", self._engine.stop, seen.id, timeout)
             return None if got is GONE else seen.name
 
         return [name for name in _each(stop_one, chosen) if name is not None]
@@ -418,8 +452,7 @@ class DockerRuntime(Runtime):
 
         def remove_one(seen: _Seen) -> str:
             # gone already (removed by someone else meanwhile): the goal is reached
-            self._call(f"remove container {seen.name}", self._client.api.remove_container, seen.id,
-                       force=True, v=True)
+            self._call(f"remove container {seen.name}", self._engine.remove, seen.id)
             return seen.name
 
         return _each(remove_one, chosen)
@@ -435,7 +468,7 @@ class DockerRuntime(Runtime):
             if self._inspect(target) is not None:
                 raise RuntimeBackendError(f"docker runtime: cannot set {seen.name} aside: {target} already "
                                           f"exists; remove it first", name=seen.name)
-            got = self._call(f"rename container {seen.name} to {target}", self._client.api.rename, seen.id, target)
+            got = self._call(f"rename container {seen.name} to {target}", self._engine.rename, seen.id, target)
             if got is not GONE:
                 renamed.append(target)
         return renamed
@@ -452,7 +485,7 @@ class DockerRuntime(Runtime):
                 raise RuntimeBackendError(
                     f"docker runtime: cannot restore {seen.name}: the name {plain} is taken by another "
                     f"container (release {found or 'unknown'}); remove it first", name=plain)
-            got = self._call(f"rename container {seen.name} to {plain}", self._client.api.rename, seen.id, plain)
+            got = self._call(f"rename container {seen.name} to {plain}", self._engine.rename, seen.id, plain)
             if got is not GONE:
                 restored.append(plain)
         return restored
@@ -514,6 +547,171 @@ class DockerRuntime(Runtime):
                                       f"{(error or 'no digest in the registry answer').strip()}; "
                                       "check the registry address and its credentials", image=ref)
         return digest
+
+
+class _EngineError(Exception):
+    """The engine answered a call with an error status."""
+
+    def __init__(self, status_code: int, explanation: str):
+        super().__init__(f"{status_code} {explanation}")
+        self.status_code = status_code
+        self.explanation = explanation
+
+
+class _EngineDown(Exception):
+    """The engine's socket could not be reached (the cause says why)."""
+
+
+class _EngineTimeout(Exception):
+    def __init__(self, seconds: float):
+        super().__init__(f"no answer within {seconds:g}s")
+        self.seconds = seconds
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _LocalEngine:
+    """The container calls of the Engine API over a local unix socket, with the standard library
+    (the docker SDK, requests and urllib3 take longer to import than a release's calls take). One
+    connection per call: on a unix socket, connecting costs next to nothing, and threads share
+    nothing. The API version is the engine's own, at most API_VERSION (what this code was written
+    against), read once from /_ping."""
+
+    API_VERSION = (1, 41)
+
+    def __init__(self, path: str, timeout: float):
+        self.path = path
+        self.timeout = timeout
+        self._prefix: str | None = None
+
+    def _send(self, method: str, url: str, body: dict | None, timeout: float) -> tuple[int, bytes, object]:
+        conn = _UnixConnection(self.path, timeout)
+        try:
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise _EngineDown(str(exc)) from exc
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            try:
+                conn.request(method, url, body=data, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read(), resp.headers
+            except TimeoutError as exc:
+                raise _EngineTimeout(timeout) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise _EngineDown(str(exc)) from exc
+        finally:
+            conn.close()
+
+    def _version_prefix(self) -> str:
+        if self._prefix is None:
+            status, raw, headers = self._send("GET", "/_ping", None, self.timeout)
+            if status >= 400:
+                raise _EngineError(status, _message(raw))
+            found = tuple(_int(p) or 0 for p in str(headers.get("Api-Version") or "").split(".")[:2])
+            major, minor = min(found, self.API_VERSION) if len(found) == 2 and found[0] else self.API_VERSION
+            self._prefix = f"/v{major}.{minor}"
+        return self._prefix
+
+    def call(self, method: str, path: str, params: dict | None = None, body: dict | None = None,
+             timeout: float | None = None):
+        url = self._version_prefix() + urllib.parse.quote(path, safe="/:")
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        status, raw, _ = self._send(method, url, body, self.timeout if timeout is None else timeout)
+        if status >= 400:
+            raise _EngineError(status, _message(raw))
+        try:
+            return json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            raise _EngineError(status, f"the answer to {method} {path} is not JSON") from exc
+
+    def ping(self) -> None:
+        self._version_prefix()
+
+    def containers(self, labels: list[str]) -> list[dict]:
+        return self.call("GET", "/containers/json",
+                         {"all": "1", "filters": json.dumps({"label": labels})}) or []
+
+    def inspect(self, ref: str) -> dict:
+        return self.call("GET", f"/containers/{ref}/json")
+
+    def inspect_image(self, ref: str) -> dict:
+        return self.call("GET", f"/images/{ref}/json")
+
+    def create(self, name: str, config: dict) -> str:
+        return self.call("POST", "/containers/create", {"name": name}, config)["Id"]
+
+    def start(self, ref: str) -> None:
+        self.call("POST", f"/containers/{ref}/start")  # 304: it runs already
+
+    def stop(self, ref: str, timeout: int) -> None:
+        self.call("POST", f"/containers/{ref}/stop", {"t": str(timeout)}, timeout=self.timeout + timeout)
+
+    def rename(self, ref: str, name: str) -> None:
+        self.call("POST", f"/containers/{ref}/rename", {"name": name})
+
+    def remove(self, ref: str) -> None:
+        self.call("DELETE", f"/containers/{ref}", {"force": "1", "v": "1"})
+
+
+class _SdkEngine:
+    """The same calls through the SDK's low-level client (remote engines: TCP with TLS, ssh)."""
+
+    def __init__(self, api):
+        self.api = api
+
+    def ping(self) -> None:
+        self.api.ping()
+
+    def containers(self, labels: list[str]) -> list[dict]:
+        return self.api.containers(all=True, filters={"label": labels})
+
+    def inspect(self, ref: str) -> dict:
+        return self.api.inspect_container(ref)
+
+    def inspect_image(self, ref: str) -> dict:
+        return self.api.inspect_image(ref)
+
+    def create(self, name: str, config: dict) -> str:
+        return self.api.create_container_from_config(config, name=name)["Id"]
+
+    def start(self, ref: str) -> None:
+        self.api.start(ref)
+
+    def stop(self, ref: str, timeout: int) -> None:
+        self.api.stop(ref, timeout=timeout)
+
+    def rename(self, ref: str, name: str) -> None:
+        self.api.rename(ref, name)
+
+    def remove(self, ref: str) -> None:
+        self.api.remove_container(ref, force=True, v=True)
+
+
+def _message(raw: bytes) -> str:
+    """The engine's explanation from an error answer ({"message": ...}), else the raw text."""
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        found = None
+    text = found.get("message") if isinstance(found, dict) else None
+    return text or raw.decode("utf-8", "replace").strip() or "no explanation"
 
 
 def _auth_config() -> dict | None:

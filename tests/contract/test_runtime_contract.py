@@ -12,6 +12,8 @@ import json
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +26,7 @@ import pytest
 
 from cdlib.errors import RuntimeBackendError, Unhealthy
 from cdlib.runtime.base import LABEL_COLOR, LABEL_INDEX, LABEL_RELEASE, LABEL_SERVICE, StartRequest, is_aside
-from cdlib.runtime.docker import DockerRuntime, _auth_config, redact_host
+from cdlib.runtime.docker import DockerRuntime, _auth_config, _SdkEngine, redact_host
 from cdlib.runtime.memory import MemoryRuntime
 from tests.support.churn import TEST_LABEL, Churn
 from tests.support.images import PORT, build_busybox_web_image, write_context
@@ -79,14 +81,23 @@ def docker_web_image():
         client.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.integration)])
+class SdkDockerRuntime(DockerRuntime):
+    """The Docker runtime as it talks to a remote engine (TCP with TLS, ssh): through the SDK."""
+
+    @property
+    def _engine(self):
+        return _SdkEngine(self._client.api)
+
+
+@pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.integration),
+                        pytest.param("docker-sdk", marks=pytest.mark.integration)])
 def harness(request):
     service = f"cdlibt-rt-{secrets.token_hex(3)}"
     if request.param == "memory":
         yield Harness("memory", MemoryRuntime(), "cdlibt-web:memory", service)
         return
     image = request.getfixturevalue("docker_web_image")
-    runtime = DockerRuntime()
+    runtime = DockerRuntime() if request.param == "docker" else SdkDockerRuntime()
     try:
         yield Harness("docker", runtime, image, service)
     finally:
@@ -338,10 +349,38 @@ def test_docker_knows_the_test_suite_label():
 
 
 @pytest.mark.integration
-def test_docker_every_method_tolerates_containers_that_vanish(docker_harness):
+def test_docker_on_the_local_socket_imports_no_client_library(docker_web_image):
+    """The SDK, requests and urllib3 take longer to import than a release's calls take: on a
+    local engine, the runtime does without them."""
+    service = f"cdlibt-rt-{secrets.token_hex(3)}"
+    code = (f"import sys\nfrom cdlib.runtime.docker import DockerRuntime\nfrom cdlib.runtime.base import StartRequest\n"
+            f"rt = DockerRuntime()\nrt.ping()\n"
+            f"s = rt.start(StartRequest({service!r}, 'blue', 'r1', {docker_web_image!r}, {PORT}, 2, stop_timeout=2))\n"
+            f"rt.wait_healthy(s, '/health', 10)\n"
+            f"assert rt.instances({service!r}) == s\n"
+            f"assert rt.stop({service!r}, 'blue') == [i.name for i in s]\n"
+            f"assert [i.port for i in rt.resume({service!r}, 'blue')] == [i.port for i in s]\n"
+            f"assert rt.set_aside({service!r}, 'blue', 'r2') and rt.restore_aside({service!r}, 'blue', 'r2')\n"
+            f"assert rt.remove({service!r}, 'blue') == [i.name for i in s]\n"
+            f"print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[2])
+    finally:
+        _remove_service_containers(service)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("via_sdk", [False, True], ids=["local", "sdk"])
+def test_docker_every_method_tolerates_containers_that_vanish(docker_harness, via_sdk):
     """While the engine creates and removes labelled containers (test suites of this service,
     instances of another service), every method answers right, and none of them fails."""
     h = docker_harness
+    if via_sdk:
+        h.runtime.close()
+        h.runtime = SdkDockerRuntime()
     rt, svc = h.runtime, h.service
     blue = [f"{svc}-blue-1", f"{svc}-blue-2"]
     with Churn(h.image, svc) as churn:
