@@ -12,8 +12,6 @@ so that a new release can take the names; rollback puts them back, cleanup remov
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ LABEL_INDEX = "cdlib.index"
 # never an instance of the service
 LABEL_TEST = "cdlib.test"
 ASIDE = ".aside-"
+FIRST_RETRY = 0.02  # seconds before the first health retry (see Runtime.wait_healthy)
 
 
 @dataclass(frozen=True)
@@ -116,9 +115,14 @@ class Runtime(ABC):
     def wait_healthy(self, instances: Sequence[Instance], path: str, timeout: float,
                      interval: float = 0.2) -> float:
         """Wait until every instance answers its health path; return the seconds it took.
-        Raise Unhealthy naming the instances that did not answer in time."""
+        Raise Unhealthy naming the instances that did not answer in time.
+
+        The first retries come sooner than interval (FIRST_RETRY, then twice as long each time, up
+        to interval): most services answer a few tens of milliseconds after their container
+        started, and a full interval's wait would be spent idle."""
         t0 = time.monotonic()
         pending = list(instances)
+        pause = min(interval, FIRST_RETRY)
         while True:
             pending = [i for i in pending if not self.check_health(i, path, timeout=min(2.0, timeout))]
             if not pending:
@@ -127,10 +131,14 @@ class Runtime(ABC):
                 names = ", ".join(f"{i.name} ({i.url}{path})" for i in pending)
                 raise Unhealthy(f"not healthy after {timeout:g}s: {names}; check the container logs "
                                 f"and health.path/health.timeout", instances=[i.name for i in pending])
-            time.sleep(interval)
+            time.sleep(pause)
+            pause = min(interval, pause * 2)
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
+    import urllib.error  # not at import time: every CLI command loads this module
+    import urllib.request
+
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as resp:
             return 200 <= resp.status < 400
