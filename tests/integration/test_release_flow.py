@@ -46,7 +46,10 @@ def test_separate_stages_then_quick_rollback(service):
     assert service.get() == (200, "v2")
     status = service.cli("status", check=True).stdout
     assert "live      green" in status
-    code, out = service.cli_json("rollback")
+    code, out = service.cli_json("rollback")  # no open release: nothing changes
+    assert code == 0 and "nothing to roll back" in out["message"], out
+    assert service.get() == (200, "v2")
+    code, out = service.cli_json("rollback", "--previous")
     assert code == 0, out
     assert "resume" in [s["name"] for s in out["steps"]]
     assert service.get() == (200, "v1")
