@@ -29,6 +29,7 @@ class _Item:
     interval: float
     due: float
     lock: bool  # a lock: losing it (LockHeld) makes the verb fail; other items only log
+    token: str | None = None  # the lock's token
 
 
 class Heartbeat:
@@ -48,11 +49,13 @@ class Heartbeat:
     # -- what to refresh ------------------------------------------------------------------------------
     def hold_lock(self, store, key: str, token: str, ttl: float) -> None:
         """Refresh the lock key (token) every ttl/3 while held."""
-        self.add(f"lock {key}", lambda: store.refresh_lock(key, token, ttl), ttl / 3, lock=True)
+        self.add(f"lock {key}", lambda: store.refresh_lock(key, token, ttl), ttl / 3, lock=True, token=token)
 
-    def add(self, name: str, refresh: Callable[[], None], interval: float, lock: bool = False) -> None:
+    def add(self, name: str, refresh: Callable[[], None], interval: float, lock: bool = False,
+            token: str | None = None) -> None:
+        interval = max(0.05, interval)
         with self._mutex:
-            self._items[name] = _Item(name, refresh, max(0.05, interval), self.clock() + max(0.05, interval), lock)
+            self._items[name] = _Item(name, refresh, interval, self.clock() + interval, lock, token)
         self._wake.set()
 
     def drop(self, name: str) -> None:
@@ -60,8 +63,13 @@ class Heartbeat:
         with self._mutex:
             self._items.pop(name, None)
 
-    def drop_lock(self, key: str) -> None:
-        self.drop(f"lock {key}")
+    def drop_lock(self, key: str, token: str | None = None) -> None:
+        """Stop refreshing the lock key; with token, only when it is that token's (a verb that rolls
+        back an abandoned release before opening its own keeps refreshing its own lock)."""
+        with self._mutex:
+            item = self._items.get(f"lock {key}")
+            if item is not None and (token is None or item.token == token):
+                del self._items[item.name]
 
     def holds(self, name: str) -> bool:
         with self._mutex:

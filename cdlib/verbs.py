@@ -543,7 +543,7 @@ def _open(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert_of: st
             "revert_of": revert_of, "prior": {"live": live.value if live else None},
         })
     except (Exception, plan.Interrupted, KeyboardInterrupt):
-        ctx.heartbeat.drop_lock(keys.lock(s.name))
+        ctx.heartbeat.drop_lock(keys.lock(s.name), lock.token)
         store.release_lock(keys.lock(s.name), lock.token)
         ctx.lock_token = None
         raise
@@ -671,7 +671,7 @@ def _release_locks(ctx: Ctx, j: Journal) -> None:
     any more (killed between taking the proxy lock and writing the proxy step's intent)."""
     store = ctx.ports.store
     if ctx.heartbeat is not None:
-        ctx.heartbeat.drop_lock(keys.lock(ctx.service))
+        ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record["lock_token"])
     try:
         store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
         store.break_lock(keys.PROXY_LOCK, lambda holder: holder.get("release") == j.id, unexpired=True)
@@ -750,7 +750,7 @@ def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float
 
 
 def _let_go_of_proxy(store, beat: Heartbeat, own: bool, token: str, release: bool) -> None:
-    beat.drop_lock(keys.PROXY_LOCK)
+    beat.drop_lock(keys.PROXY_LOCK, token)
     if own:
         beat.stop()
     if not release:
@@ -815,7 +815,7 @@ def _close_success(ctx: Ctx) -> None:
     j.close("released")
     ctx.closed = True
     if ctx.heartbeat is not None:
-        ctx.heartbeat.drop_lock(keys.lock(ctx.service))
+        ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record["lock_token"])
     ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
     t0 = time.monotonic()
     try:

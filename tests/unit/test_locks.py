@@ -160,6 +160,22 @@ def test_the_next_release_takes_a_dead_holders_lock_over_at_once(world, how):
     assert world.snapshot() == before
 
 
+def test_a_release_that_rolled_an_abandoned_one_back_keeps_refreshing_its_own_lock(world):
+    kill_once(world.runtime, "start", "after")
+    with pytest.raises(Killed):
+        rel.deploy(world.ctx("v1"))
+    ctx, held = world.ctx("v2"), []
+    original = world.runtime.start
+
+    def start(req):
+        held.append(ctx.heartbeat.holds(f"lock {keys.lock('shop')}"))
+        return original(req)
+
+    world.runtime.start = start
+    out = rel.deploy(ctx)
+    assert out.ok and out.steps[0].name == "take-over" and held == [True]
+
+
 def test_a_live_holders_lock_is_never_taken_over_even_expired(world):
     assert rel.deploy(world.ctx("v1")).ok
     live = os.getppid()  # a live process on this host, not this one
