@@ -41,7 +41,9 @@ class Churn:
 
     def labels(self, n: int) -> dict:
         if n % 2:
-            return {TEST_LABEL: "1", "cdlib.service": self.service, "cdlib.suite": "pre-integration"}
+            # as cdlib.testrun.container labels a suite's container: service and release, no color
+            return {TEST_LABEL: "1", "cdlib.service": self.service, "cdlib.suite": "pre-integration",
+                    "cdlib.release": f"r{n % 7}"}
         return {"cdlib.service": self.other, "cdlib.color": "blue" if n % 4 else "green",
                 "cdlib.release": f"churn-{n}", "cdlib.index": "1"}
 
