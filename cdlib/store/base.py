@@ -373,7 +373,8 @@ def _held_message(key: str, holder: dict, state: str = UNKNOWN) -> str:
     service = key.split("/")[2] if key.count("/") >= 3 else key
     since = holder.get("since")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
-    what = "the proxy is being changed" if key == keys.PROXY_LOCK else f"another release of {service} is running"
+    proxy = key == keys.PROXY_LOCK
+    what = "another proxy change is running" if proxy else f"another release of {service} is running"
     pid = holder.get("pid")
     process = f"pid {pid}" if pid else "pid unknown"
     if holder.get("parked"):
@@ -387,6 +388,8 @@ def _held_message(key: str, holder: dict, state: str = UNKNOWN) -> str:
         parts.append(f"image {holder['image']}")
     if holder.get("build"):
         parts.append(f"build {holder['build']}")
+    if proxy:
+        return "; ".join(parts) + " (a switch holds it for seconds; a dead holder's is taken over at once)"
     return "; ".join(parts) + " (wait with --lock-wait SECONDS, or run 'cdlib rollback' if it is abandoned)"
 
 
