@@ -32,7 +32,7 @@ def run(store: str, trials: int, seed: int, client) -> int:
         world = CrashWorld(Path(tmp), client, IMAGE, store=store, prefix="cdlibb")
         try:
             world.release("v1")
-            duration = world.release("v2")
+            duration = max(world.release("v2"), world.release("v3"))  # the one that sets aside is slower
             rng = random.Random(f"{seed}-{store}")
             results = []
             for i in range(trials):

@@ -248,6 +248,21 @@ def test_a_suite_running_longer_than_the_lock_ttl_keeps_the_lock_and_registratio
     assert all(world.store._data[e.key][2] is None for e in world.store.list(keys.instances("shop")))
 
 
+def test_a_heartbeat_right_after_persist_does_not_give_the_registrations_their_ttl_back(world):
+    ctx = world.ctx("v1")
+    original = world.store.register
+
+    def register(service, color, name, record, ttl=None):
+        original(service, color, name, record, ttl=ttl)
+        if ttl is None and ctx.heartbeat is not None:  # persist: the heartbeat fires right now
+            ctx.heartbeat.beat(now=time.monotonic() + 10 * 3600)
+
+    world.store.register = register
+    assert rel.release(ctx).ok
+    regs = world.store.list(keys.instances("shop"))
+    assert len(regs) == 2 and all(world.store._data[e.key][2] is None for e in regs)
+
+
 def test_a_lock_lost_while_the_suite_runs_stops_the_release_before_its_next_step(world):
     released(world, "v1")
     before = world.snapshot()
