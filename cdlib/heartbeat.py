@@ -106,6 +106,7 @@ class Heartbeat:
                 except Exception as exc:  # noqa: BLE001 - the thread must keep refreshing the other items
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 item.due = now + item.interval
+            del self.errors[:-20]  # the latest are enough to explain a lost lock
 
     def _next_due(self) -> float | None:
         with self._mutex:
