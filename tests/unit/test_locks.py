@@ -221,6 +221,23 @@ def test_heartbeat_refreshes_a_lock_every_third_of_its_ttl_and_reports_it_lost()
     assert store.lock_info(lock.key)["who"] == "jenkins@ci-agent-7"  # never written over
 
 
+def test_heartbeat_thread_refreshes_until_stopped_and_never_after():
+    calls, called = [], threading.Event()
+
+    def refresh():
+        calls.append(1)
+        called.set()
+
+    beat = Heartbeat().start()
+    beat.add("item", refresh, 0.05)
+    assert called.wait(10)
+    beat.stop()
+    count = len(calls)
+    assert not beat.running
+    beat.beat(now=time.monotonic() + 3600)  # stopped: nothing is held any more
+    assert len(calls) == count
+
+
 def test_a_suite_running_longer_than_the_lock_ttl_keeps_the_lock_and_registrations(world):
     released(world, "v1")
     ctx = world.ctx("v2")
