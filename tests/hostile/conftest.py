@@ -113,7 +113,9 @@ class World:
         return path.read_bytes() if path.exists() else None
 
     def snapshot(self, case_dir: Path | None = None) -> dict:
-        snap = {"containers": self.containers(), "store": self.store_state(), "proxy": self.proxy_config()}
+        snap = {"containers": self.containers(), "store": self.store_state(), "proxy": self.proxy_config(),
+                # a staged candidate left behind holds what was rendered (a template's content)
+                "proxy_files": [f for f in tree(self.proxy_dir) if not f[0].endswith(".log")]}
         if case_dir is not None:
             snap["files"] = tree(case_dir)
         return snap
@@ -122,10 +124,13 @@ class World:
         """Put the world back after a case that changed it (an input that was wrongly accepted)."""
         from cdlib import keys
 
+        # a candidate the proxy refused stays next to the active file: it may hold a template's content
+        (self.proxy_dir / "nginx.conf.staged").unlink(missing_ok=True)
         if self.store_state().get(keys.release(self.name)) is not None:
             run_inprocess(["rollback", "-f", str(self.file)], base_env(self.dir / "home"), self.dir)
 
     def teardown(self) -> None:
+        (self.proxy_dir / "nginx.conf.staged").unlink(missing_ok=True)
         for c in self.docker.containers.list(all=True, filters={"label": f"cdlib.service={self.name}"}):
             c.remove(force=True, v=True)
         from cdlib.proxy.nginx import NginxProxy

@@ -391,7 +391,7 @@ CLI = [
     A("cli-option-of-another-verb", "--tag", "switch", "--tag", "v1"),
     A("cli-rollback-to-garbage", "--to", "rollback", "--to", "../../etc/passwd"),
     A("cli-rollback-to-newline", "--to", "rollback", "--to", "r-1\n"),
-    A("cli-file-empty", ("-f", "--file"), "deploy", "-f", ""),
+    A("cli-file-empty", ("--file", "-f:", "-f/"), "deploy", "-f", ""),
     A("cli-watch-debounce-negative", "--debounce", "proxy", "watch", "--once", "--debounce", "-1"),
     A("cli-watch-interval-zero", "--interval", "proxy", "watch", "--once", "--interval", "0"),
     A("cli-watch-max-seconds-nan", "--max-seconds", "proxy", "watch", "--once", "--max-seconds", "nan"),

@@ -79,7 +79,7 @@ def test_hostile_input_is_refused_cleanly(world, case, tmp_path, request):
             error_type = None
         if not error_type:
             problems.append("the result file has no error.type")
-    changed = [k for k in ("containers", "store", "proxy", "files") if before[k] != after[k]]
+    changed = [k for k in ("containers", "store", "proxy", "proxy_files", "files") if before[k] != after[k]]
     if changed:
         problems.append("world changed: " + ", ".join(changed) + _diff(before, after))
         world.repair()
@@ -94,7 +94,7 @@ def _diff(before: dict, after: dict) -> str:
     modified = sorted(k for k in set(a) & set(b) if a[k] != b[k])
     for label, keys in (("+", added), ("-", removed), ("~", modified)):
         out += [f"{label}{k.rsplit('/', 2)[-2]}/{k.rsplit('/', 1)[-1]}" for k in keys[:3]]
-    if before["files"] != after["files"]:
-        new = sorted(set(map(tuple, after["files"])) - set(map(tuple, before["files"])))
-        out += [f"+file {n}" for n, _ in new[:3]]
+    for key in ("proxy_files", "files"):
+        new = sorted(set(map(tuple, after[key])) - set(map(tuple, before[key])))
+        out += [f"+{key[:-1]} {n}" for n, _ in new[:3]]
     return f" ({', '.join(out)})" if out else ""
