@@ -246,8 +246,13 @@ def _print_status(out: Outcome) -> None:
     rel = d.get("open_release")
     print("release   " + (f"{rel['id']} {rel['phase']} -> {rel['color']} {rel['image']}" if rel else "none open"))
     lock = d.get("lock")
-    print("lock      " + (f"held by {lock.get('who')} build {lock.get('build') or '-'}"
-                          + (" (expired)" if lock.get("expired") else "") if lock else "free"))
+    if lock:
+        pid = f" pid {lock['pid']}" if lock.get("pid") else ""
+        state = f", holder {lock['state']}" if lock.get("state") else ""
+        print(f"lock      held by {lock.get('who')}{pid} build {lock.get('build') or '-'}"
+              + (" (expired" + state + ")" if lock.get("expired") else (f" ({state[2:]})" if state else "")))
+    else:
+        print("lock      free")
     print("instances")
     for i in d.get("instances", []):
         health = {True: "healthy", False: "UNHEALTHY", None: "-"}[i.get("healthy")]

@@ -51,6 +51,9 @@ def healthy_backends(ctx: Ctx) -> tuple[list[Backend], dict[str, list[str]]]:
 
 
 def render(ctx: Ctx) -> Outcome:
+    # a template the binary would refuse (or any file that is not one, such as /etc/shadow) is bad
+    # input: refused before a byte of what it renders is printed
+    ctx.ports.proxy.preflight()
     text = ctx.ports.proxy.render(backends(ctx.ports.store))
     return Outcome("proxy", ctx.service, True, 0, text, [], {"config": text})
 
@@ -58,6 +61,7 @@ def render(ctx: Ctx) -> Outcome:
 def apply(ctx: Ctx, *, force: bool = False) -> Outcome:
     """Render from the registry; refuse when a live service has no healthy backend; write only a
     changed configuration (or always, with force)."""
+    ctx.ports.proxy.preflight()  # a proxy that can never accept what cdlib renders is bad input
     with proxy_lock(ctx.ports.store, purpose=f"proxy apply from {ctx.service}"):
         return _apply(ctx, force)
 
@@ -99,7 +103,7 @@ def _switching(ctx: Ctx) -> list[str]:
             busy.append(name)
     if busy:
         lock = store.lock_info(keys.PROXY_LOCK)
-        if lock is None or lock.get("expired"):
+        if lock is None or lock.get("expired") or lock.get("state") == "gone":
             return []
     return busy
 
@@ -112,6 +116,11 @@ def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_second
             # an interval of 0 would re-render and health-check every backend in a tight loop
             raise ConfigError(f"proxy watch {name}: expected a number of seconds from {low:g}, got {value!r}",
                               key=name)
+    if max_seconds is not None and (not isinstance(max_seconds, (int, float)) or not math.isfinite(max_seconds)
+                                    or max_seconds < 0):
+        raise ConfigError(f"proxy watch --max-seconds: expected a number of seconds from 0, got {max_seconds!r}",
+                          key="--max-seconds")
+    ctx.ports.proxy.preflight()
     store = ctx.ports.store
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     since, applied, failures = 0, 0, 0

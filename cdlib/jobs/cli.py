@@ -11,9 +11,10 @@ catalog, the renderer and the client are imported by ``run``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
-from ..errors import CdlibError
+from ..errors import ConfigError
 from ..model import Outcome
 
 DEFAULT_WORKERS = 4
@@ -57,30 +58,33 @@ def add_parser(subparsers, parents=()) -> argparse.ArgumentParser:
 
 
 def run(args) -> Outcome:
-    """Carry out ``cdlib jobs ACTION``; errors come back as an Outcome with their exit code."""
+    """Carry out ``cdlib jobs ACTION``; errors are raised (the CLI turns them into its result)."""
     action = getattr(args, "jobs_verb", None) or "render"
     path = getattr(args, "catalog", None) or os.environ.get("CDLIB_JOBS_CATALOG") or None
+    from . import catalog as cat
+
+    catalog = cat.load(path)
+    if action == "render":
+        return _render(catalog, args.out)
+    from . import sync
+    from .jenkins import JenkinsClient
+
+    workers = getattr(args, "workers", DEFAULT_WORKERS)
+    timeout = getattr(args, "timeout", 30.0)
+    if not 1 <= workers <= 64:
+        raise ConfigError(f"--workers: expected a whole number from 1 to 64, got {workers!r}", key="--workers")
+    if not math.isfinite(timeout) or not 0 < timeout <= 3600:
+        raise ConfigError(f"--timeout: expected a number of seconds above 0 and at most 3600, got {timeout!r}",
+                          key="--timeout")
+    client = JenkinsClient.from_env(timeout=float(timeout))
+    options = {"prune": bool(getattr(args, "prune", False)), "recreate": bool(getattr(args, "recreate", False)),
+               "workers": workers}
     try:
-        from . import catalog as cat
-
-        catalog = cat.load(path)
-        if action == "render":
-            return _render(catalog, args.out)
-        from . import sync
-        from .jenkins import JenkinsClient
-
-        workers = max(1, int(getattr(args, "workers", DEFAULT_WORKERS)))
-        client = JenkinsClient.from_env(timeout=float(getattr(args, "timeout", 30.0)))
-        options = {"prune": bool(getattr(args, "prune", False)), "recreate": bool(getattr(args, "recreate", False)),
-                   "workers": workers}
-        try:
-            if action == "diff":
-                return sync.diff(catalog, client, **options)
-            return sync.apply(catalog, client, dry_run=bool(getattr(args, "dry_run", False)), **options)
-        finally:
-            client.close()
-    except CdlibError as exc:
-        return Outcome("jobs", "", False, exc.exit_code, str(exc), data={"action": action})
+        if action == "diff":
+            return sync.diff(catalog, client, **options)
+        return sync.apply(catalog, client, dry_run=bool(getattr(args, "dry_run", False)), **options)
+    finally:
+        client.close()
 
 
 def _render(catalog, out: str) -> Outcome:
