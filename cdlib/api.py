@@ -43,6 +43,7 @@ def load_spec(file=None, *, tag: str | None = None, image: str | None = None, st
         spec = spec.with_tag(tag, "--tag")
     if store is not None:
         store_url.check(store, "--store", os.environ)
+        config.check_sqlite_file(store, "--store")
         spec = replace(spec, store=store)
     return spec
 

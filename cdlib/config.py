@@ -81,9 +81,12 @@ def shown(value: object, limit: int = SHOWN) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,40}\Z", re.ASCII)
+
+
 def _key_text(name: object) -> str:
     """A mapping key as it appears in a dotted key: itself when short and printable, else shown()."""
-    if isinstance(name, str) and len(name) <= SHOWN and name.isprintable() and name.isascii():
+    if isinstance(name, str) and 0 < len(name) <= SHOWN and name.isprintable() and " " not in name:
         return name
     return shown(name, 40)
 
@@ -338,8 +341,12 @@ class _Reader:
     def only(self, data: dict, key: str, allowed: set[str]) -> None:
         for name in data:
             if name not in allowed:
-                where = f"{key}.{_key_text(name)}" if key else _key_text(name)
-                raise self.fail(where, "no such key (allowed: " + ", ".join(sorted(allowed)) + ")")
+                keys = ", ".join(sorted(allowed))
+                if isinstance(name, str) and _PLAIN_KEY_RE.fullmatch(name):
+                    raise self.fail(f"{key}.{name}" if key else name, f"no such key (allowed: {keys})")
+                # not shown: a file that is no descriptor at all (-f /etc/shadow) would have a line echoed
+                raise self.fail(key or "(top level)", f"only the keys {keys}; found another key (not shown: it "
+                                                      "does not look like a key name)")
 
     def string(self, data: dict, key: str, name: str, pattern: re.Pattern | None = None,
                default: str | None = None, required: bool = False, what: str = "a string") -> str | None:
@@ -673,6 +680,37 @@ def _proxy(r: _Reader, data: dict, env, base: Path) -> ProxySpec:
     )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(url: str, field: str, key: str | None = None) -> None:
+    """An existing sqlite store file must be a regular file holding a SQLite database (or be empty):
+    anything else would only fail when the store is opened. A file that does not exist yet is fine."""
+    parsed = store_url.parse(url, field)
+    if parsed.kind != "sqlite":
+        return
+    path = Path(parsed.path)
+    try:
+        info = path.stat()
+    except OSError:
+        return  # created on first use (a directory that cannot be created fails then, naming the path)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is a directory" if stat.S_ISDIR(info.st_mode) else "is not a regular file"
+    elif info.st_size:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror})"
+        else:
+            if head != SQLITE_HEADER:
+                problem = "is not a SQLite database"
+    if problem:
+        raise ConfigError(f"{field}: expected a SQLite database file (or a path where one can be created); "
+                          f"{shown(str(path), 120)} {problem}", key=key or field)
+
+
 def _store(r: _Reader, data: dict, env) -> str:
     """CDLIB_STORE wins over the descriptor's store; both are checked (a bad descriptor value is not
     silently ignored because the environment overrides it)."""
@@ -684,11 +722,15 @@ def _store(r: _Reader, data: dict, env) -> str:
     store = _env_value(env, "CDLIB_STORE")
     if store is not None:
         store_url.check(store, "CDLIB_STORE", env)
+        check_sqlite_file(store, "CDLIB_STORE")
         return store
     if data.get("store") is not None:
         store_url.check(data["store"], "store", env)
+        check_sqlite_file(data["store"], f"{r.source}: store", "store")
         return data["store"]
-    return f"sqlite:///{cdlib_home(env) / 'state.db'}"
+    default = f"sqlite:///{cdlib_home(env) / 'state.db'}"
+    check_sqlite_file(default, "CDLIB_HOME")
+    return default
 
 
 # ----------------------------------------------------------------------------------------------
@@ -734,10 +776,18 @@ def _read_bounded(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def _dotted(segments: list[str]) -> str:
+    out = ""
+    for seg in segments:
+        out += seg if seg.startswith("[") or not out else "." + seg
+    return out
+
+
 class _LoaderLimits:
     """Counts kept while one YAML document is composed."""
 
     def __init__(self):
+        self.path: list[str] = []  # the dotted key being composed
         self.depth = 0
         self.aliases = 0
         self.weights: dict[int, int] = {}  # id(node) -> values below it once aliases are expanded
@@ -786,10 +836,18 @@ def _loader():
             lim.depth += 1
             if lim.depth > MAX_DEPTH:
                 raise Refused(None, None, f"nesting deeper than {MAX_DEPTH} levels", event.start_mark)
+            # the dotted key of this value (routes.paths, services[0].name), for messages
+            segment = (f"[{index}]" if isinstance(index, int) else
+                       _key_text(index.value) if isinstance(index, ScalarNode) else None)
+            if segment is not None:
+                lim.path.append(segment)
+            here = list(lim.path)
             try:
                 node = super().compose_node(parent, index)
             finally:
                 lim.depth -= 1
+                if segment is not None:
+                    lim.path.pop()
             if isinstance(node, ScalarNode):
                 if re.search("[\ud800-\udfff]", node.value):
                     raise Refused(None, None, "an unpaired surrogate escape (\\uD800-\\uDFFF) in a string",
@@ -805,8 +863,11 @@ def _loader():
                     if isinstance(k, ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                         first = seen.setdefault((k.tag, k.value), k)
                         if first is not k:
-                            raise Refused(None, None, f"duplicate key {shown(k.value)} (first at line "
+                            err = Refused(None, None, f"duplicate key {shown(k.value)} (first at line "
                                                       f"{first.start_mark.line + 1})", k.start_mark)
+                            err.key = _dotted([*here, _key_text(k.value)])
+                            err.first_line = first.start_mark.line + 1
+                            raise err
             if weight > MAX_NODES:
                 raise Refused(None, None, f"more than {MAX_NODES} values once aliases are expanded",
                               node.start_mark)
@@ -858,12 +919,18 @@ def read_yaml(path: Path, what: str, hint: str):
                           file=str(path), key="") from None
     import yaml  # lazy: the CLI's --help must not pay for it
 
-    loader = _loader()(text)
+    loader = None
     try:
+        loader = _loader()(text)  # the reader refuses NUL and other non-printable characters here
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if getattr(exc, "key", None):
+            line = mark.line + 1 if mark else "?"
+            raise ConfigError(f"{path}: {exc.key}: expected each key once (YAML forbids duplicates; the last one "
+                              f"would silently win), got it again at line {line} (first at line {exc.first_line})",
+                              file=str(path), key=exc.key) from None
         problem = getattr(exc, "problem", None) or str(exc)
         problem = " ".join(str(problem).split())
         if len(problem) > 160:
@@ -874,12 +941,16 @@ def read_yaml(path: Path, what: str, hint: str):
         # e.g. a date like 2024-13-45, which the YAML timestamp constructor cannot build
         raise ConfigError(f"{path}: not valid YAML: {shown(str(exc), 120)}", file=str(path), key="") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load(path: str | os.PathLike | None = None, env: dict | None = None) -> ServiceSpec:
     """Read and validate a descriptor file (default: ./cdlib.yml, or $CDLIB_FILE)."""
     env = os.environ if env is None else env
+    if path is not None and not str(path):
+        # an empty -f would otherwise mean "the default file": another descriptor than the one asked for
+        raise ConfigError("--file: expected a descriptor path, got an empty value", key="--file")
     path = Path(path or env.get("CDLIB_FILE") or DEFAULT_FILE)
     data = read_yaml(path, "descriptor", "pass -f PATH or create cdlib.yml")
     return parse(data, str(path), path.absolute().parent, env)

@@ -145,6 +145,8 @@ def parse(url: object, field: str = "store") -> StoreURL:
         raise _fail(field, f"expected {scheme}://..., got {shown!r}")
     rest = rest[2:]
     if scheme == "sqlite":
+        if "@" in rest.split("/", 1)[0]:  # sqlite://user:password@/path: a file has no credentials
+            raise _fail(field, f"expected sqlite:///path/to/state.db with no user or password, got {shown!r}")
         path = unquote(rest)
         if not path.strip("/") or _CONTROL_RE.search(path):
             raise _fail(field, f"expected sqlite:///path/to/state.db (absolute) or sqlite://rel/path.db, got {shown!r}")

@@ -321,6 +321,7 @@ STORE_CASES = [
     ("etcd://h_:2379", "store"),
     ("sqlite://", "store"),
     ("sqlite:///", "store"),
+    (f"sqlite://me:{SECRET}@/tmp/x.db", "store"),
     ("memory:x", "store"),
     ("redis://h", "store"),
     ("etcd:h:2379", "store"),
@@ -396,9 +397,12 @@ YAML_CASES = [
     ("deep", "service: " + "[" * 50000 + "]" * 50000 + "\n", "nesting"),
     ("deep-mapping", "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 60)), "nesting"),
     ("huge-integer", "service: shop\nport: " + "9" * 5000 + "\n", "integer"),
-    ("duplicate-key", "service: shop\nport: 80\nimage: r/shop:1\nservice: other\n", "duplicate key 'service'"),
+    ("duplicate-key", "service: shop\nport: 80\nimage: r/shop:1\nservice: other\n", "service: expected each key once"),
     ("duplicate-nested", "service: shop\nport: 80\nimage: r/shop:1\nroutes:\n  paths: [/a/]\n  paths: [/b/]\n",
-     "line 6"),
+     "routes.paths: expected each key once"),
+    ("duplicate-in-list", "service: shop\ntests:\n  pre-integration:\n    env: {A: 1, A: 2}\n",
+     "tests.pre-integration.env.A: expected each key once"),
+    ("nul-byte", "service: shop\x00\n", "not valid YAML"),
     ("surrogate", 'service: "\\ud800"\n', "surrogate"),
     ("bad-date", "service: shop\nport: 80\nimage: r/shop:1\nwhen: 2024-13-45\n", "line 4"),
     ("unknown-tag", "service: !!python/object:os.system x\n", "line 1"),
@@ -450,8 +454,17 @@ def test_messages_never_format_a_whole_value(tmp_path):
     assert len(msg) < 300
     msg = refused({"port": 10 ** 5000}, field="port")
     assert len(msg) < 300
-    msg = refused({"x" * 10000: 1}, field="no such key")
+    msg = refused({"x" * 10000: 1}, field="(top level)")
     assert len(msg) < 400
+
+
+def test_a_file_that_is_no_descriptor_is_not_echoed(tmp_path):
+    f = tmp_path / "shadow"
+    f.write_text(f"root:*:20228:0:99999:7:::\n{SECRET}:$6$abc:20228:0:99999:7:::\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(f, env={})
+    msg = check_refusal(info.value, str(f))
+    assert "20228" not in msg
 
 
 # ---- the job catalog ---------------------------------------------------------------------------------
@@ -491,7 +504,7 @@ def test_a_catalog_with_a_duplicate_key_is_refused(tmp_path):
     f.write_text("services:\n  - name: orders\n    repository: https://g.example/o.git\n    name: billing\n")
     with pytest.raises(ConfigError) as info:
         catalog.load(f)
-    check_refusal(info.value, "duplicate key 'name'")
+    check_refusal(info.value, "services[0].name: expected each key once")
 
 
 # ---- API options -------------------------------------------------------------------------------------
@@ -572,7 +585,9 @@ CLI_CASES = [
     ("docker-host", ["deploy"], {"DOCKER_HOST": "garbage"}, None, "DOCKER_HOST"),
     ("tag-variable", ["deploy"], {"CDLIB_TAG": "v1\n"}, None, "CDLIB_TAG"),
     ("duplicate-service", ["release"], None, "service: shop\nservice: other\nport: 80\nimage: r/shop:1\n",
-     "duplicate key 'service'"),
+     "service: expected each key once"),
+    ("empty-file-option", ["release", "-f", ""], None, None, "--file"),
+    ("sqlite-credentials", ["status", "--store", f"sqlite://me:{SECRET}@/tmp/x.db"], None, None, "--store"),
     ("alias-bomb", ["deploy"], None, ALIAS_BOMB, "refused"),
     ("service-newline", ["deploy"], None, 'service: "shop\\n"\nport: 80\nimage: r/shop:1\n', "service"),
     ("template-missing", ["release"], None, "service: shop\nport: 80\nimage: r/shop:1\nproxy: {template: t.j2}\n",
@@ -598,3 +613,21 @@ def test_sqlite_paths_are_file_names_not_urls():
     assert store_url.parse("sqlite:///tmp/a b?c#d.db").path == "/tmp/a b?c#d.db"
     assert store_url.parse("sqlite://rel/x%20y.db").path == "rel/x y.db"
     assert parse(env={"CDLIB_HOME": "/tmp/cdlib home"}).store.endswith("/cdlib home/state.db")
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-a-database"])
+def test_a_sqlite_store_that_could_not_be_opened_is_refused_before_anything_runs(tmp_path, descriptor, kind):
+    target = tmp_path / "state"
+    if kind == "directory":
+        target.mkdir()
+    else:
+        target.write_text(f"notes {SECRET}\n")
+    url = f"sqlite:///{target}"
+    msg = refused({"store": url}, field="store")
+    assert "notes" not in msg
+    refused(env={"CDLIB_STORE": url}, field="CDLIB_STORE")
+    with pytest.raises(ConfigError) as info:
+        api.load_spec(str(descriptor), store=url)
+    check_refusal(info.value, "--store")
+    (tmp_path / "empty.db").write_bytes(b"")
+    assert parse({"store": f"sqlite:///{tmp_path / 'empty.db'}"}).store.endswith("empty.db")
