@@ -5,8 +5,11 @@
 // afterFailure: true is for post { failure { ... } }: it rolls back only a release this build may have
 // left open (env.CDLIB_RELEASE_OPEN, kept by cdlibRun: 'true' also after an exit code 5, a killed or
 // terminated CLI, or any code cdlib does not use, because the release may still be open), and never
-// after an exit code 3 (another release holds the lock) or 4 (the undo is incomplete: a person is
-// needed). The guard keeps a failed build from undoing a release that another build has open.
+// after an exit code 4 (the undo is incomplete: a person is needed). A deploy or release that exits 3
+// (another build's release holds the lock) never marks a release open, so the guard keeps a failed
+// build from undoing another build's release; an exit 3 of a later stage (the proxy stayed busy)
+// leaves this build's release open, and it is rolled back (the CLI itself refuses, exit 3, while a
+// live process still drives the release).
 def call(Map params = [:]) {
     Map p = new LinkedHashMap(params ?: [:])
     Object afterFailure = p.remove('afterFailure')
@@ -18,10 +21,8 @@ def call(Map params = [:]) {
             echo 'cdlib rollback: skipped, this build left no open release (nothing was deployed, or it was already undone)'
             return [:]
         }
-        if (env.CDLIB_LAST_EXIT_CODE in ['3', '4']) {
-            echo "cdlib rollback: skipped after exit code ${env.CDLIB_LAST_EXIT_CODE}: " +
-                 (env.CDLIB_LAST_EXIT_CODE == '3' ? 'another release holds the lock'
-                                                  : 'the undo is incomplete, a person is needed (cdlib status)')
+        if (env.CDLIB_LAST_EXIT_CODE == '4') {
+            echo 'cdlib rollback: skipped after exit code 4: the undo is incomplete, a person is needed (cdlib status)'
             return [:]
         }
         String last = env.CDLIB_LAST_EXIT_CODE ?: 'none (the step was aborted)'

@@ -680,6 +680,12 @@ section('7. which release') {
                      ctx.named('echo').any { it.args.startsWith('cdlib rollback: the last cdlib step ended with exit code ') },
                      ctx.named('echo'))
     }
+    // exit 3 of a deploy: another build's release holds the lock, nothing of this build is open
+    Ctx locked = runAll([['cdlibDeploy', [tag: 't'], 3], ['cdlibRollback', [afterFailure: true], 0]])
+    report.equal('rollback after failure does not run after deploy exits 3', locked.verbs(), ['deploy'])
+    // exit 3 of a switch: the proxy stayed busy, this build's release is still deployed
+    Ctx busy = runAll([['cdlibDeploy', [tag: 't'], 0], ['cdlibSwitch', [:], 3], ['cdlibRollback', [afterFailure: true], 0]])
+    report.equal('rollback after failure runs after switch exits 3', busy.verbs(), ['deploy', 'switch', 'rollback'])
     Ctx aborted = runAll([['cdlibDeploy', [tag: 't'], 'abort']])
     report.equal('an aborted deploy leaves CDLIB_LAST_EXIT_CODE empty', aborted.env.CDLIB_LAST_EXIT_CODE, '')
 
@@ -692,8 +698,8 @@ section('7. which release') {
         [name: 'open release, CLI killed', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '137'], runs: true],
         [name: 'open release, CLI terminated', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '143'], runs: true],
         [name: 'open release, unknown exit code', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '42'], runs: true],
-        [name: 'open release, lock held', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '3'], runs: false,
-         echo: 'cdlib rollback: skipped after exit code 3: another release holds the lock'],
+        [name: 'open release, a later stage found the proxy busy', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '3'],
+         runs: true, echo: 'cdlib rollback: the last cdlib step ended with exit code 3'],
         [name: 'open release, undo incomplete', env: [CDLIB_RELEASE_OPEN: 'true', CDLIB_LAST_EXIT_CODE: '4'], runs: false,
          echo: 'cdlib rollback: skipped after exit code 4: the undo is incomplete'],
         [name: 'rolled back already', env: [CDLIB_RELEASE_OPEN: 'false', CDLIB_LAST_EXIT_CODE: '1'], runs: false,
