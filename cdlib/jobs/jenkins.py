@@ -118,7 +118,7 @@ class JenkinsClient:
 
     def __init__(self, url: str, user: str | None = None, token: str | None = None, *, timeout: float = 30.0,
                  retries: int = 2):
-        if not re.match(r"^https?://[^\s/@]+(?:/\S*)?$", url or ""):
+        if not re.fullmatch(r"https?://[^\s/@]+(?:/\S*)?", url or "", re.ASCII):
             raise ConfigError(f"JENKINS_URL: expected http(s)://host[:port][/path] without user or token, got "
                               f"{_safe_url(url)!r}", key="JENKINS_URL")
         self.url = url if url.endswith("/") else url + "/"

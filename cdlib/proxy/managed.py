@@ -61,7 +61,7 @@ PREFLIGHT_BACKEND = Backend("cdlib-preflight", "blue", "preflight", Routes(("/cd
 HEALTH_PATH = "/_cdlib/health"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # an IPv4 address, an IPv6 address (hex digits, colons, a dotted IPv4 tail) or a DNS name
-SERVER_ADDRESS_RE = re.compile(rf"^(?:[0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_LABEL}(?:\.{_LABEL})*)$")
+SERVER_ADDRESS_RE = re.compile(rf"(?:[0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_LABEL}(?:\.{_LABEL})*)", re.ASCII)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -122,7 +122,7 @@ def check_backends(backends: Sequence[Backend]) -> None:
                 raise ProxyError(f"service {b.service}: server port {port!r} is not from 1 to 65535")
             if not isinstance(address, str):
                 raise ProxyError(f"service {b.service}: server address {address!r} is not a string")
-            if not SERVER_ADDRESS_RE.match(address):
+            if not SERVER_ADDRESS_RE.fullmatch(address):
                 # HAProxy reads "unix@", "abns@", "/path" and the like as other socket families
                 raise ProxyError(f"unsafe configuration value {address!r}: service {b.service} server address "
                                  "must be an IP address or a host name")
