@@ -30,10 +30,13 @@ def load_spec(file=None, *, tag: str | None = None, image: str | None = None, st
     import os
     from dataclasses import replace
 
+    from . import secrets
     from .errors import ConfigError
     from .store import url as store_url
 
     spec = config.load(file)
+    # a process that runs no suite (status, history --json) still masks what the suites were given
+    secrets.register_env(name for suite in spec.tests.values() for name in suite.pass_env)
     if image is not None:
         if tag is not None:
             raise ConfigError("--tag: cannot be combined with --image (the image reference carries its tag)",

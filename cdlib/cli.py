@@ -474,8 +474,16 @@ def _result_file_failed(doc: dict, path: str, exc: OSError) -> tuple[dict, str]:
     return doc, line
 
 
+def _masked_doc(doc: dict) -> dict:
+    """The result as JSON holds it (what JSON cannot hold, as text), every string masked: masking
+    the values, not the JSON text, so no secret can break the document's syntax."""
+    from . import secrets
+
+    return secrets.mask_data(json.loads(json.dumps(doc, default=str)))
+
+
 def _report(args, outcome: Outcome) -> int:
-    doc = json.loads(_redact(json.dumps(outcome.to_dict(), default=str)))
+    doc = _masked_doc(outcome.to_dict())
     code = outcome.exit_code
     problem = None
     if args.result_file:
@@ -563,7 +571,7 @@ def _last_resort(args, exc: BaseException, debug: bool) -> int:
         doc = {"verb": args.verb, "service": "", "ok": False, "exit_code": EXIT_UNKNOWN, "message": message,
                "steps": [], "error": {"type": type(exc).__name__, "unexpected": True}}
         try:
-            _write_result(Path(args.result_file), json.loads(_redact(json.dumps(doc, default=str))))
+            _write_result(Path(args.result_file), _masked_doc(doc))
         except Exception:  # noqa: S110 - the line below and the exit code still say it
             pass
     _error_line(message)
