@@ -216,7 +216,8 @@ class SuiteSpec:
     unstable: bool = False  # a failure marks the build UNSTABLE instead of failing the release
     env: tuple[tuple[str, str], ...] = ()
     workdir: Path | None = None
-    pass_env: tuple[str, ...] = ()  # host environment variables forwarded to the suite (e.g. secrets)
+    pass_env: tuple[str, ...] = ()  # host environment variables forwarded to the suite as secrets (masked)
+    host_env: tuple[str, ...] = ()  # host environment variables forwarded as they are (not secret)
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,22 @@ def _env_value(env, name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _host_env(r: _Reader, suite: dict, key: str) -> tuple[str, ...]:
+    """Host variables a suite gets as they are: never one that holds a credential (those go in
+    pass_env, whose values are masked), never one pass_env names too."""
+    from .secrets import is_secret_name
+
+    names = r.str_list(suite, key, "host_env", ENV_NAME_RE, "environment variable names")
+    secret_ones = r.str_list(suite, key, "pass_env", ENV_NAME_RE, "environment variable names")
+    for i, name in enumerate(names):
+        if is_secret_name(name):
+            raise r.fail(f"{key}.host_env[{i}]", "a variable that holds no credential (list credentials in "
+                         "pass_env: their values are masked everywhere)", name)
+        if name in secret_ones:
+            raise r.fail(f"{key}.host_env[{i}]", "a variable not also in pass_env", name)
+    return names
+
+
 def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
           env: dict | None = None) -> ServiceSpec:
     """Validate a parsed descriptor and the environment; raise ConfigError naming the first bad key."""
@@ -557,7 +574,7 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
             s = {"command": s}
         if not isinstance(s, dict):
             raise r.fail(key, "a command or a mapping with command and/or image", s)
-        r.only(s, key, {"command", "image", "timeout", "unstable", "env", "workdir", "pass_env"})
+        r.only(s, key, {"command", "image", "timeout", "unstable", "env", "workdir", "pass_env", "host_env"})
         command = s.get("command")
         if command is not None:
             command = _command(r, f"{key}.command", command)
@@ -574,6 +591,7 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
             env=r.env(s, key, "env"),
             workdir=workdir,
             pass_env=r.str_list(s, key, "pass_env", ENV_NAME_RE, "environment variable names"),
+            host_env=_host_env(r, s, key),
         )
 
     target = _target(r, data, env, replicas)

@@ -12,12 +12,14 @@ The suite's environment is built, never inherited whole. A command suite gets:
 - the suite's own ``env`` from the descriptor;
 - what cdlib sets for the run (``TARGET_URL``, ``TARGET_URLS``, ``TARGET_HOST``, ``PROXY_URL``,
   ``CDLIB_COLOR``, ``TEST_TYPE``, ``CDLIB_SERVICE``, ``JUNIT_DIR``);
+- the variables the suite names in ``host_env``, with the agent's values, as they are (settings
+  such as ``BUILD_NUMBER``; a name that looks like a credential is refused there);
 - the variables the suite names in ``pass_env``, with the agent's values. Those values are secrets
   from then on (:mod:`cdlib.secrets`): masked by value in the output cdlib keeps and shows.
 
 A container suite gets the same without the agent's variables (the image has its own ``PATH``).
-Anything else the suite needs from the agent (``JAVA_HOME``, ``http_proxy``...) goes in
-``pass_env``.
+Anything else the suite needs from the agent goes in ``host_env`` (``JAVA_HOME``, ``BUILD_NUMBER``)
+or, when it is a credential, in ``pass_env``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class TestRun:
         variables and the pass_env values the caller resolved), the pass_env variables still
         missing (taken from the agent), TARGET_URL, TEST_TYPE, CDLIB_SERVICE."""
         env = dict(self.suite.env)
+        env.update({n: os.environ[n] for n in self.suite.host_env if n in os.environ})
         env.update(self.env)
         env.update(self.passed_env())
         env.update({"TARGET_URL": self.target_url, "TEST_TYPE": self.suite.type,

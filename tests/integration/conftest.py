@@ -78,7 +78,7 @@ class Service:
 
     def write(self, replicas: int = 2, health_timeout: int = 20, store: str | None = None,
               pre_integration: list[str] | None = None):
-        suite = {"command": [sys.executable, str(self.dir / "check.py")], "pass_env": ["FAIL_TEST_TYPE"],
+        suite = {"command": [sys.executable, str(self.dir / "check.py")], "host_env": ["FAIL_TEST_TYPE"],
                  "timeout": 60}
         pre = dict(suite, command=pre_integration) if pre_integration else suite
         self.store_url = store or f"sqlite:///{self.db}"

@@ -115,3 +115,23 @@ def test_with_tag_and_image_validate():
     assert spec.with_image("reg:5000/other:7").image.ref == "reg:5000/other:7"
     with pytest.raises(ConfigError, match="--tag"):
         spec.with_tag("no good")
+
+
+@pytest.mark.parametrize("host_env, field", [
+    (["DB_PASSWORD"], "tests.post-integration.host_env[0]"),
+    (["BUILD_NUMBER", "API_TOKEN"], "tests.post-integration.host_env[1]"),
+    (["SHARED"], "tests.post-integration.host_env[0]"),
+])
+def test_host_env_refuses_credentials_and_names_that_pass_env_has(host_env, field):
+    data = {"service": "demo", "image": {"repository": "demo"}, "port": 80,
+            "tests": {"post-integration": {"command": "true", "host_env": host_env, "pass_env": ["SHARED"]}}}
+    with pytest.raises(ConfigError) as info:
+        config.parse(data, env={})
+    assert info.value.exit_code == 2 and str(info.value).split(": ")[1] == field
+
+
+def test_host_env_is_kept_apart_from_pass_env():
+    data = {"service": "demo", "image": {"repository": "demo"}, "port": 80,
+            "tests": {"post-integration": {"command": "true", "host_env": ["BUILD_NUMBER"], "pass_env": ["DB_PASS"]}}}
+    suite = config.parse(data, env={}).tests["post-integration"]
+    assert suite.host_env == ("BUILD_NUMBER",) and suite.pass_env == ("DB_PASS",)

@@ -136,6 +136,16 @@ def test_a_suite_sees_only_the_minimal_environment_and_its_pass_env(tmp_path, mo
     assert "cdlibt-hunter2-pass" not in result.output
 
 
+def test_a_host_env_variable_reaches_the_suite_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDLIBT_BUILD_NUMBER", "cdlibt-build-4711")
+    monkeypatch.setenv("CDLIBT_OTHER", "cdlibt-other-value")
+    s = suite("env", tmp_path, host_env=("CDLIBT_BUILD_NUMBER", "CDLIBT_UNSET_TOO"))
+    result = CommandRunner().run(run_of(s))
+    lines = result.output.splitlines()
+    assert "CDLIBT_BUILD_NUMBER=cdlibt-build-4711" in lines  # not a secret: not masked
+    assert not any(line.startswith(("CDLIBT_OTHER=", "CDLIBT_UNSET_TOO=")) for line in lines)
+
+
 def test_secrets_the_suite_prints_are_masked_when_streamed_and_kept(tmp_path, monkeypatch):
     from cdlib import secrets
 
