@@ -13,8 +13,6 @@ new color, and not the old one, served the request. Normal clients never see the
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -73,6 +71,9 @@ class Proxy(ABC):
 
 def http_get(url: str, headers: dict, timeout: float) -> tuple[int, dict, bytes]:
     """(status, headers, first 64 KiB of the body); status 0 when nothing answered."""
+    import urllib.error  # on first use: commands that probe nothing do not pay for it
+    import urllib.request
+
     req = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
