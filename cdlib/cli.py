@@ -309,8 +309,8 @@ def _dispatch(args, printer: _Printer) -> Outcome:
 
 def _proxy(args, printer: _Printer) -> Outcome:
     from . import api, proxyctl
+    from .context import Ctx
     from .plan import Interrupted
-    from .verbs import Ctx
     from .wiring import ports_for
 
     spec = api.load_spec(args.file, store=args.store)

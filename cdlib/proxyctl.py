@@ -18,9 +18,11 @@ from dataclasses import replace
 
 from . import journal as jr
 from . import keys
+from .context import Ctx
 from .errors import CdlibError, ConfigError, ProxyError
+from .locks import proxy_lock
 from .model import Backend, Instance, Outcome, StepReport
-from .verbs import Ctx, backends, proxy_lock
+from .registry import backends
 
 
 def healthy_backends(ctx: Ctx) -> tuple[list[Backend], dict[str, list[str]]]:

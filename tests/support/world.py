@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cdlib import config, keys
-from cdlib import verbs as rel
+from cdlib.context import Ctx
 from cdlib.proxy.memory import MemoryProxy
 from cdlib.runtime.memory import MemoryRuntime
 from cdlib.store.memory import MemoryStore
@@ -35,7 +35,7 @@ class World:
         spec = config.parse(data, "cdlib.yml", env={}).with_tag(tag)
         ports = ports_for(spec, store=self.store, runtime=self.runtime, proxy=self.proxy,
                           runners={t: self.runner for t in spec.tests}, junit_dir=self.tmp / "junit")
-        return rel.Ctx(spec, ports)
+        return Ctx(spec, ports)
 
     def snapshot(self):
         store = {k: v for k, v in self.store.snapshot().items()

@@ -294,9 +294,9 @@ def test_a_docker_host_in_the_descriptor_makes_docker_host_unused():
 
 
 def test_every_plan_step_is_a_valid_failpoint():
-    from cdlib import verbs
+    from cdlib import steps as st
 
-    names = {s.name for steps in (verbs.DEPLOY_STEPS, verbs.REVERT_STEPS, verbs.SWITCH_STEPS, verbs.CLEANUP_STEPS)
+    names = {s.name for steps in (st.DEPLOY_STEPS, st.REVERT_STEPS, st.SWITCH_STEPS, st.CLEANUP_STEPS)
              for s in steps}
     spec = ",".join(f"{n}:{w}={a}" for n in sorted(names) for w in ("before", "after") for a in ("kill", "fail"))
     plan.check_failpoints(spec)

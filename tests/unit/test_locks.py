@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from cdlib import keys
+from cdlib import keys, locks
 from cdlib import verbs as rel
 from cdlib.errors import ConfigError, LockHeld
 from cdlib.heartbeat import Heartbeat, LockLost
+from cdlib.journal import Journal
 from cdlib.store.base import default_holder
 from cdlib.store.memory import MemoryStore
 from cdlib.testrun.memory import MemoryRunner
@@ -135,7 +136,7 @@ def test_a_proxy_lock_of_a_dead_process_does_not_make_other_services_wait(world,
     released(world, "v1")
     released(world, "v1", service="cart", routes={"paths": ["/cart/"]})
     world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release="r-dead"), pid=dead_pid()), ttl=120)
-    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.0)  # no waiting at all: taken over at once
+    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.0)  # no waiting at all: taken over at once
     released(world, "v2", service="cart", routes={"paths": ["/cart/"]})
     assert world.proxy.served == {"shop": "blue", "cart": "green"}
 
@@ -331,15 +332,15 @@ def test_rollback_after_a_kill_before_the_release_opened_only_frees_the_lock(wor
     released(world, "v1")
     released(world, "v2")
     before = world.snapshot()
-    original = rel.Journal.create
+    original = Journal.create
 
     def create(*a, **kw):
         raise Killed()
 
-    monkeypatch.setattr(rel.Journal, "create", create)
+    monkeypatch.setattr(Journal, "create", create)
     with pytest.raises(Killed):
         rel.release(world.ctx("v3"))
-    monkeypatch.setattr(rel.Journal, "create", original)
+    monkeypatch.setattr(Journal, "create", original)
     assert world.store.get(keys.release("shop")) is None and world.store.get(keys.lock("shop")) is not None
     out = rel.rollback(world.ctx())
     assert out.ok and "nothing to roll back" in out.message and "the lock of release" in out.message

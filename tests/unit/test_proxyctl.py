@@ -10,6 +10,7 @@ import pytest
 from cdlib import keys, proxyctl
 from cdlib import verbs as rel
 from cdlib.errors import ProxyError
+from cdlib.journal import Journal
 from tests.support.world import World
 
 
@@ -83,7 +84,7 @@ def test_watch_heals_routing_when_an_instance_dies_and_debounces_bursts(world):
 def test_watch_leaves_a_switching_release_alone(world):
     release(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
-    j = rel.Journal.load(world.store, "shop")
+    j = Journal.load(world.store, "shop")
     j.phase = "switching"
     j.save()
     from cdlib.store.base import default_holder
@@ -125,7 +126,7 @@ def test_watch_refuses_timings_that_would_spin(world, over):
 def test_watch_heals_other_services_while_a_dead_switch_left_its_phase_behind(world):
     release(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
-    j = rel.Journal.load(world.store, "shop")
+    j = Journal.load(world.store, "shop")
     j.phase = "switching"  # the switch was SIGKILLed; its proxy lock expired since
     j.save()
     world.runtime.healthy["shop-blue-2"] = False

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from cdlib import keys
+from cdlib import keys, locks, transaction
 from cdlib import verbs as rel
 from cdlib.errors import ConfigError, LockHeld, RuntimeBackendError, StoreError, UndoIncomplete, UsageError
+from cdlib.journal import Journal
 from tests.support.world import World
 
 
@@ -429,7 +430,7 @@ def test_a_switch_waits_for_the_proxy_lock_of_another_release(world, monkeypatch
     released(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
     world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release="someone-else"), ttl=60)
-    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.2)
+    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.2)
     with pytest.raises(LockHeld):
         rel.switch(world.ctx())
     assert world.proxy.served == {"shop": "blue"}
@@ -462,7 +463,7 @@ def test_a_second_switch_of_the_same_release_neither_steals_the_proxy_lock_nor_u
     proxy lock from a live holder."""
     from cdlib.store.base import default_holder
 
-    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.2)
+    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.2)
     released(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
     opened = world.store.get_json(keys.release("shop"))
@@ -470,20 +471,20 @@ def test_a_second_switch_of_the_same_release_neither_steals_the_proxy_lock_nor_u
     # writes move the version on under a second process that loaded the record before
     second = world.ctx()
     second.journal = None
-    loaded = rel.Journal.load(world.store, "shop")
+    loaded = Journal.load(world.store, "shop")
     if first_holds_the_proxy_lock:
         world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release=opened["id"]), pid=os.getppid(),
                                                                 proc=None), ttl=60)
-    first = rel.Journal.load(world.store, "shop")
+    first = Journal.load(world.store, "shop")
     first.phase = "switching"
     first.save()
-    original_load = rel.Journal.load
-    rel.Journal.load = classmethod(lambda cls, store, service: loaded)
+    original_load = Journal.load
+    Journal.load = classmethod(lambda cls, store, service: loaded)
     try:
         with pytest.raises(LockHeld):
             rel.switch(second)
     finally:
-        rel.Journal.load = original_load
+        Journal.load = original_load
     if first_holds_the_proxy_lock:
         assert world.store.get_json(keys.PROXY_LOCK)["pid"] == os.getppid()  # still the first one's
     else:
@@ -497,12 +498,12 @@ def test_a_journal_taken_over_by_another_process_is_not_undone_by_the_loser(worl
     released(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
     stale = world.ctx()
-    rel._require_open(stale, ("deployed",), "test")
-    winner = rel.Journal.load(world.store, "shop")
+    transaction.require_open(stale, ("deployed",), "test")
+    winner = Journal.load(world.store, "shop")
     winner.phase = "rolling-back"
     winner.save()  # another 'rollback' claimed the record
     with pytest.raises(LockHeld):
-        rel._rollback_open(stale, "tests failed")
+        transaction.rollback_open(stale, "tests failed")
     assert {i.name for i in world.runtime.instances("shop", "green")} == {"shop-green-1", "shop-green-2"}
 
 
@@ -512,7 +513,7 @@ def test_the_proxy_lock_blocking_a_one_process_release_rolls_it_back(world, monk
     released(world, "v1")
     before = world.snapshot()
     world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release="someone-else"), ttl=60)
-    monkeypatch.setattr(rel, "PROXY_LOCK_WAIT", 0.2)
+    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.2)
     out = rel.release(world.ctx("v2"))
     assert out.exit_code == 1 and not out.ok, out.message
     assert world.snapshot() == before
