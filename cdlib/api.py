@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import config, images
 from . import verbs as rel
+from .context import Ctx
 from .model import Outcome, StepReport
 from .wiring import Ports, ports_for
 
@@ -51,14 +52,14 @@ def load_spec(file=None, *, tag: str | None = None, image: str | None = None, st
     return spec
 
 
-def _run(verb: Callable[[rel.Ctx], Outcome], file, report: Reporter | None, ports: Ports | None,
+def _run(verb: Callable[[Ctx], Outcome], file, report: Reporter | None, ports: Ports | None,
          junit_dir=None, output=None, **spec_args) -> Outcome:
     own = ports is None
     if own:
         spec = load_spec(file, **spec_args)
         ports = ports_for(spec, junit_dir=Path(junit_dir) if junit_dir else None, on_output=output)
     try:
-        return verb(rel.Ctx(ports.spec, ports, report or (lambda s: None)))
+        return verb(Ctx(ports.spec, ports, report or (lambda s: None)))
     finally:
         if own:
             ports.close()
@@ -141,11 +142,11 @@ def proxy_apply(file=None, *, force=False, store=None, report=None, ports=None) 
 
 
 def proxy_watch(file=None, *, debounce=1.0, interval=10.0, max_seconds=None, once=False, store=None, log=print,
-                ports=None) -> Outcome:
+                report=None, ports=None) -> Outcome:
     from . import proxyctl
 
     return _run(lambda c: proxyctl.watch(c, debounce=debounce, interval=interval, max_seconds=max_seconds,
-                                         once=once, log=log), file, None, ports, store=store)
+                                         once=once, log=log), file, report, ports, store=store)
 
 
 VERBS = ("status", "color", "history", "build", "push", "test", "deploy", "switch", "cleanup", "rollback",

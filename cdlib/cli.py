@@ -308,27 +308,20 @@ def _dispatch(args, printer: _Printer) -> Outcome:
 
 
 def _proxy(args, printer: _Printer) -> Outcome:
-    from . import api, proxyctl
-    from .context import Ctx
+    from . import api
     from .plan import Interrupted
-    from .wiring import ports_for
 
-    spec = api.load_spec(args.file, store=args.store)
-    ports = ports_for(spec)
-    ctx = Ctx(spec, ports, printer.step)
+    if args.proxy_verb == "render":
+        return api.proxy_render(args.file, store=args.store)
+    if args.proxy_verb == "apply":
+        return api.proxy_apply(args.file, force=args.force, store=args.store, report=printer.step)
+    log = (lambda line: None) if printer.quiet else (lambda line: print(_redact(line), flush=True))
     try:
-        if args.proxy_verb == "render":
-            return proxyctl.render(ctx)
-        if args.proxy_verb == "apply":
-            return proxyctl.apply(ctx, force=args.force)
-        log = (lambda line: None) if printer.quiet else (lambda line: print(_redact(line), flush=True))
-        try:
-            return proxyctl.watch(ctx, debounce=args.debounce, interval=args.interval,
-                                  max_seconds=args.max_seconds, once=args.once, log=log)
-        except (Interrupted, KeyboardInterrupt):
-            return Outcome("proxy", spec.name, True, 0, "watch stopped")
-    finally:
-        ports.close()
+        return api.proxy_watch(args.file, debounce=args.debounce, interval=args.interval,
+                               max_seconds=args.max_seconds, once=args.once, store=args.store, log=log,
+                               report=printer.step)
+    except (Interrupted, KeyboardInterrupt):
+        return Outcome("proxy", _service_name(args), True, 0, "watch stopped")
 
 
 def _service_name(args) -> str:
