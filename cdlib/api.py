@@ -12,16 +12,18 @@ Pass ``ports=`` (from ``cdlib.wiring.ports_for``) to use other adapters, e.g. me
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from . import config, images
 from . import verbs as rel
-from .context import Ctx
-from .model import Outcome, StepReport
+from .context import Ctx, Reporter
+from .locks import DEFAULT_LOCK_TTL
+from .model import Outcome
+from .results import ColorOutcome, HistoryOutcome, ProxyOutcome, ReleaseOutcome, StatusOutcome
 from .wiring import Ports, ports_for
-
-Reporter = Callable[[StepReport], None]
 
 
 def load_spec(file=None, *, tag: str | None = None, image: str | None = None, store: str | None = None):
@@ -52,8 +54,13 @@ def load_spec(file=None, *, tag: str | None = None, image: str | None = None, st
     return spec
 
 
-def _run(verb: Callable[[Ctx], Outcome], file, report: Reporter | None, ports: Ports | None,
-         junit_dir=None, output=None, **spec_args) -> Outcome:
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
+PathLike = str | os.PathLike | None
+Output = Callable[[str], None]
+
+
+def _run(verb: Callable[[Ctx], OutcomeT], file: PathLike, report: Reporter | None, ports: Ports | None,
+         junit_dir: PathLike = None, output: Output | None = None, **spec_args: str | None) -> OutcomeT:
     own = ports is None
     if own:
         spec = load_spec(file, **spec_args)
@@ -65,15 +72,18 @@ def _run(verb: Callable[[Ctx], Outcome], file, report: Reporter | None, ports: P
             ports.close()
 
 
-def status(file=None, *, store=None, report=None, ports=None, check_health=True) -> Outcome:
+def status(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
+           ports: Ports | None = None, check_health: bool = True) -> StatusOutcome:
     return _run(lambda c: rel.status(c, check_health=check_health), file, report, ports, store=store)
 
 
-def color(file=None, *, next=False, store=None, ports=None) -> Outcome:  # noqa: A002 (the CLI flag)
+def color(file: PathLike = None, *, next: bool = False, store: str | None = None,  # noqa: A002 (the CLI flag)
+          ports: Ports | None = None) -> ColorOutcome:
     return _run(lambda c: rel.color(c, next_color=next), file, None, ports, store=store)
 
 
-def history(file=None, *, limit=20, store=None, ports=None) -> Outcome:
+def history(file: PathLike = None, *, limit: int | None = 20, store: str | None = None,
+            ports: Ports | None = None) -> HistoryOutcome:
     """Closed releases, newest first; ``limit`` of them (0 or None: all)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         from .errors import ConfigError
@@ -83,14 +93,17 @@ def history(file=None, *, limit=20, store=None, ports=None) -> Outcome:
     return _run(lambda c: rel.history(c, limit=limit), file, None, ports, store=store)
 
 
-def deploy(file=None, *, tag=None, image=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,
-           report=None, ports=None) -> Outcome:
+def deploy(file: PathLike = None, *, tag: str | None = None, image: str | None = None, store: str | None = None,
+           lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL, report: Reporter | None = None,
+           ports: Ports | None = None) -> ReleaseOutcome:
     return _run(lambda c: rel.deploy(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
                 tag=tag, image=image, store=store)
 
 
-def test(test_type: str, file=None, *, tag=None, store=None, target_url=None, junit=None, junit_dir=None,
-         rollback_on_failure=True, report=None, output=None, ports=None) -> Outcome:
+def test(test_type: str, file: PathLike = None, *, tag: str | None = None, store: str | None = None,
+         target_url: str | None = None, junit: PathLike = None, junit_dir: PathLike = None,
+         rollback_on_failure: bool = True, report: Reporter | None = None, output: Output | None = None,
+         ports: Ports | None = None) -> ReleaseOutcome:
     return _run(lambda c: rel.run_tests(c, test_type, target_url=target_url, junit=Path(junit) if junit else None,
                                         rollback_on_failure=rollback_on_failure),
                 file, report, ports, junit_dir=junit_dir, output=output, tag=tag, store=store)
@@ -99,50 +112,59 @@ def test(test_type: str, file=None, *, tag=None, store=None, target_url=None, ju
 test.__test__ = False  # not a pytest test function
 
 
-def switch(file=None, *, store=None, report=None, ports=None) -> Outcome:
+def switch(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
+           ports: Ports | None = None) -> ReleaseOutcome:
     return _run(rel.switch, file, report, ports, store=store)
 
 
-def cleanup(file=None, *, store=None, report=None, ports=None) -> Outcome:
+def cleanup(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
+            ports: Ports | None = None) -> ReleaseOutcome:
     return _run(rel.cleanup, file, report, ports, store=store)
 
 
-def rollback(file=None, *, to=None, previous=False, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,
-             report=None, ports=None) -> Outcome:
+def rollback(file: PathLike = None, *, to: str | None = None, previous: bool = False, store: str | None = None,
+             lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL, report: Reporter | None = None,
+             ports: Ports | None = None) -> ReleaseOutcome:
     """Undo the open release; without one, change nothing (exit 0). ``previous=True`` returns to the
     release before the live one, ``to=RELEASE_ID`` to that release from history."""
     return _run(lambda c: rel.rollback(c, to=to, previous=previous, lock_wait=lock_wait, lock_ttl=lock_ttl),
                 file, report, ports, store=store)
 
 
-def release(file=None, *, tag=None, image=None, store=None, lock_wait=0.0, lock_ttl=rel.DEFAULT_LOCK_TTL,
-            junit_dir=None, report=None, output=None, ports=None) -> Outcome:
+def release(file: PathLike = None, *, tag: str | None = None, image: str | None = None, store: str | None = None,
+            lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL, junit_dir: PathLike = None,
+            report: Reporter | None = None, output: Output | None = None,
+            ports: Ports | None = None) -> ReleaseOutcome:
     return _run(lambda c: rel.release(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
                 junit_dir=junit_dir, output=output, tag=tag, image=image, store=store)
 
 
-def build(file=None, *, tag=None, only=None, report=None, ports=None) -> Outcome:
+def build(file: PathLike = None, *, tag: str | None = None, only: str | None = None,
+          report: Reporter | None = None, ports: Ports | None = None) -> Outcome:
     return _run(lambda c: images.build(c.spec, c.ports.runtime, c.report, only=only), file, report, ports, tag=tag)
 
 
-def push(file=None, *, tag=None, only=None, report=None, ports=None) -> Outcome:
+def push(file: PathLike = None, *, tag: str | None = None, only: str | None = None,
+         report: Reporter | None = None, ports: Ports | None = None) -> Outcome:
     return _run(lambda c: images.push(c.spec, c.ports.runtime, c.report, only=only), file, report, ports, tag=tag)
 
 
-def proxy_render(file=None, *, store=None, ports=None) -> Outcome:
+def proxy_render(file: PathLike = None, *, store: str | None = None, ports: Ports | None = None) -> ProxyOutcome:
     from . import proxyctl
 
     return _run(proxyctl.render, file, None, ports, store=store)
 
 
-def proxy_apply(file=None, *, force=False, store=None, report=None, ports=None) -> Outcome:
+def proxy_apply(file: PathLike = None, *, force: bool = False, store: str | None = None,
+                report: Reporter | None = None, ports: Ports | None = None) -> ProxyOutcome:
     from . import proxyctl
 
     return _run(lambda c: proxyctl.apply(c, force=force), file, report, ports, store=store)
 
 
-def proxy_watch(file=None, *, debounce=1.0, interval=10.0, max_seconds=None, once=False, store=None, log=print,
-                report=None, ports=None) -> Outcome:
+def proxy_watch(file: PathLike = None, *, debounce: float = 1.0, interval: float = 10.0,
+                max_seconds: float | None = None, once: bool = False, store: str | None = None,
+                log: Output = print, report: Reporter | None = None, ports: Ports | None = None) -> ProxyOutcome:
     from . import proxyctl
 
     return _run(lambda c: proxyctl.watch(c, debounce=debounce, interval=interval, max_seconds=max_seconds,

@@ -21,8 +21,9 @@ from . import keys
 from .context import Ctx
 from .errors import CdlibError, ConfigError, ProxyError
 from .locks import proxy_lock
-from .model import Backend, Instance, Outcome, StepReport
+from .model import Backend, Instance, StepReport
 from .registry import backends
+from .results import ProxyOutcome
 
 
 def healthy_backends(ctx: Ctx) -> tuple[list[Backend], dict[str, list[str]]]:
@@ -52,15 +53,15 @@ def healthy_backends(ctx: Ctx) -> tuple[list[Backend], dict[str, list[str]]]:
     return out, dropped
 
 
-def render(ctx: Ctx) -> Outcome:
+def render(ctx: Ctx) -> ProxyOutcome:
     # a template the binary would refuse (or any file that is not one, such as /etc/shadow) is bad
     # input: refused before a byte of what it renders is printed
     ctx.ports.proxy.preflight()
     text = ctx.ports.proxy.render(backends(ctx.ports.store))
-    return Outcome("proxy", ctx.service, True, 0, text, [], {"config": text})
+    return ProxyOutcome("proxy", ctx.service, True, 0, text, [], {"config": text})
 
 
-def apply(ctx: Ctx, *, force: bool = False) -> Outcome:
+def apply(ctx: Ctx, *, force: bool = False) -> ProxyOutcome:
     """Render from the registry; refuse when a live service has no healthy backend; write only a
     changed configuration (or always, with force)."""
     ctx.ports.proxy.preflight()  # a proxy that can never accept what cdlib renders is bad input
@@ -68,7 +69,7 @@ def apply(ctx: Ctx, *, force: bool = False) -> Outcome:
         return _apply(ctx, force)
 
 
-def _apply(ctx: Ctx, force: bool) -> Outcome:
+def _apply(ctx: Ctx, force: bool) -> ProxyOutcome:
     t0 = time.monotonic()
     proxy = ctx.ports.proxy
     found, dropped = healthy_backends(ctx)
@@ -81,13 +82,13 @@ def _apply(ctx: Ctx, force: bool) -> Outcome:
     if not force and current is not None and current == text.encode("utf-8"):
         step = StepReport("proxy apply", "skipped", time.monotonic() - t0, "unchanged")
         ctx.emit(step)
-        return Outcome("proxy", ctx.service, True, 0, "the proxy configuration is up to date", [step],
+        return ProxyOutcome("proxy", ctx.service, True, 0, "the proxy configuration is up to date", [step],
                        {"changed": False, "dropped": dropped})
     timings = proxy.apply(text)
     detail = ", ".join(f"{s}: left out {', '.join(v)}" for s, v in sorted(dropped.items())) or "all backends healthy"
     step = StepReport("proxy apply", "done", time.monotonic() - t0, detail)
     ctx.emit(step)
-    return Outcome("proxy", ctx.service, True, 0, f"applied the proxy configuration for {len(found)} service(s)",
+    return ProxyOutcome("proxy", ctx.service, True, 0, f"applied the proxy configuration for {len(found)} service(s)",
                    [step], {"changed": True, "dropped": dropped, "timings": timings})
 
 
@@ -111,7 +112,7 @@ def _switching(ctx: Ctx) -> list[str]:
 
 
 def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_seconds: float | None = None,
-          once: bool = False, log: Callable[[str], None] = print) -> Outcome:
+          once: bool = False, log: Callable[[str], None] = print) -> ProxyOutcome:
     """Keep the proxy in line with the registry until stopped (SIGTERM/SIGINT) or max_seconds."""
     for name, value, low in (("--debounce", debounce, 0.0), ("--interval", interval, 0.05)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
@@ -166,6 +167,6 @@ def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_second
                     break
                 since = more
     failed_once = once and failures > 0
-    return Outcome("proxy", ctx.service, not failed_once, 1 if failed_once else 0,
+    return ProxyOutcome("proxy", ctx.service, not failed_once, 1 if failed_once else 0,
                    f"watch ended: {applied} reload(s), {failures} failure(s)",
                    [], {"applied": applied, "failures": failures})

@@ -38,8 +38,9 @@ from .locks import (
     release_locks,
     why_free,
 )
-from .model import Outcome, StepReport, other_color
+from .model import StepReport, other_color
 from .registry import check_routes
+from .results import ReleaseOutcome
 from .runtime.base import ASIDE
 from .steps import UNDO, keep_registrations, registration_of, started_instances, stop_keeping_registrations
 
@@ -127,7 +128,7 @@ def _checked(step: plan.Step) -> plan.Step:
     return plan.Step(step.name, step.do, intent=intent, describe=step.describe)
 
 
-def rollback_open(ctx: Ctx, reason: str) -> Outcome:
+def rollback_open(ctx: Ctx, reason: str) -> ReleaseOutcome:
     """Undo the open release in ctx.journal; close it; release every lock it held; return the
     outcome (exit 1, or 4)."""
     j = ctx.journal
@@ -255,16 +256,16 @@ def close_success(ctx: Ctx) -> None:
                         "release closed" + (f"; removed {', '.join(removed)}" if removed else "")))
 
 
-def make_outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> Outcome:
+def make_outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> ReleaseOutcome:
     rec = ctx.journal.record if ctx.journal else {}
     base = {"release": rec.get("id"), "color": rec.get("color"), "image": rec.get("image"),
             "previous_color": (rec.get("previous") or {}).get("color")} if rec else {}
     base.update(data)
-    return Outcome(verb, ctx.service, ok, code, message, list(ctx.steps), base)
+    return ReleaseOutcome(verb, ctx.service, ok, code, message, list(ctx.steps), base)
 
 
-def guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure: bool = True,
-           busy_proxy_fails: bool = False) -> Outcome:
+def guard(ctx: Ctx, verb: str, body: Callable[[], ReleaseOutcome], rollback_on_failure: bool = True,
+           busy_proxy_fails: bool = False) -> ReleaseOutcome:
     """Run body; on a failure inside an open release, roll the release back (exit 1, or 4). Bad input
     found after the release opened is such a failure too: only an error before the first change
     keeps exit 2. A busy proxy leaves a stage-by-stage release open for a later 'switch' (exit 3),
@@ -285,7 +286,7 @@ def guard(ctx: Ctx, verb: str, body: Callable[[], Outcome], rollback_on_failure:
         return _roll_back(ctx, verb, plan._reason(exc))
 
 
-def _roll_back(ctx: Ctx, verb: str, reason: str) -> Outcome:
+def _roll_back(ctx: Ctx, verb: str, reason: str) -> ReleaseOutcome:
     outcome = rollback_open(ctx, reason)
     outcome.verb = verb
     return outcome

@@ -24,8 +24,9 @@ from .errors import (
 )
 from .journal import Journal
 from .locks import ALIVE, DEFAULT_LOCK_TTL, adopt, check_lock_times, proxy_lock, why_free, working
-from .model import Instance, Outcome, StepReport, other_color
+from .model import Instance, StepReport, other_color
 from .registry import live_record
+from .results import ColorOutcome, HistoryOutcome, ReleaseOutcome, StatusOutcome
 from .steps import CLEANUP_STEPS, DEPLOY_STEPS, REVERT_STEPS, SWITCH_STEPS, started_instances
 from .testrun.base import TestRun
 from .transaction import (
@@ -40,9 +41,9 @@ from .transaction import (
 )
 
 
-def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
+def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> ReleaseOutcome:
     """Open a release; start the next color beside the live one; wait until healthy; register it."""
-    def body() -> Outcome:
+    def body() -> ReleaseOutcome:
         open_release(ctx, ctx.spec.image.ref, lock_wait, lock_ttl)
         run_steps(ctx, DEPLOY_STEPS)
         ctx.journal.phase = jr.DEPLOYED
@@ -54,10 +55,10 @@ def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_T
         return guard(ctx, "deploy", body)
 
 
-def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> Outcome:
+def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> ReleaseOutcome:
     """Point the proxy at the new color, prove it answers through the proxy, then store it as live.
     A busy proxy lock leaves the release deployed (exit 3) unless busy_proxy_fails (release)."""
-    def body() -> Outcome:
+    def body() -> ReleaseOutcome:
         j = require_open(ctx, (jr.DEPLOYED,), "switch")
         with proxy_lock(ctx.ports.store, j.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
                         service=ctx.service):
@@ -72,13 +73,13 @@ def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> Outcome:
         return guard(ctx, "switch", body, busy_proxy_fails=busy_proxy_fails)
 
 
-def cleanup(ctx: Ctx) -> Outcome:
+def cleanup(ctx: Ctx) -> ReleaseOutcome:
     """Stop and de-register the old color (kept stopped for a quick rollback); close the release."""
     with working(ctx):
         return _cleanup(ctx)
 
 
-def _cleanup(ctx: Ctx) -> Outcome:
+def _cleanup(ctx: Ctx) -> ReleaseOutcome:
     j = require_open(ctx, (jr.SWITCHED, jr.CLEANING), "cleanup")
     j.phase = jr.CLEANING
     j.save()
@@ -99,7 +100,7 @@ def _cleanup(ctx: Ctx) -> Outcome:
 
 
 def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit: Path | None = None,
-              rollback_on_failure: bool = True) -> Outcome:
+              rollback_on_failure: bool = True) -> ReleaseOutcome:
     """Run one suite. Inside an open release, a failure (unless the suite is marked unstable) rolls
     the release back. The release's locks are refreshed while the suite runs, however long it takes."""
     if test_type not in ("pre-deployment", "pre-integration", "post-integration"):
@@ -110,7 +111,7 @@ def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit:
 
 
 def _run_tests(ctx: Ctx, test_type: str, target_url: str | None, junit: Path | None,
-               rollback_on_failure: bool) -> Outcome:
+               rollback_on_failure: bool) -> ReleaseOutcome:
     spec = ctx.spec
     suite = spec.tests.get(test_type)
     if test_type != "pre-deployment":
@@ -120,7 +121,7 @@ def _run_tests(ctx: Ctx, test_type: str, target_url: str | None, junit: Path | N
         ctx.emit(StepReport(f"test {test_type}", "skipped", 0.0, f"no {test_type} suite in the descriptor"))
         return make_outcome(ctx, "test", True, 0, f"no {test_type} suite for {spec.name}", tests=[])
 
-    def body() -> Outcome:
+    def body() -> ReleaseOutcome:
         env, url = _test_target(ctx, test_type)
         env.update({n: os.environ[n] for n in suite.pass_env if n in os.environ})
         url = target_url or url
@@ -170,7 +171,7 @@ def _junit_path(ctx: Ctx, test_type: str) -> Path | None:
 
 
 def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wait: float = 0.0,
-             lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
+             lock_ttl: float = DEFAULT_LOCK_TTL) -> ReleaseOutcome:
     """With an open release: undo it from its journal. Without one, no release changes: only what a
     killed close or a killed suite left behind is finished (set-aside instances of closed releases,
     test containers whose process is gone, a lock whose holder is gone). Returning to an earlier
@@ -209,7 +210,7 @@ def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wa
         return out
 
 
-def _nothing_open(ctx: Ctx) -> Outcome:
+def _nothing_open(ctx: Ctx) -> ReleaseOutcome:
     """rollback without an open release: no release changes; leftovers of a killed release are
     finished (its lock when its holder is gone, set-aside instances of closed releases, test
     containers of dead processes)."""
@@ -227,10 +228,10 @@ def _nothing_open(ctx: Ctx) -> Outcome:
     if done:
         msg += f"; finished what an interrupted release left: {', '.join(done)}"
     msg += "; to return to the previous release, run 'cdlib rollback --previous'"
-    return Outcome("rollback", ctx.service, True, 0, msg, list(ctx.steps), {"release": None, "leftovers": done})
+    return ReleaseOutcome("rollback", ctx.service, True, 0, msg, list(ctx.steps), {"release": None, "leftovers": done})
 
 
-def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outcome:
+def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> ReleaseOutcome:
     store = ctx.ports.store
     live = live_record(store, ctx.service)
     past = [h for h in jr.history(store, ctx.service) if h.get("outcome") == "released"]
@@ -246,7 +247,7 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outc
             raise NothingToRollBack(f"{ctx.service} has no open release and no earlier release to return to")
         target = older[0]
 
-    def body() -> Outcome:
+    def body() -> ReleaseOutcome:
         open_release(ctx, target["image"], lock_wait, lock_ttl, revert_of=target["id"])
         color = ctx.rec["color"]
         stopped = [i for i in ctx.ports.runtime.instances(ctx.service, color)
@@ -272,7 +273,7 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Outc
         return guard(ctx, "rollback", body, busy_proxy_fails=True)
 
 
-def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> Outcome:
+def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> ReleaseOutcome:
     """deploy -> pre-integration tests -> switch -> post-integration tests -> cleanup, in one process
     and under one heartbeat; any failure rolls everything back."""
     with working(ctx):
@@ -295,7 +296,7 @@ def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_
         return out
 
 
-def status(ctx: Ctx, *, check_health: bool = True) -> Outcome:
+def status(ctx: Ctx, *, check_health: bool = True) -> StatusOutcome:
     store, s = ctx.ports.store, ctx.spec
     live = live_record(store, s.name)
     j = Journal.load(store, s.name)
@@ -326,16 +327,16 @@ def status(ctx: Ctx, *, check_health: bool = True) -> Outcome:
     msg = (f"{s.name}: live {live['color']} ({live.get('image')})" if live else f"{s.name}: nothing live yet")
     if j is not None:
         msg += f"; open release {j.id} ({j.phase})"
-    return Outcome("status", s.name, True, 0, msg, [], data)
+    return StatusOutcome("status", s.name, True, 0, msg, [], data)
 
 
-def color(ctx: Ctx, *, next_color: bool = False) -> Outcome:
+def color(ctx: Ctx, *, next_color: bool = False) -> ColorOutcome:
     live = live_record(ctx.ports.store, ctx.service)
     current = live["color"] if live else None
     value = other_color(current) if next_color else current
-    return Outcome("color", ctx.service, True, 0, value or "", [], {"color": value, "live": current})
+    return ColorOutcome("color", ctx.service, True, 0, value or "", [], {"color": value, "live": current})
 
 
-def history(ctx: Ctx, *, limit: int | None = 20) -> Outcome:
+def history(ctx: Ctx, *, limit: int | None = 20) -> HistoryOutcome:
     entries = jr.history(ctx.ports.store, ctx.service, limit)
-    return Outcome("history", ctx.service, True, 0, f"{len(entries)} release(s)", [], {"history": entries})
+    return HistoryOutcome("history", ctx.service, True, 0, f"{len(entries)} release(s)", [], {"history": entries})

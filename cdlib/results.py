@@ -1,0 +1,140 @@
+"""What each verb returns, typed: an Outcome (verb, service, ok, exit_code, message, steps) whose
+``result`` is the verb's own result type.
+
+``Outcome.data`` stays the one record of a result (``to_dict()``, the CLI's JSON that the Jenkins
+steps read, is built from it, unchanged), so ``outcome.data[...]`` keeps working; ``result`` reads it
+as a typed value. Absent keys read as None (or empty), as the JSON has them absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Outcome
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """deploy, test, switch, cleanup, rollback, release: the release the verb worked on."""
+
+    release: str | None = None
+    color: str | None = None
+    image: str | None = None
+    previous_color: str | None = None
+    tests: list[dict] = field(default_factory=list)  # the suites run, as TestResult.to_dict()
+    instances: list[dict] = field(default_factory=list)  # deploy: the started instances
+    leftovers: list[str] = field(default_factory=list)  # rollback without an open release: what it finished
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReleaseResult:
+        return cls(data.get("release"), data.get("color"), data.get("image"), data.get("previous_color"),
+                   list(data.get("tests") or []), list(data.get("instances") or []),
+                   list(data.get("leftovers") or []))
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    live: dict | None = None
+    next_color: str | None = None
+    open_release: dict | None = None  # id, phase, color, image, steps
+    lock: dict | None = None  # the service lock's holder record
+    registered: list[dict] = field(default_factory=list)
+    registry_health: dict | None = None  # the registry's own checks (Consul), else None
+    instances: list[dict] = field(default_factory=list)
+    drift: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StatusResult:
+        return cls(data.get("live"), data.get("next_color"), data.get("open_release"), data.get("lock"),
+                   list(data.get("registered") or []), data.get("registry_health"),
+                   list(data.get("instances") or []), dict(data.get("drift") or {}))
+
+
+@dataclass(frozen=True)
+class ColorResult:
+    color: str | None = None  # the color asked for (live, or the next one)
+    live: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ColorResult:
+        return cls(data.get("color"), data.get("live"))
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    history: list[dict] = field(default_factory=list)  # closed releases, newest first
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HistoryResult:
+        return cls(list(data.get("history") or []))
+
+
+@dataclass(frozen=True)
+class ProxyResult:
+    """proxy render (config), apply (changed, dropped, timings), watch (applied, failures)."""
+
+    config: str | None = None
+    changed: bool | None = None
+    dropped: dict = field(default_factory=dict)
+    timings: dict | None = None
+    applied: int | None = None
+    failures: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProxyResult:
+        return cls(data.get("config"), data.get("changed"), dict(data.get("dropped") or {}), data.get("timings"),
+                   data.get("applied"), data.get("failures"))
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A dry run: what the verb would do; nothing was changed."""
+
+    dry_run: bool = True
+    plan: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PlanResult:
+        return cls(bool(data.get("dry_run", True)), dict(data.get("plan") or {}))
+
+
+@dataclass
+class ReleaseOutcome(Outcome):
+    @property
+    def result(self) -> ReleaseResult:
+        return ReleaseResult.from_dict(self.data)
+
+
+@dataclass
+class StatusOutcome(Outcome):
+    @property
+    def result(self) -> StatusResult:
+        return StatusResult.from_dict(self.data)
+
+
+@dataclass
+class ColorOutcome(Outcome):
+    @property
+    def result(self) -> ColorResult:
+        return ColorResult.from_dict(self.data)
+
+
+@dataclass
+class HistoryOutcome(Outcome):
+    @property
+    def result(self) -> HistoryResult:
+        return HistoryResult.from_dict(self.data)
+
+
+@dataclass
+class ProxyOutcome(Outcome):
+    @property
+    def result(self) -> ProxyResult:
+        return ProxyResult.from_dict(self.data)
+
+
+@dataclass
+class PlanOutcome(Outcome):
+    @property
+    def result(self) -> PlanResult:
+        return PlanResult.from_dict(self.data)
