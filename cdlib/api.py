@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import config, images
+from . import config, dryrun, images
 from . import verbs as rel
 from .context import Ctx, Reporter
 from .locks import DEFAULT_LOCK_TTL
 from .model import Outcome
-from .results import ColorOutcome, HistoryOutcome, ProxyOutcome, ReleaseOutcome, StatusOutcome
+from .results import ColorOutcome, HistoryOutcome, PlanOutcome, ProxyOutcome, ReleaseOutcome, StatusOutcome
 from .wiring import Ports, ports_for
 
 
@@ -60,16 +60,32 @@ Output = Callable[[str], None]
 
 
 def _run(verb: Callable[[Ctx], OutcomeT], file: PathLike, report: Reporter | None, ports: Ports | None,
-         junit_dir: PathLike = None, output: Output | None = None, **spec_args: str | None) -> OutcomeT:
+         junit_dir: PathLike = None, output: Output | None = None, dry_run: bool = False,
+         **spec_args: str | None) -> OutcomeT:
     own = ports is None
     if own:
         spec = load_spec(file, **spec_args)
-        ports = ports_for(spec, junit_dir=Path(junit_dir) if junit_dir else None, on_output=output)
+        ports = ports_for(spec, junit_dir=Path(junit_dir) if junit_dir else None, on_output=output,
+                          store=_empty_store(spec) if dry_run else None)
     try:
         return verb(Ctx(ports.spec, ports, report or (lambda s: None)))
     finally:
         if own:
             ports.close()
+
+
+def _empty_store(spec: config.ServiceSpec):
+    """A dry run only reads the store: an SQLite file that does not exist yet is an empty store,
+    read as one without creating the file."""
+    from .store import url as store_url
+    from .wiring import open_store
+
+    if not spec.store:
+        return None
+    parsed = store_url.parse(spec.store, "store")
+    if parsed.kind == "sqlite" and not Path(parsed.path).exists():
+        return open_store("memory:")
+    return None
 
 
 def status(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
@@ -95,9 +111,11 @@ def history(file: PathLike = None, *, limit: int | None = 20, store: str | None 
 
 def deploy(file: PathLike = None, *, tag: str | None = None, image: str | None = None, store: str | None = None,
            lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL, report: Reporter | None = None,
-           ports: Ports | None = None) -> ReleaseOutcome:
-    return _run(lambda c: rel.deploy(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
-                tag=tag, image=image, store=store)
+           ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
+    """Start the next color beside the live one. ``dry_run=True``: say what would be done, change nothing."""
+    verb = dryrun.deploy if dry_run else rel.deploy
+    return _run(lambda c: verb(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
+                dry_run=dry_run, tag=tag, image=image, store=store)
 
 
 def test(test_type: str, file: PathLike = None, *, tag: str | None = None, store: str | None = None,
@@ -113,30 +131,35 @@ test.__test__ = False  # not a pytest test function
 
 
 def switch(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
-           ports: Ports | None = None) -> ReleaseOutcome:
-    return _run(rel.switch, file, report, ports, store=store)
+           ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
+    return _run(dryrun.switch if dry_run else rel.switch, file, report, ports, dry_run=dry_run, store=store)
 
 
 def cleanup(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
-            ports: Ports | None = None) -> ReleaseOutcome:
-    return _run(rel.cleanup, file, report, ports, store=store)
+            ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
+    return _run(dryrun.cleanup if dry_run else rel.cleanup, file, report, ports, dry_run=dry_run, store=store)
 
 
 def rollback(file: PathLike = None, *, to: str | None = None, previous: bool = False, store: str | None = None,
              lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL, report: Reporter | None = None,
-             ports: Ports | None = None) -> ReleaseOutcome:
+             ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
     """Undo the open release; without one, change nothing (exit 0). ``previous=True`` returns to the
     release before the live one, ``to=RELEASE_ID`` to that release from history."""
-    return _run(lambda c: rel.rollback(c, to=to, previous=previous, lock_wait=lock_wait, lock_ttl=lock_ttl),
-                file, report, ports, store=store)
+    verb = dryrun.rollback if dry_run else rel.rollback
+    return _run(lambda c: verb(c, to=to, previous=previous, lock_wait=lock_wait, lock_ttl=lock_ttl),
+                file, report, ports, dry_run=dry_run, store=store)
 
 
 def release(file: PathLike = None, *, tag: str | None = None, image: str | None = None, store: str | None = None,
             lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL, junit_dir: PathLike = None,
             report: Reporter | None = None, output: Output | None = None,
-            ports: Ports | None = None) -> ReleaseOutcome:
-    return _run(lambda c: rel.release(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
-                junit_dir=junit_dir, output=output, tag=tag, image=image, store=store)
+            ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
+    """deploy, pre-integration tests, switch, post-integration tests, cleanup; roll back on any
+    failure. ``dry_run=True``: the plan (colors, containers, ports, the proxy diff, the store keys),
+    and nothing changed."""
+    verb = dryrun.release if dry_run else rel.release
+    return _run(lambda c: verb(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
+                junit_dir=junit_dir, output=output, dry_run=dry_run, tag=tag, image=image, store=store)
 
 
 def build(file: PathLike = None, *, tag: str | None = None, only: str | None = None,

@@ -55,6 +55,12 @@ def _release_opts(p: argparse.ArgumentParser, image: bool = True) -> None:
         p.add_argument("--image", help="a full image reference to release instead of repository:tag")
 
 
+def _dry_run_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (colors, containers, ports, the proxy configuration diff, the store keys "
+                        "to write) and change nothing: no lock, no journal, no container, no proxy file")
+
+
 def _lock_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for another release of the service to finish (default: fail at once)")
@@ -110,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("deploy", "open a release: start the next color beside the live one, wait until healthy, register it")
     _release_opts(p)
     _lock_opts(p)
-    verb("switch", "point the proxy at the new color, verify through the proxy, store the new live color")
-    verb("cleanup", "stop and de-register the old color (kept stopped for a quick rollback); close the release")
+    _dry_run_opt(p)
+    _dry_run_opt(verb("switch", "point the proxy at the new color, verify through the proxy, store the new live "
+                                "color"))
+    _dry_run_opt(verb("cleanup", "stop and de-register the old color (kept stopped for a quick rollback); close the "
+                                 "release"))
     p = verb("rollback", "undo the open release; without one, change nothing (exit 0) unless --previous or "
                          "--to asks to return to an earlier release")
     back = p.add_mutually_exclusive_group()
@@ -119,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--previous", action="store_true",
                       help="return to the release before the live one (when no release is open)")
     _lock_opts(p)
+    _dry_run_opt(p)
     p = verb("release", "deploy, pre-integration tests, switch, post-integration tests, cleanup; "
                         "roll back on any failure")
     _release_opts(p)
     _lock_opts(p)
+    _dry_run_opt(p)
     p.add_argument("--junit-dir", metavar="DIR", default=os.environ.get("CDLIB_JUNIT_DIR", "cdlib-reports"),
                    help="write JUnit XML reports into DIR (default: cdlib-reports)")
     p = verb("proxy", "the proxy configuration from the registry: render it, apply it, or keep it in line")
@@ -293,17 +304,18 @@ def _dispatch(args, printer: _Printer) -> Outcome:
                         output=printer.output)
     if v == "deploy":
         return api.deploy(file, tag=args.tag, image=args.image, store=store, lock_wait=args.lock_wait,
-                          lock_ttl=args.lock_ttl, report=report)
+                          lock_ttl=args.lock_ttl, report=report, dry_run=args.dry_run)
     if v == "switch":
-        return api.switch(file, store=store, report=report)
+        return api.switch(file, store=store, report=report, dry_run=args.dry_run)
     if v == "cleanup":
-        return api.cleanup(file, store=store, report=report)
+        return api.cleanup(file, store=store, report=report, dry_run=args.dry_run)
     if v == "rollback":
         return api.rollback(file, to=args.to, previous=args.previous, store=store, lock_wait=args.lock_wait,
-                            lock_ttl=args.lock_ttl, report=report)
+                            lock_ttl=args.lock_ttl, report=report, dry_run=args.dry_run)
     if v == "release":
         return api.release(file, tag=args.tag, image=args.image, store=store, lock_wait=args.lock_wait,
-                           lock_ttl=args.lock_ttl, junit_dir=args.junit_dir, report=report, output=printer.output)
+                           lock_ttl=args.lock_ttl, junit_dir=args.junit_dir, report=report, output=printer.output,
+                           dry_run=args.dry_run)
     raise AssertionError(v)
 
 
@@ -354,6 +366,8 @@ _received: list[int] = []  # signals this process got, newest last
 
 
 def _acts_on_release(args) -> bool:
+    if getattr(args, "dry_run", False):
+        return False  # a dry run changes nothing: its failure leaves no state to doubt
     if args.verb == "test":
         return args.type != "pre-deployment"  # the only suite that runs outside a release
     return args.verb in RELEASE_VERBS

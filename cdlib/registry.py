@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from . import journal as jr
 from . import keys
 from .context import Ctx
-from .errors import ConfigError
+from .errors import ConfigError, NothingToRollBack
 from .model import Backend, Instance, Routes
 
 
@@ -66,3 +67,21 @@ def check_routes(ctx: Ctx) -> None:
         if taken:
             raise ConfigError(f"{ctx.spec.source or 'cdlib.yml'}: routes: {', '.join(taken)} is already routed to "
                               f"service {other}; give {ctx.service} a path or host of its own", key="routes")
+
+
+def revert_target(store, service: str, to: str | None) -> dict:
+    """The history entry a rollback returns to: release ``to``, or (None) the release before the
+    live one (the newest released one with another image). NothingToRollBack when there is none."""
+    live = live_record(store, service)
+    past = [h for h in jr.history(store, service) if h.get("outcome") == "released"]
+    if to is not None:
+        target = next((h for h in past if h["id"] == to), None)
+        if target is None:
+            raise NothingToRollBack(f"rollback --to: no successful release {to!r} of {service} in history; "
+                                    "see 'cdlib history'")
+        return target
+    current = live.get("via") if live else None
+    older = [h for h in past if h["id"] != current and h.get("image") != (live or {}).get("image")]
+    if not live or not older:
+        raise NothingToRollBack(f"{service} has no open release and no earlier release to return to")
+    return older[0]

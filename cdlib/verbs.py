@@ -17,7 +17,6 @@ from .errors import (
     EXIT_UNDO_INCOMPLETE,
     ConfigError,
     LockHeld,
-    NothingToRollBack,
     StoreError,
     TestsFailed,
     UsageError,
@@ -25,7 +24,7 @@ from .errors import (
 from .journal import Journal
 from .locks import ALIVE, DEFAULT_LOCK_TTL, adopt, check_lock_times, proxy_lock, why_free, working
 from .model import Instance, StepReport, other_color
-from .registry import live_record
+from .registry import live_record, revert_target
 from .results import ColorOutcome, HistoryOutcome, ReleaseOutcome, StatusOutcome
 from .steps import CLEANUP_STEPS, DEPLOY_STEPS, REVERT_STEPS, SWITCH_STEPS, started_instances
 from .testrun.base import TestRun
@@ -232,20 +231,7 @@ def _nothing_open(ctx: Ctx) -> ReleaseOutcome:
 
 
 def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> ReleaseOutcome:
-    store = ctx.ports.store
-    live = live_record(store, ctx.service)
-    past = [h for h in jr.history(store, ctx.service) if h.get("outcome") == "released"]
-    if to is not None:
-        target = next((h for h in past if h["id"] == to), None)
-        if target is None:
-            raise NothingToRollBack(f"rollback --to: no successful release {to!r} of {ctx.service} in history; "
-                                    "see 'cdlib history'")
-    else:
-        current = live.get("via") if live else None
-        older = [h for h in past if h["id"] != current and h.get("image") != (live or {}).get("image")]
-        if not live or not older:
-            raise NothingToRollBack(f"{ctx.service} has no open release and no earlier release to return to")
-        target = older[0]
+    target = revert_target(ctx.ports.store, ctx.service, to)
 
     def body() -> ReleaseOutcome:
         open_release(ctx, target["image"], lock_wait, lock_ttl, revert_of=target["id"])
