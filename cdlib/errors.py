@@ -15,6 +15,8 @@ result file it cannot write.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
 EXIT_USAGE = 2
@@ -118,3 +120,21 @@ class UndoIncomplete(CdlibError):
     """A release failed and at least one undo failed too: a person is needed."""
 
     exit_code = EXIT_UNDO_INCOMPLETE
+
+
+# -- reading wrapped exceptions ------------------------------------------------------------------
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps, each once: ``__cause__``, ``__context__``, a ``reason``
+    attribute (urllib3's MaxRetryError) and exceptions passed as arguments (requests wraps
+    urllib3's errors that way). Depth first, the arguments before the chained exceptions; a cycle
+    ends the walk. For adapters that look for the underlying transport or TLS failure."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        cur = todo.pop()
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None),
+                     *[a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]])

@@ -40,15 +40,15 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, quote_plus, unquote
+from urllib.parse import quote, quote_plus
+
+from .redact import url_passwords
 
 MASK = "***"
 MIN_LENGTH = 4  # shorter values are not masked (see the module docstring)
 KNOWN = ("CDLIB_REGISTRY_PASSWORD", "CONSUL_HTTP_TOKEN", "JENKINS_API_TOKEN", "ETCDCTL_PASSWORD",
          "DOCKER_AUTH_CONFIG")
 NAME_RE = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE)
-# scheme://user:password@host (the password may be empty; the user part never holds ':' or '@')
-URL_USERINFO_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^@\s/]*)@")
 _FILE_LIMIT = 64 * 1024
 
 _lock = threading.Lock()
@@ -67,7 +67,7 @@ def register(*values: object) -> None:
         for value in values:
             if isinstance(value, str) and value and value not in _registered:
                 _registered.add(value)
-                _registered.update(_userinfo_passwords(value))
+                _registered.update(url_passwords(value))
                 _version += 1
 
 
@@ -82,7 +82,7 @@ def register_env(names: Iterable[str], env: Mapping[str, str] | None = None) -> 
 def register_url(url: object) -> None:
     """Register the password of a URL with credentials (``etcd://user:password@host``)."""
     if isinstance(url, str):
-        register(*_userinfo_passwords(url))
+        register(*url_passwords(url))
 
 
 def reset() -> None:
@@ -125,7 +125,7 @@ def values(env: Mapping[str, str] | None = None) -> frozenset[str]:
                 user, sep, password = value.partition(":")
                 if sep and password:
                     found.add(password)
-            found.update(_userinfo_passwords(value))
+            found.update(url_passwords(value))
         found = frozenset(v for v in found if len(v) >= MIN_LENGTH)
         with _lock:
             _values_cache[:] = [key, found, files]
@@ -234,18 +234,6 @@ def _copy(value):
 
 
 # -- where secrets hide ---------------------------------------------------------------------------
-def _userinfo_passwords(text: str) -> set[str]:
-    out = set()
-    for m in URL_USERINFO_RE.finditer(text):
-        password = m.group(1)
-        if password:
-            out.add(password)
-            decoded = unquote(password)
-            if decoded != password:
-                out.add(decoded)
-    return out
-
-
 def _docker_auth(value: str) -> set[str]:
     """The credentials in a DOCKER_AUTH_CONFIG document: each base64 ``auth`` (user:password), the
     password it encodes, and explicit password / token fields."""

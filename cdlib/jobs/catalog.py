@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from ..config import _Reader, read_yaml
+from ..config.schema import Reader, read_yaml
 from ..errors import ConfigError
 from ..model import SERVICE_RE
 
@@ -161,7 +161,7 @@ def load(path: str | os.PathLike | None = None) -> Catalog:
 
 def parse(data: object, source: str = DEFAULT_CATALOG) -> Catalog:
     """Check a parsed catalog; raise ConfigError naming the first bad key."""
-    r = _Reader(source)
+    r = Reader(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with defaults and services at the top level",
                           file=source, key="")
@@ -210,7 +210,7 @@ def parse(data: object, source: str = DEFAULT_CATALOG) -> Catalog:
     return Catalog(source=source, jobs=tuple(jobs), ignore_properties=ignore, folders=tuple(folders))
 
 
-def _fields(r: _Reader, data: dict, key: str) -> dict:
+def _fields(r: Reader, data: dict, key: str) -> dict:
     """The checked values of the job keys present in ``data`` (a service entry or the defaults)."""
     out: dict = {}
     if "name" in data:
@@ -264,7 +264,7 @@ def _fields(r: _Reader, data: dict, key: str) -> dict:
     return out
 
 
-def _triggers(r: _Reader, data: dict, key: str) -> dict:
+def _triggers(r: Reader, data: dict, key: str) -> dict:
     """The trigger keys written here (a service overrides the defaults' triggers key by key)."""
     t = r.section(data, key, "triggers", TRIGGER_KEYS)
     tkey = f"{key}.triggers"
@@ -277,7 +277,7 @@ def _triggers(r: _Reader, data: dict, key: str) -> dict:
     return given
 
 
-def _cron(r: _Reader, data: dict, key: str, name: str) -> str:
+def _cron(r: Reader, data: dict, key: str, name: str) -> str:
     what = "a Jenkins cron line like 'H/5 * * * *' (5 fields) or @daily"
     value = r.string(data, key, name, required=True, what=what)
     value = " ".join(value.split())
@@ -287,7 +287,7 @@ def _cron(r: _Reader, data: dict, key: str, name: str) -> str:
     raise r.fail(f"{key}.{name}", what, value)
 
 
-def _parameters(r: _Reader, data: dict, key: str) -> tuple[Parameter, ...]:
+def _parameters(r: Reader, data: dict, key: str) -> tuple[Parameter, ...]:
     items = data.get("parameters") or []
     if not isinstance(items, list):
         raise r.fail(f"{key}.parameters", "a list of parameters (name, type, default, description)", items)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, JenkinsError
 from ..extras import require
+from ..redact import redact_url
 
 FOLDER_CLASSES = {"com.cloudbees.hudson.plugins.folder.Folder"}
 PERMISSION_TITLES = {
@@ -120,7 +121,7 @@ class JenkinsClient:
                  retries: int = 2):
         if not re.fullmatch(r"https?://[^\s/@]+(?:/\S*)?", url or "", re.ASCII):
             raise ConfigError(f"JENKINS_URL: expected http(s)://host[:port][/path] without user or token, got "
-                              f"{_safe_url(url)!r}", key="JENKINS_URL")
+                              f"{redact_url(url)!r}", key="JENKINS_URL")
         self.url = url if url.endswith("/") else url + "/"
         self.user = user
         self._token = token
@@ -193,11 +194,11 @@ class JenkinsClient:
         if response is not None:
             return self._by_status(response, what, target, name)
         if isinstance(exc, (requests.Timeout, jenkins.TimeoutException)):
-            return JenkinsUnreachable(f"Jenkins at {_safe_url(self.url)} did not answer within {self.timeout:g}s "
+            return JenkinsUnreachable(f"Jenkins at {redact_url(self.url)} did not answer within {self.timeout:g}s "
                                       f"({what} {target}): check the server's load or raise --timeout", status=None)
         if isinstance(exc, requests.RequestException):
             reason = _one_line(str(getattr(exc, "args", [exc])[0] if getattr(exc, "args", None) else exc), 200)
-            return JenkinsUnreachable(f"cannot reach Jenkins at {_safe_url(self.url)} ({what} {target}): "
+            return JenkinsUnreachable(f"cannot reach Jenkins at {redact_url(self.url)} ({what} {target}): "
                                       f"{self._scrub(reason)}; check JENKINS_URL and the network", status=None)
         return JenkinsError(f"Jenkins: {what} {target} failed: {self._scrub(_one_line(str(exc)))}", status=None)
 
@@ -209,7 +210,7 @@ class JenkinsClient:
             return JenkinsBadRequest(f"Jenkins refused to {what} {target} (400): {reason}", status=400, item=name)
         if status == 401:
             who = f"user '{self.user}'" if self.user else "anonymous access"
-            return JenkinsAuthError(f"Jenkins at {_safe_url(self.url)} rejected {who} (401): check JENKINS_USER and "
+            return JenkinsAuthError(f"Jenkins at {redact_url(self.url)} rejected {who} (401): check JENKINS_USER and "
                                     "JENKINS_API_TOKEN (an API token from the user's Security page, not a password)",
                                     status=401)
         if status == 403:
@@ -336,7 +337,7 @@ def _json(response, url: str) -> dict:
         doc = None
     if not isinstance(doc, dict):
         kind = (response.headers.get("Content-Type") or "no content type").split(";")[0]
-        raise JenkinsError(f"{_safe_url(url.split('?')[0])} answered {response.status_code} with {kind}, not "
+        raise JenkinsError(f"{redact_url(url.split('?')[0])} answered {response.status_code} with {kind}, not "
                            "Jenkins' JSON: check that JENKINS_URL is the Jenkins root (a login page of a proxy "
                            "in front of Jenkins answers like this too)", status=response.status_code)
     return doc
@@ -360,16 +361,6 @@ def _xml_text(data: bytes, fullname: str) -> str:
     except UnicodeDecodeError as exc:
         raise JenkinsError(f"the config.xml of '{fullname}' is not valid {encoding}: {exc.reason} at byte "
                            f"{exc.start}", item=fullname) from exc
-
-
-def _safe_url(url: str) -> str:
-    """The URL without any user:password@ part."""
-    parts = urllib.parse.urlsplit(url or "")
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
 
 
 _RECORDING = None

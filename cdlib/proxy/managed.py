@@ -49,6 +49,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from .. import netaddr
 from ..errors import ConfigError, ProxyError
 from ..model import Backend, Routes
 from .base import Proxy
@@ -65,24 +66,16 @@ SERVER_ADDRESS_RE = re.compile(rf"(?:[0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_LABE
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """'8880', '127.0.0.1:8880', '[::1]:8880' -> the host and port a client connects to."""
-    from ..config import LISTEN_RE
-
-    m = LISTEN_RE.match(str(listen))
-    if not m or not 1 <= int(m.group("port")) <= 65535:
-        raise ConfigError(f"proxy.listen: expected PORT or ADDRESS:PORT, got {listen!r}", key="proxy.listen")
-    host = m.group("host") or "127.0.0.1"
-    if host == "0.0.0.0":
-        host = "127.0.0.1"
-    elif host.startswith("["):
-        host = host[1:-1]
-        host = "::1" if host == "::" else host
-    return host, int(m.group("port"))
+    """'8880', '127.0.0.1:8880', '[::1]:8880' -> the host and port a client connects to
+    (:func:`cdlib.netaddr.parse_listen`); a malformed address is a ConfigError naming proxy.listen."""
+    try:
+        return netaddr.parse_listen(str(listen))
+    except ValueError:
+        raise ConfigError(f"proxy.listen: expected PORT or ADDRESS:PORT, got {listen!r}",
+                          key="proxy.listen") from None
 
 
-def hostport(address: str, port: int) -> str:
-    """A server as a configuration file writes it: IPv6 addresses in brackets."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+hostport = netaddr.format_hostport  # a server as a configuration file writes it: IPv6 addresses in brackets
 
 
 def check_backends(backends: Sequence[Backend]) -> None:

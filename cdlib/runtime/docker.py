@@ -31,10 +31,11 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from ..errors import RuntimeBackendError
+from ..errors import RuntimeBackendError, causes
 from ..model import Instance, instance_name
+from ..redact import redact_url
 from .base import (
     ASIDE,
     LABEL_COLOR,
@@ -65,18 +66,7 @@ REGISTRY_PASSWORD_ENV = "CDLIB_REGISTRY_PASSWORD"
 
 def redact_host(url: str) -> str:
     """The host URL without a password (ssh://user:secret@host -> ssh://user@host)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid docker host URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 class DockerRuntime(Runtime):
@@ -843,17 +833,9 @@ def _aside_release(name: str) -> str:
 def _transport_reason(exc: BaseException) -> str:
     """The short cause of a connection failure (refused, timed out, no such socket...), not the
     whole urllib3 retry story."""
-    seen, cur = set(), exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    for cur in causes(exc):
         if isinstance(cur, OSError) and cur.strerror:
             return cur.strerror.lower()
-        for arg in getattr(cur, "args", ()):
-            if isinstance(arg, BaseException):
-                found = _transport_reason(arg)
-                if found:
-                    return found
-        cur = cur.__cause__ or cur.__context__
     text = _reason(exc)
     for marker in ("Connection refused", "timed out", "No such file or directory", "Name or service not known"):
         if marker.lower() in text.lower():

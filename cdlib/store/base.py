@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import keys
-from ..errors import ConflictError, LockHeld, StoreError
+from ..errors import ConflictError, LockHeld, StoreError, causes
 
 
 @dataclass(frozen=True)
@@ -398,18 +398,12 @@ def tls_failure(exc: BaseException) -> str | None:
     failed', or 'unexpected EOF' when https meets a plain-http endpoint; None otherwise."""
     import ssl
 
-    seen, todo, wrapped = set(), [exc], False
-    while todo:
-        cur = todo.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
+    wrapped = False
+    for cur in causes(exc):
         if isinstance(cur, ssl.SSLError):
             reason = getattr(cur, "reason", None) or getattr(cur, "strerror", None) or type(cur).__name__
             return " ".join(str(reason).replace("_", " ").lower().split())[:120]
         wrapped = wrapped or type(cur).__name__ == "SSLError"
-        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None),
-                     *[a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]])
     return "TLS handshake failed" if wrapped else None
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import threading
 
-from ..errors import ConflictError, LockHeld, StoreError
+from ..errors import ConflictError, LockHeld, StoreError, causes
 from ..extras import require
 from .base import Entry, Store, tls_failure
 
@@ -398,17 +398,11 @@ def _never_sent(exc: BaseException) -> bool | None:
     import requests
     import urllib3.exceptions as u3
 
-    seen, todo, transport = set(), [exc], False
-    while todo:
-        cur = todo.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
+    transport = False
+    for cur in causes(exc):
         if isinstance(cur, (u3.ConnectTimeoutError, requests.exceptions.ConnectTimeout)):
             return True  # urllib3's NewConnectionError (refused, DNS) is a ConnectTimeoutError too
         transport = transport or isinstance(cur, (requests.exceptions.RequestException, u3.HTTPError))
-        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None),
-                     *[a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]])
     return False if transport else None
 
 
@@ -424,24 +418,20 @@ def _etcd_message(exc) -> str:
 
 
 def _split_hostport(endpoint: str) -> tuple[str, int]:
-    if endpoint.startswith("["):
-        host, _, rest = endpoint[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif endpoint.count(":") == 1:
-        host, port = endpoint.split(":")
-    else:
-        host, port = endpoint, ""
-    try:
-        return host or "127.0.0.1", int(port) if port else 2379
-    except ValueError:
-        raise StoreError(f"etcd store: bad port in endpoint {endpoint!r}; check ETCDCTL_ENDPOINTS / the store URL",
-                         store="etcd") from None
+    from ..netaddr import parse_hostport
+
+    found = parse_hostport(endpoint, 2379)
+    if found is None:
+        raise StoreError(f"etcd store: bad endpoint {endpoint!r}; check ETCDCTL_ENDPOINTS / the store URL",
+                         store="etcd")
+    return found
 
 
 def _endpoints(url: str, env) -> tuple[str, list[str]]:
     """etcd://h:p[,h:p], etcds://..., or ETCDCTL_ENDPOINTS when the URL names no host (127.0.0.1:2379
     when that is unset too). A bad URL or variable is a StoreURLError (exit code 2)."""
-    from .url import StoreURLError, format_host, parse, redact, registry_hosts
+    from ..netaddr import format_hostport
+    from .url import StoreURLError, parse, redact, registry_hosts
 
     parsed = parse(url or "etcd://", "store")
     if parsed.kind != "etcd":
@@ -451,7 +441,7 @@ def _endpoints(url: str, env) -> tuple[str, list[str]]:
     if not hosts:
         hosts, env_tls = registry_hosts("etcd", env)
         tls = tls or env_tls
-    return ("https" if tls else "http"), [format_host(h, p) for h, p in hosts]
+    return ("https" if tls else "http"), [format_hostport(h, p) for h, p in hosts]
 
 
 def _credentials(env) -> tuple[str | None, str | None]:

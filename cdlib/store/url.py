@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from ..errors import ConfigError, StoreError
+from ..netaddr import parse_hostport
+from ..redact import redact_url, shorten
 
 DEFAULT_PORTS = {"etcd": 2379, "consul": 8500}
 ADDRESS_VARIABLES = {"etcd": "ETCDCTL_ENDPOINTS", "consul": "CONSUL_HTTP_ADDR"}
@@ -30,11 +32,6 @@ EXPECTED = ("sqlite:///path, etcd://host:port[,host:port], etcds://..., consul:/
             "or memory:")
 MAX_URL = 4096
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-HOST_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?", re.ASCII)
-IPV4_RE = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|"
-                     r"[1-9]?[0-9])){3}", re.ASCII)
-PORT_RE = re.compile(r"[0-9]{1,5}", re.ASCII)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -60,67 +57,14 @@ class StoreURL:
 
 
 def redact(url: object) -> str:
-    """A URL as it may appear in a message: anything between '://' and the last '@' (a user, a
-    password) left out, and cut to a readable length."""
-    text = re.sub(r"://[\s\S]*@", "://***@", str(url))
-    if "@" in text and "://" not in text:  # user:password@host without a scheme
-        text = "***@" + text.rsplit("@", 1)[1]
-    return shorten(text)
-
-
-def shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A store URL as a message shows it: :func:`cdlib.redact.redact_url`, cut to 80 characters."""
+    return redact_url(url, 80)
 
 
 def _fail(field: str, problem: str, **data) -> StoreURLError:
     err = StoreURLError(f"{field}: {problem}", key=field, **data)
     err.problem = " ".join(problem.split())
     return err
-
-
-def format_host(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_host(host: str) -> bool:
-    """A DNS name, an IPv4 address or an IPv6 address (without brackets), ASCII only."""
-    if not host or len(host) > 253:
-        return False
-    if ":" in host:
-        import ipaddress
-
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return False
-        return True
-    if re.fullmatch(r"[0-9.]+", host, re.ASCII):
-        return bool(IPV4_RE.fullmatch(host))
-    return bool(HOST_NAME_RE.fullmatch(host))
-
-
-def parse_hostport(item: str, default_port: int) -> tuple[str, int] | None:
-    """'host', 'host:port', '[v6]' or '[v6]:port' -> (host, port); None when it is not one."""
-    if item.startswith("["):
-        host, sep, rest = item[1:].partition("]")
-        if not sep or ":" not in host:
-            return None
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else None
-    else:
-        host, sep, port_text = item.partition(":")
-        if not sep:
-            port_text = None
-        if ":" in (port_text or ""):
-            return None
-    if port_text is None:
-        port = default_port
-    elif PORT_RE.fullmatch(port_text) and 1 <= int(port_text) <= 65535:
-        port = int(port_text)
-    else:
-        return None
-    return (host, port) if check_host(host) else None
 
 
 def parse(url: object, field: str = "store") -> StoreURL:

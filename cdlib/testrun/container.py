@@ -16,7 +16,6 @@ its output is masked (:mod:`cdlib.secrets`) before it is streamed or kept.
 from __future__ import annotations
 
 import io
-import re
 import secrets
 import shlex
 import tarfile
@@ -28,18 +27,18 @@ from pathlib import Path, PurePosixPath
 from .. import secrets as secret_values
 from ..errors import TestRunnerError
 from ..model import TestResult
+from ..redact import redact_url
 from . import junit
 from .base import TestRun, TestRunner
 
 OutputCallback = Callable[[str], None]
 CONTAINER_JUNIT_DIR = "/cdlib-junit"
 LABEL = "cdlib.test"
-_USERINFO_RE = re.compile(r"(//[^/\s:@]+):[^@\s/]*@")
 
 
 def _redact(text: object) -> str:
     """Drop the password of any URL (ssh://user:secret@host -> ssh://user@host) from a message."""
-    return _USERINFO_RE.sub(r"\1@", str(text))
+    return redact_url(text)
 
 
 def _engine_errors() -> tuple[type[BaseException], ...]:

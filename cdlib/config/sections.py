@@ -1,0 +1,407 @@
+"""The descriptor's sections, one parse function each, and :func:`parse`, which reads them in order.
+
+Each ``parse_<section>(r, data, ...)`` takes the :class:`~cdlib.config.schema.Reader` and the whole
+top-level mapping and returns the section's value; the first bad field raises a ConfigError naming
+it. :func:`parse` calls them in the order the fields are reported (service, image, port, health,
+probe, replicas, routes, tests, target, proxy, store, env, then the environment's CDLIB_TAG and
+CDLIB_FAILPOINTS), so one descriptor always gets the same first error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..model import ENV_NAME_RE, HOST_RE, PATH_RE, SERVICE_RE, TEST_TYPES, Routes
+from ..netaddr import listen_problem
+from ..redact import redact_url
+from ..store import url as store_url
+from .schema import MAX_COMMAND, MAX_FILE_BYTES, FileProblem, Reader, read_bounded, shown, size_text
+from .spec import (
+    ARG_RE,
+    CFG_UNSAFE_RE,
+    DEFAULT_FILE,
+    EXPECT_RE,
+    HOST_PORTS_RE,
+    HOSTNAME_RE,
+    NETWORK_RE,
+    PLANNED_TARGET_KINDS,
+    TAG_RE,
+    TARGET_KINDS,
+    BuildSpec,
+    HealthSpec,
+    ImageSpec,
+    ProbeSpec,
+    ProxySpec,
+    ServiceSpec,
+    SuiteSpec,
+    TargetSpec,
+    cdlib_home,
+    docker_host_problem,
+    image_repo_problem,
+    ip_problem,
+    split_image_ref,
+)
+
+TOP_LEVEL_KEYS = {"service", "image", "port", "health", "probe", "replicas", "env", "routes", "tests", "target",
+                  "proxy", "store"}
+SUITE_KEYS = {"command", "image", "timeout", "unstable", "env", "workdir", "pass_env", "host_env"}
+
+
+def parse_image(r: Reader, data: dict, key: str, base: Path, required: bool = True) -> ImageSpec | None:
+    value = data.get(key.rsplit(".", 1)[-1])
+    if value is None:
+        if required:
+            raise r.fail(key, "a mapping with repository (required)")
+        return None
+    if isinstance(value, str):
+        try:
+            repo, tag = split_image_ref(value, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{r.source}: {exc}", file=r.source, key=key) from None
+        return ImageSpec(repo, tag)
+    if not isinstance(value, dict):
+        raise r.fail(key, "an image reference or a mapping with repository, tag, build", value)
+    r.only(value, key, {"repository", "tag", "build"})
+    what = "an image repository like registry:5000/name (lower case)"
+    repo = r.string(value, key, "repository", required=True, what=what)
+    problem = image_repo_problem(repo)
+    if problem:
+        raise r.fail(f"{key}.repository", problem if problem.startswith("at most") else what,
+                     ... if problem.startswith("at most") else repo)
+    tag = r.string(value, key, "tag", TAG_RE, default="latest", what="a Docker tag ([A-Za-z0-9_.-], at most 128)")
+    build = None
+    if value.get("build") is not None:
+        b = r.section(value, key, "build", {"context", "dockerfile", "args"})
+        bkey = f"{key}.build"
+        build = BuildSpec(
+            context=r.path(b, bkey, "context", base, default=base),
+            dockerfile=r.string(b, bkey, "dockerfile", ARG_RE, default="Dockerfile",
+                                what="a file name in the build context"),
+            args=r.env(b, bkey, "args"),
+        )
+    return ImageSpec(repo, tag, build)
+
+
+def parse_command(r: Reader, key: str, command: object) -> tuple[str, ...] | str:
+    if isinstance(command, list):
+        if not command or not all(isinstance(c, str) and c for c in command):
+            raise r.fail(key, "a non-empty list of strings", command)
+        parts = command
+    elif isinstance(command, str) and command.strip():
+        parts = [command]
+    else:
+        raise r.fail(key, "a shell command or a list of arguments", command)
+    for part in parts:
+        # a NUL cannot be passed to a process; a lone surrogate cannot be encoded for one
+        if "\x00" in part or re.search("[\ud800-\udfff]", part):
+            raise r.fail(key, "a command without NUL characters", part)
+    if sum(len(p) for p in parts) > MAX_COMMAND:
+        raise r.fail(key, f"a command of at most {MAX_COMMAND} characters")
+    return tuple(command) if isinstance(command, list) else command
+
+
+def parse_template(r: Reader, px: dict, base: Path) -> Path | None:
+    """proxy.template: a readable regular file of at most MAX_FILE_BYTES, UTF-8. Its content is never
+    echoed (it may hold anything)."""
+    path = r.path(px, "proxy", "template", base)
+    if path is None:
+        return None
+    expected = f"a readable regular file of at most {size_text(MAX_FILE_BYTES)} (UTF-8 text)"
+    try:
+        text = read_bounded(path, MAX_FILE_BYTES)
+    except FileProblem as exc:
+        raise r.fail("proxy.template", f"{expected}; {path} {exc}") from None
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise r.fail("proxy.template", f"{expected}; {path} is not UTF-8 at byte {exc.start}") from None
+    return path
+
+
+def _env_value(env, name: str) -> str | None:
+    value = env.get(name)
+    return None if value is None else str(value)
+
+
+def _host_env(r: Reader, suite: dict, key: str) -> tuple[str, ...]:
+    """Host variables a suite gets as they are: never one that holds a credential (those go in
+    pass_env, whose values are masked), never one pass_env names too."""
+    from ..secrets import is_secret_name
+
+    names = r.str_list(suite, key, "host_env", ENV_NAME_RE, "environment variable names")
+    secret_ones = r.str_list(suite, key, "pass_env", ENV_NAME_RE, "environment variable names")
+    for i, name in enumerate(names):
+        if is_secret_name(name):
+            raise r.fail(f"{key}.host_env[{i}]", "a variable that holds no credential (list credentials in "
+                         "pass_env: their values are masked everywhere)", name)
+        if name in secret_ones:
+            raise r.fail(f"{key}.host_env[{i}]", "a variable not also in pass_env", name)
+    return names
+
+
+def parse_target_kind(r: Reader, tg: dict) -> str:
+    """target.kind: a runtime cdlib can run (TARGET_KINDS); a planned one is refused here, before
+    anything runs, with what to use instead."""
+    kind = r.string(tg, "target", "kind", default="docker", what=" or ".join(TARGET_KINDS))
+    if kind in PLANNED_TARGET_KINDS:
+        raise ConfigError(f"{r.source}: target.kind: {kind} is not supported yet; use docker", file=r.source,
+                          key="target.kind")
+    if kind not in TARGET_KINDS:
+        raise r.fail("target.kind", " or ".join(TARGET_KINDS), kind)
+    return kind
+
+
+def parse_target(r: Reader, data: dict, env, replicas: int) -> TargetSpec:
+    tg = r.section(data, "", "target", {"kind", "docker_host", "bind", "address", "init", "stop_timeout",
+                                          "network", "host_ports"})
+    ports_text = r.string(tg, "target", "host_ports", HOST_PORTS_RE, default="20000-29999",
+                          what="a port range LOW-HIGH, e.g. 20000-29999")
+    low, high = (int(x) for x in ports_text.split("-"))
+    if not 1024 <= low < high <= 65535:
+        raise r.fail("target.host_ports", "a port range LOW-HIGH with 1024 <= LOW < HIGH <= 65535", ports_text)
+    if high - low + 1 < 2 * replicas:
+        # both colors run side by side during a release, each instance on its own pinned port
+        raise r.fail("target.host_ports", f"a range of at least {2 * replicas} ports (2 x replicas: both colors "
+                                          "run side by side during a release)", ports_text)
+    kind = parse_target_kind(r, tg)
+    docker_host = r.string(tg, "target", "docker_host", default=None,
+                           what="a Docker host URL like unix:///var/run/docker.sock or tcp://host:2376")
+    if docker_host is not None:
+        problem = docker_host_problem(docker_host)
+        if problem:
+            raise r.fail("target.docker_host", problem, redact_url(docker_host, 80))
+    else:
+        env_host = _env_value(env, "DOCKER_HOST")
+        problem = docker_host_problem(env_host) if env_host else None
+        if problem:  # the Docker SDK reads it; an empty DOCKER_HOST means the local engine, as for docker
+            raise ConfigError(f"DOCKER_HOST: expected {problem}, got {shown(redact_url(env_host, 80))}",
+                              key="DOCKER_HOST")
+    bind = r.string(tg, "target", "bind", default="127.0.0.1", what="an IP address, e.g. 127.0.0.1 or 0.0.0.0")
+    if ip_problem(bind):
+        # Docker would read anything else (even 'localhost') as "every interface"
+        raise r.fail("target.bind", "an IP address, e.g. 127.0.0.1 or 0.0.0.0", bind)
+    address = r.string(tg, "target", "address", default=None, what="an IP address or a host name")
+    if address is not None and ip_problem(address) and (
+            re.fullmatch(r"[0-9.]+", address) or not HOSTNAME_RE.match(address) or len(address) > 253):
+        raise r.fail("target.address", "an IP address or a host name", address)
+    return TargetSpec(
+        kind=kind,
+        docker_host=docker_host,
+        bind=bind,
+        address=address,
+        init=r.boolean(tg, "target", "init", True),
+        stop_timeout=int(r.number(tg, "target", "stop_timeout", 10, 0, 600, integer=True)),
+        network=r.string(tg, "target", "network", NETWORK_RE, default=None,
+                         what="a Docker network name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64)"),
+        host_ports=(low, high),
+    )
+
+
+def parse_proxy(r: Reader, data: dict, env, base: Path) -> ProxySpec:
+    px = r.section(data, "", "proxy", {"kind", "listen", "dir", "template", "binary", "drain_timeout"})
+    home_text = _env_value(env, "CDLIB_HOME") or ""
+    if re.search("[\x00-\x1f\x7f\ud800-\udfff]", home_text) or len(home_text) > 4096:
+        raise ConfigError(f"CDLIB_HOME: expected a directory path without control characters, got "
+                          f"{shown(home_text)}", key="CDLIB_HOME")
+    home = cdlib_home(env)
+    pkind = r.string(px, "proxy", "kind", re.compile(r"nginx|haproxy"), default="nginx", what="nginx or haproxy")
+    listen_what = "PORT or ADDRESS:PORT"
+    if px.get("listen") is not None:
+        listen = r.string(px, "proxy", "listen", default=None, what=listen_what)
+        problem = listen_problem(listen)
+        if problem:
+            raise r.fail("proxy.listen", problem, listen)
+    else:
+        listen = _env_value(env, "CDLIB_PROXY_LISTEN") or "127.0.0.1:8880"
+        problem = listen_problem(listen)
+        if problem:
+            raise ConfigError(f"CDLIB_PROXY_LISTEN: expected {problem}, got {shown(listen)}",
+                              key="CDLIB_PROXY_LISTEN")
+    pdir = r.path(px, "proxy", "dir", base, default=home / pkind)
+    if pkind == "haproxy" and CFG_UNSAFE_RE.search(str(pdir)):
+        # haproxy.cfg names files under the directory (pidfile, stats socket) as bare tokens
+        field = "proxy.dir" if px.get("dir") is not None else "CDLIB_HOME"
+        what = ("a directory path without spaces, quotes or any of ; { } # $ ` \\ (haproxy.cfg names files "
+                "under it)")
+        if field == "proxy.dir":
+            raise r.fail(field, what, str(pdir))
+        raise ConfigError(f"CDLIB_HOME: expected {what}, or set proxy.dir; got {shown(str(pdir))}", key=field)
+    return ProxySpec(
+        kind=pkind,
+        listen=listen,
+        dir=pdir,
+        template=parse_template(r, px, base),
+        binary=r.string(px, "proxy", "binary", ARG_RE, default=pkind,
+                        what="a program name or path (no control characters)"),
+        drain_timeout=float(r.number(px, "proxy", "drain_timeout", 15, 0, 600)),
+    )
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(url: str, field: str, key: str | None = None) -> None:
+    """An existing sqlite store file must be a regular file holding a SQLite database (or be empty):
+    anything else would only fail when the store is opened. A file that does not exist yet is fine."""
+    parsed = store_url.parse(url, field)
+    if parsed.kind != "sqlite":
+        return
+    path = Path(parsed.path)
+    try:
+        info = path.stat()
+    except OSError:
+        return  # created on first use (a directory that cannot be created fails then, naming the path)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is a directory" if stat.S_ISDIR(info.st_mode) else "is not a regular file"
+    elif info.st_size:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror})"
+        else:
+            if head != SQLITE_HEADER:
+                problem = "is not a SQLite database"
+    if problem:
+        raise ConfigError(f"{field}: expected a SQLite database file (or a path where one can be created); "
+                          f"{shown(str(path), 120)} {problem}", key=key or field)
+
+
+def parse_store(r: Reader, data: dict, env) -> str:
+    """CDLIB_STORE wins over the descriptor's store; both are checked (a bad descriptor value is not
+    silently ignored because the environment overrides it)."""
+    if data.get("store") is not None:
+        try:
+            store_url.check(data["store"], "store")
+        except store_url.StoreURLError as exc:
+            raise ConfigError(f"{r.source}: store: {exc.problem}", file=r.source, key="store") from None
+    store = _env_value(env, "CDLIB_STORE")
+    if store is not None:
+        store_url.check(store, "CDLIB_STORE", env)
+        check_sqlite_file(store, "CDLIB_STORE")
+        return store
+    if data.get("store") is not None:
+        store_url.check(data["store"], "store", env)
+        check_sqlite_file(data["store"], f"{r.source}: store", "store")
+        return data["store"]
+    default = f"sqlite:///{cdlib_home(env) / 'state.db'}"
+    check_sqlite_file(default, "CDLIB_HOME")
+    return default
+
+def parse_health(r: Reader, data: dict) -> HealthSpec:
+    h = r.section(data, "", "health", {"path", "timeout", "interval"})
+    return HealthSpec(
+        path=r.string(h, "health", "path", PATH_RE, default="/", what="an URL path starting with '/'"),
+        timeout=float(r.number(h, "health", "timeout", 60, 1, 3600)),
+        interval=float(r.number(h, "health", "interval", 0.2, 0.05, 60)),
+    )
+
+
+def parse_probe(r: Reader, data: dict) -> ProbeSpec:
+    p = r.section(data, "", "probe", {"path", "timeout", "expect"})
+    return ProbeSpec(
+        path=r.string(p, "probe", "path", PATH_RE, default=None, what="an URL path starting with '/'"),
+        timeout=float(r.number(p, "probe", "timeout", 15, 1, 600)),
+        expect=r.string(p, "probe", "expect", EXPECT_RE, default=None,
+                        what="one line of text (1 to 200 characters, no control characters)"),
+    )
+
+
+def parse_routes(r: Reader, data: dict, service: str) -> Routes:
+    """routes.paths and routes.hosts; neither: the path /<service>/."""
+    rt = r.section(data, "", "routes", {"paths", "hosts"})
+    routes = Routes(
+        paths=r.str_list(rt, "routes", "paths", PATH_RE,
+                         "URL path prefixes starting with '/' (letters, digits, . _ ~ - /)"),
+        hosts=r.str_list(rt, "routes", "hosts", HOST_RE, "host names (lower case, e.g. api.example.com)"),
+    )
+    for i, path in enumerate(routes.paths):
+        if path.rstrip("/") == "/_cdlib" or path.startswith("/_cdlib/"):
+            # the proxy answers /_cdlib/ itself: such a route would only be refused at the switch
+            raise r.fail(f"routes.paths[{i}]", "a path prefix outside /_cdlib/ (the proxy's own)", path)
+    for i, host in enumerate(routes.hosts):
+        if len(host) > 253:
+            raise r.fail(f"routes.hosts[{i}]", "a host name of at most 253 characters", host)
+    if not routes.paths and not routes.hosts:
+        routes = Routes(paths=(f"/{service}/",))
+    return routes
+
+
+def parse_tests(r: Reader, data: dict, base: Path) -> dict[str, SuiteSpec]:
+    """tests.<type> for each of model.TEST_TYPES: a command, an image, or both (and their options)."""
+    tests = {}
+    t = r.section(data, "", "tests", set(TEST_TYPES))
+    for ttype in TEST_TYPES:
+        if t.get(ttype) is not None:
+            tests[ttype] = parse_suite(r, t[ttype], ttype, base)
+    return tests
+
+
+def parse_suite(r: Reader, s: object, ttype: str, base: Path) -> SuiteSpec:
+    key = f"tests.{ttype}"
+    if isinstance(s, (str, list)):
+        s = {"command": s}
+    if not isinstance(s, dict):
+        raise r.fail(key, "a command or a mapping with command and/or image", s)
+    r.only(s, key, SUITE_KEYS)
+    command = s.get("command")
+    if command is not None:
+        command = parse_command(r, f"{key}.command", command)
+    timg = parse_image(r, s, f"{key}.image", base, required=False)
+    if command is None and timg is None:
+        raise r.fail(key, "a command, an image, or both")
+    workdir = r.path(s, key, "workdir", base, default=base)
+    if "workdir" in s and s["workdir"] is not None and not workdir.is_dir():
+        raise r.fail(f"{key}.workdir", "an existing directory", str(workdir))
+    return SuiteSpec(
+        type=ttype, command=command, image=timg,
+        timeout=float(r.number(s, key, "timeout", 600, 1, 86400)),
+        unstable=r.boolean(s, key, "unstable", False),
+        env=r.env(s, key, "env"),
+        workdir=workdir,
+        pass_env=r.str_list(s, key, "pass_env", ENV_NAME_RE, "environment variable names"),
+        host_env=_host_env(r, s, key),
+    )
+
+
+def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
+          env: dict | None = None) -> ServiceSpec:
+    """Validate a parsed descriptor and the environment; raise ConfigError naming the first bad key."""
+    env = os.environ if env is None else env
+    base = base or Path.cwd()
+    r = Reader(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level", file=source, key="")
+    r.only(data, "", TOP_LEVEL_KEYS)
+    name = r.string(data, "", "service", SERVICE_RE, required=True,
+                    what="a service name: lower-case letters, digits and '-', 1 to 40, starting with a letter")
+    image = parse_image(r, data, "image", base)
+    if "port" not in data:
+        raise r.fail("port", "the container port, an integer from 1 to 65535 (required)")
+    port = int(r.number(data, "", "port", 0, 1, 65535, integer=True))
+    health = parse_health(r, data)
+    probe = parse_probe(r, data)
+    replicas = int(r.number(data, "", "replicas", 1, 1, 100, integer=True))
+    routes = parse_routes(r, data, name)
+    tests = parse_tests(r, data, base)
+    target = parse_target(r, data, env, replicas)
+    proxy = parse_proxy(r, data, env, base)
+    store = parse_store(r, data, env)
+
+    spec = ServiceSpec(
+        name=name, image=image, port=port, health=health, probe=probe, replicas=replicas,
+        env=r.env(data, "", "env"), routes=routes, tests=tests, target=target, proxy=proxy, store=store,
+        source=Path(source) if source else None,
+    )
+    tag = _env_value(env, "CDLIB_TAG")
+    if tag is not None:
+        spec = spec.with_tag(tag, "CDLIB_TAG")
+    from ..plan import check_failpoints  # the rehearsal variable is input too: checked before anything runs
+
+    check_failpoints(_env_value(env, "CDLIB_FAILPOINTS"))
+    return spec
