@@ -29,5 +29,5 @@ def call(Map params = [:]) {
         echo "cdlib rollback: the last cdlib step ended with exit code ${last}; this build's release may still " +
              'be open, rolling it back (a rollback without an open release changes nothing)'
     }
-    return cdlibRun('rollback', p, ['to', 'previous', 'lockWait', 'lockTtl'])
+    return cdlibRun('rollback', p, ['to', 'previous', 'lockWait', 'lockTtl', 'dryRun'])
 }

@@ -11,9 +11,12 @@
  * the stage order of the Jenkinsfile (declarative syntax evaluated by a small DSL stub) and of
  * cdlibPipeline, and which rollbacks a failure triggers.
  *
- *   groovy tests/groovy/StepHarness.groovy [--root DIR] [--emit FILE] --cli-results DIR
+ *   groovy tests/groovy/StepHarness.groovy [--root DIR] [--emit FILE] [--variant LABEL=DIR]... --cli-results DIR
  *
  * Prints one line per check and a closing "N passed, M failed" line; exits 1 on any failure.
+ * --variant runs every check again, in the same JVM, against another copy of the library (e.g. one
+ * with a bug planted, to prove the checks catch it): its lines start with "variant LABEL: " and do not
+ * count towards the exit code; the closing line is always the one of --root.
  * --emit writes every command the steps ran as JSON ([{case, step, argv, script}]) for the Python
  * tests, which run the scripts through a real shell and parse the argument lists with the CLI's parser.
  * --cli-results names a directory of result files the real CLI wrote (lock-held.json, unknown.json,
@@ -29,6 +32,8 @@ import org.codehaus.groovy.control.customizers.ImportCustomizer
 File root = new File(getClass().protectionDomain.codeSource.location.path).parentFile.parentFile.parentFile
 String emit = null
 File cliResults = null
+Map variants = [:]   // label -> a copy of the library to check as well (in this JVM), e.g. a broken one
+String label = null  // set when this run checks a variant
 for (int i = 0; i < args.length; i++) {
     if (args[i] == '--root') {
         root = new File(args[++i])
@@ -36,8 +41,14 @@ for (int i = 0; i < args.length; i++) {
         emit = args[++i]
     } else if (args[i] == '--cli-results') {
         cliResults = new File(args[++i])
+    } else if (args[i] == '--variant' && args[i + 1].contains('=')) {
+        List kv = args[++i].split('=', 2) as List
+        variants[kv[0]] = kv[1]
+    } else if (args[i] == '--label') {
+        label = args[++i]
     } else {
-        System.err.println("usage: groovy StepHarness.groovy [--root DIR] [--emit FILE] --cli-results DIR")
+        System.err.println('usage: groovy StepHarness.groovy [--root DIR] [--emit FILE] [--variant LABEL=DIR]... ' +
+                           '--cli-results DIR')
         System.exit(2)
     }
 }
@@ -48,14 +59,15 @@ class Report {
     int passed = 0
     int failed = 0
     List emitted = []
+    String prefix = ''
 
     void check(String name, boolean ok, Object detail = '') {
         if (ok) {
             passed++
-            println "ok - ${name}"
+            println "${prefix}ok - ${name}"
         } else {
             failed++
-            println "not ok - ${name}: ${detail}"
+            println "${prefix}not ok - ${name}: ${detail}"
         }
     }
 
@@ -149,8 +161,10 @@ ImportCustomizer imports = new ImportCustomizer()
 // Jenkins adds both to every pipeline script and library class
 imports.addImports('com.cloudbees.groovy.cps.NonCPS', 'org.jenkinsci.plugins.workflow.libs.Library')
 compiler.addCompilationCustomizers(imports)
+// the library's classes (src/), as Jenkins puts them on the classpath of the steps and the Jenkinsfile
+loader.addClasspath(new File(root, 'src').path)
 
-Report report = new Report()
+Report report = new Report(prefix: label ? "variant ${label}: ".toString() : '')
 
 // ---- 1. everything compiles with Groovy 2.4 ------------------------------------------------------
 Map compiled = [:]
@@ -163,6 +177,24 @@ steps.each { name, file ->
     }
     report.check("vars/${name}.txt exists", new File(root, "vars/${name}.txt").isFile(), 'missing help file')
 }
+File srcDir = new File(root, 'src')
+List srcClasses = []
+if (srcDir.isDirectory()) {
+    srcDir.eachFileRecurse { File f ->
+        if (f.name.endsWith('.groovy')) {
+            srcClasses << (f.path.substring(srcDir.path.length() + 1) - '.groovy').replace(File.separator, '.')
+        }
+    }
+}
+srcClasses.sort().each { String name ->
+    try {
+        loader.loadClass(name)
+        report.check("compiles src class ${name}", true)
+    } catch (Throwable t) {
+        report.check("compiles src class ${name}", false, t.message)
+    }
+}
+report.check('the library has src/ classes', !srcClasses.isEmpty(), srcDir)
 Class jenkinsfileClass = null
 try {
     jenkinsfileClass = new GroovyShell(loader, new Binding(), compiler).parse(new File(root, 'Jenkinsfile')).getClass()
@@ -249,6 +281,16 @@ Closure newCtx = { Map opts = [:] ->
         ctx.calls << [name: 'stage', args: name]
         return body.call()
     })
+    b.setVariable('node', { Closure body ->
+        ctx.calls << [name: 'node', args: [:]]
+        return body.call()
+    })
+    b.setVariable('scm', [$class: 'GitSCM'])
+    b.setVariable('checkout', { Object a ->
+        ctx.calls << [name: 'checkout', args: a]
+        return opts.commit ? [GIT_COMMIT: opts.commit] : [:]
+    })
+    b.setVariable('properties', { List a -> ctx.calls << [name: 'properties', args: a] })
     b.setVariable('timeout', { Map a, Closure body ->
         ctx.calls << [name: 'timeout', args: a]
         return body.call()
@@ -290,6 +332,8 @@ Closure emitAll = { String name, Ctx ctx ->
 // the product order: the pre-deployment suite first (it builds only the test images it runs in)
 List pipelineStages = ['pre-deployment tests', 'build', 'push', 'deploy', 'pre-integration tests', 'switch',
                        'post-integration tests', 'cleanup']
+// the one definition of the stages and their timeouts, which cdlibPipeline (and so the Jenkinsfile) runs
+Class stagesClass = loader.loadClass('io.cdlib.PipelineStages')
 List pipelineVerbs = ['build tests', 'test pre-deployment', 'build service', 'push', 'deploy', 'test pre-integration',
                       'switch', 'test post-integration', 'cleanup']
 Closure failingAt = { String verb, int code ->
@@ -471,8 +515,8 @@ section('4. credentials') {
 section('5. parameter checks') {
     List paramCases = [
         ['cdlibDeploy', [tagg: 'x'],
-         "cdlibDeploy: unknown parameter 'tagg'; it takes: tag, image, lockWait, lockTtl, file, store, credentials, resultFile"],
-        ['cdlibSwitch', [tag: 'x'], "cdlibSwitch: unknown parameter 'tag'; it takes: file, store, credentials, resultFile"],
+         "cdlibDeploy: unknown parameter 'tagg'; it takes: tag, image, lockWait, lockTtl, dryRun, file, store, credentials, resultFile"],
+        ['cdlibSwitch', [tag: 'x'], "cdlibSwitch: unknown parameter 'tag'; it takes: dryRun, file, store, credentials, resultFile"],
         ['cdlibTest', [tag: 'x'], 'cdlibTest: type is required: pre-deployment, pre-integration or post-integration'],
         ['cdlibDeploy', [tag: 'x', image: 'r/i:1'], 'cdlibDeploy: give tag or image, not both'],
         ['cdlibDeploy', [lockWait: 1, 'lock-wait': 2], "cdlibDeploy: 'lock-wait' is given twice (as lockWait and as its alias)"],
@@ -483,14 +527,14 @@ section('5. parameter checks') {
          "cdlibPush: only must be 'service' or 'tests', got 'all'"],
         ['cdlibBuild', [tag: 'x', only: ['service', 'tests']], "cdlibBuild: only must be 'service' or 'tests', got '[service, tests]'"],
         ['cdlibDeploy', [tag: 'x', only: 'service'],
-         "cdlibDeploy: unknown parameter 'only'; it takes: tag, image, lockWait, lockTtl, file, store, credentials, resultFile"],
+         "cdlibDeploy: unknown parameter 'only'; it takes: tag, image, lockWait, lockTtl, dryRun, file, store, credentials, resultFile"],
         ['cdlibTest', [type: 'pre-deployment', only: 'tests'],
          "cdlibTest: unknown parameter 'only'; it takes: type, tag, targetUrl, junit, noRollback, file, store, credentials, resultFile"],
         ['cdlibRollback', [to: 'r-1', previous: true], 'cdlibRollback: give to or previous, not both'],
         ['cdlibRollback', [afterFailure: true, previous: true],
          'cdlibRollback: afterFailure undoes the release this build left open; it takes no to or previous'],
         ['cdlibRollback', [tag: 'x'],
-         "cdlibRollback: unknown parameter 'tag'; it takes: to, previous, lockWait, lockTtl, file, store, credentials, resultFile"],
+         "cdlibRollback: unknown parameter 'tag'; it takes: to, previous, lockWait, lockTtl, dryRun, file, store, credentials, resultFile"],
     ]
     paramCases.each { List pc ->
         Ctx ctx = newCtx()
@@ -726,6 +770,11 @@ section('8. cdlibPipeline') {
                                                credentials: [[id: 'reg', usernameVariable: 'U', passwordVariable: 'P']]])
     report.check('cdlibPipeline: succeeds', pr[1] == null, pr[1])
     report.equal('cdlibPipeline: stages in order', pctx.named('stage').collect { it.args }, pipelineStages)
+    report.equal('cdlibPipeline: the stages of the stage table', pctx.named('stage').collect { it.args }, stagesClass.names())
+    report.equal('cdlibPipeline: the default timeouts of the stage table', runStep(newCtx(env: [GIT_COMMIT: 'abc']),
+                 'cdlibPipeline', [tag: 't'])[1] == null ? stagesClass.minutes([:]) : null,
+                 ['pre-deployment tests': 20, 'build': 30, 'push': 15, 'deploy': 15, 'pre-integration tests': 20,
+                  'switch': 5, 'post-integration tests': 20, 'cleanup': 10, 'rollback': 15])
     report.equal('cdlibPipeline: verbs in order', pctx.verbs(), pipelineVerbs)
     report.equal('cdlibPipeline: tag from GIT_COMMIT', pctx.commands.collect { it.argv.contains('--tag') ? it.argv[it.argv.indexOf('--tag') + 1] : null }.unique() - [null],
                  ['0123456789ab'])
@@ -774,215 +823,128 @@ section('8. cdlibPipeline') {
                  "cdlibPipeline: unknown parameter 'tags'; it takes: file, store, tag, credentials, lockWait, lockTtl, timeouts")
 }
 
-// ---- 9. the Jenkinsfile: declarative syntax through a small DSL stub -------------------------------
-/** Records what a declarative pipeline declares; unknown names fall through to the script. */
-class Declarative {
-    Ctx ctx
-    Map model = [agent: null, options: [], environment: [:], stages: [], post: [:]]
-
-    def pipeline(Closure body) { run(body, this) }
-    def agent(Object a) { model.agent = a }
-    def getAny() { 'any' }
-    def options(Closure body) { run(body, new Options(into: model.options)) }
-    def environment(Closure body) {
-        Env e = new Env(ctx)
-        run(body, e)
-        model.environment.putAll(e.values)
-    }
-    def stages(Closure body) { run(body, this) }
-    def stage(String name, Closure body) {
-        Stage s = new Stage(name: name)
-        run(body, s)
-        model.stages << s
-    }
-    def post(Closure body) { run(body, new Post(into: model.post)) }
-
-    static void run(Closure body, Object delegate) {
-        body.resolveStrategy = Closure.DELEGATE_FIRST
-        body.delegate = delegate
-        body.call()
-    }
-}
-
-class Options {
-    List into
-    def disableConcurrentBuilds(Map a = [:]) { into << [name: 'disableConcurrentBuilds', args: a] }
-    def timeout(Map a) { into << [name: 'timeout', args: a] }
-    def timestamps() { into << [name: 'timestamps', args: [:]] }
-}
-
-class Env {
-    Ctx ctx
-    Map values = [:]
-
-    Env(Ctx ctx) { this.@ctx = ctx }
-
-    void setProperty(String name, Object value) {
-        values[name] = String.valueOf(value)
-        ctx.env[name] = String.valueOf(value)
-    }
-}
-
-class Stage {
-    String name
-    List options = []
-    Closure steps
-    def options(Closure body) { Declarative.run(body, new Options(into: options)) }
-    def steps(Closure body) { steps = body }
-}
-
-class Post {
-    Map into
-    def always(Closure body) { into.always = body }
-    def changed(Closure body) { into.changed = body }
-    def fixed(Closure body) { into.fixed = body }
-    def regression(Closure body) { into.regression = body }
-    def success(Closure body) { into.success = body }
-    def failure(Closure body) { into.failure = body }
-    def unstable(Closure body) { into.unstable = body }
-    def unsuccessful(Closure body) { into.unsuccessful = body }
-    def aborted(Closure body) { into.aborted = body }
-    def cleanup(Closure body) { into.cleanup = body }
-}
-
-/**
- * The order in which declarative runs post conditions, whatever order the Jenkinsfile writes them
- * in (BuildCondition ordinals): always first, cleanup last.
- */
-final List POST_ORDER = ['always', 'changed', 'fixed', 'regression', 'aborted', 'failure', 'success', 'unstable',
-                         'unsuccessful', 'cleanup']
-
-/** Loads the Jenkinsfile into a run; returns the model (stages not yet executed). */
-Closure declare = { Ctx ctx ->
-    Declarative d = new Declarative(ctx: ctx)
-    ctx.binding.setVariable('pipeline', { Closure body -> d.pipeline(body) })
+// ---- 9. the Jenkinsfile: cdlibPipeline in a node ---------------------------------------------------
+/** Runs the Jenkinsfile in a recorded run; returns the failure message, or null. */
+Closure runJenkinsfile = { Ctx ctx ->
     Script s = jenkinsfileClass.newInstance()
     s.binding = ctx.binding
-    s.run()
-    return d.model
+    try {
+        s.run()
+        return null
+    } catch (StepFailed e) {
+        return e.message
+    }
 }
 
-/** Runs the stages in order, then the post conditions in declarative's order; returns the failure. */
-Closure execute = { Ctx ctx, Map model ->
-    String failure = null
-    for (Stage st in model.stages) {
-        ctx.calls << [name: 'stage', args: st.name]
-        try {
-            Declarative.run(st.steps, new Object())
-        } catch (StepFailed e) {
-            failure = e.message
-            break
-        }
-    }
-    List applies = failure ? ['always', 'failure', 'unsuccessful', 'cleanup'] : ['always', 'success', 'cleanup']
-    POST_ORDER.findAll { it in applies }.each { String c ->
-        if (model.post[c]) {
-            ctx.calls << [name: 'post', args: c]
-            Declarative.run(model.post[c], new Object())
-        }
-    }
-    return failure
-}
-
-if (jenkinsfileClass != null) try {
-    String commit = '9f8e7d6c5b4a39281706f5e4d3c2b1a098765432'
-    Ctx jctx = newCtx(env: [GIT_COMMIT: commit], stubs: true)
-    Map model = declare(jctx)
-    report.equal('Jenkinsfile: stages in order', model.stages.collect { it.name }, pipelineStages)
-    report.check('Jenkinsfile: disableConcurrentBuilds()', model.options.any { it.name == 'disableConcurrentBuilds' },
-                 model.options)
-    report.check('Jenkinsfile: every stage has a timeout',
-                 model.stages.every { s -> s.options.any { it.name == 'timeout' && it.args.time > 0 && it.args.unit == 'MINUTES' } },
-                 model.stages.collect { [it.name, it.options] })
-    report.equal('Jenkinsfile: the tag is the short commit', model.environment.CDLIB_TAG, commit.substring(0, 12))
-    report.check('Jenkinsfile: post failure and cleanup', model.post.keySet().containsAll(['failure', 'cleanup']),
-                 model.post.keySet())
-
-    String failed = execute(jctx, model)
-    report.check('Jenkinsfile (stubs): no failure', failed == null, failed)
-    List libraryCalls = jctx.calls.findAll { it.name.startsWith('cdlib') || it.name == 'stage' }
-    Map byStage = [:]
+/** The cdlib verbs each stage ran, by stage name (from the sh labels). */
+Closure verbsByStage = { Ctx ctx ->
+    Map out = [:]
     String current = null
-    libraryCalls.each { c ->
+    ctx.calls.each { c ->
         if (c.name == 'stage') {
             current = c.args
-        } else if (current) {
-            byStage[current] = (byStage[current] ?: []) + [c.name]
+            out[current] = out[current] ?: []
+        } else if (c.name == 'sh' && String.valueOf(c.args.label).startsWith('cdlib ') && current) {
+            out[current] << String.valueOf(c.args.label).substring('cdlib '.length())
         }
     }
-    report.equal('Jenkinsfile: the library steps of each stage', byStage, [
-        'pre-deployment tests': ['cdlibBuild', 'cdlibTest'], 'build': ['cdlibBuild'], 'push': ['cdlibPush'],
-        'deploy': ['cdlibDeploy'], 'pre-integration tests': ['cdlibTest'], 'switch': ['cdlibSwitch'],
-        'post-integration tests': ['cdlibTest'], 'cleanup': ['cdlibCleanup']])
-    report.equal('Jenkinsfile: test types', jctx.named('cdlibTest').collect { it.args.type },
-                 ['pre-deployment', 'pre-integration', 'post-integration'])
-    report.equal('Jenkinsfile: the test images, then the service image, with the commit tag',
-                 jctx.named('cdlibBuild').collect { it.args },
-                 [[only: 'tests', file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []],
-                  [only: 'service', file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []]])
-    report.equal('Jenkinsfile: push of both images', jctx.named('cdlibPush').collect { it.args },
-                 [[file: 'examples/demo/cdlib.yml', tag: commit.substring(0, 12), credentials: []]])
-    report.equal('Jenkinsfile: prepare.sh runs first, before the first build',
-                 jctx.calls.findAll { it.name in ['stage', 'sh', 'cdlibBuild', 'cdlibTest'] }.take(4).collect {
-                     it.name == 'stage' ? it.args : it.name == 'sh' ? it.args.script : it.name },
-                 ['pre-deployment tests', 'examples/demo/prepare.sh', 'cdlibBuild', 'cdlibTest'])
+    return out
+}
 
-    Ctx fctx = newCtx(env: [GIT_COMMIT: commit, CDLIB_REGISTRY_CREDENTIALS: 'registry-login'], stubs: true)
-    Map fmodel = declare(fctx)
-    Declarative.run(fmodel.post.failure, new Object())
-    report.equal('Jenkinsfile: post failure calls cdlibRollback(afterFailure: true)', fctx.named('cdlibRollback').collect { it.args },
-                 [[file: 'examples/demo/cdlib.yml', afterFailure: true, credentials: [
-                     [id: 'registry-login', usernameVariable: 'CDLIB_REGISTRY_USER', passwordVariable: 'CDLIB_REGISTRY_PASSWORD']]]])
+if (jenkinsfileClass != null) {
+    section('9. the Jenkinsfile') {
+        String commit = '9f8e7d6c5b4a39281706f5e4d3c2b1a098765432'
+        String tag = commit.substring(0, 12)
+        Ctx jctx = newCtx(commit: commit, stubs: true)
+        String failed = runJenkinsfile(jctx)
+        report.check('Jenkinsfile (stubs): no failure', failed == null, failed)
+        report.equal('Jenkinsfile: a node, the checkout, the demo\'s prepare.sh, cdlibPipeline, then the archive',
+                     jctx.calls.findAll { it.name in ['node', 'checkout', 'sh', 'cdlibPipeline', 'archiveArtifacts'] }.collect {
+                         it.name == 'sh' ? it.args.script : it.name },
+                     ['node', 'checkout', 'examples/demo/prepare.sh', 'cdlibPipeline', 'archiveArtifacts'])
+        report.equal('Jenkinsfile: cdlibPipeline with the demo descriptor, the commit tag and LOCK_WAIT',
+                     jctx.named('cdlibPipeline').collect { it.args },
+                     [[file: 'examples/demo/cdlib.yml', tag: tag, lockWait: '300', credentials: []]])
+        report.check('Jenkinsfile: declares no job properties (they come from the job catalog)',
+                     jctx.named('properties').isEmpty(), jctx.named('properties'))
+        Ctx cctx = newCtx(commit: commit, stubs: true, env: [CDLIB_REGISTRY_CREDENTIALS: 'registry-login'])
+        runJenkinsfile(cctx)
+        report.equal('Jenkinsfile: the registry credentials from CDLIB_REGISTRY_CREDENTIALS',
+                     cctx.named('cdlibPipeline').collect { it.args.credentials },
+                     [[[id: 'registry-login', usernameVariable: 'CDLIB_REGISTRY_USER',
+                        passwordVariable: 'CDLIB_REGISTRY_PASSWORD']]])
+        Ctx noCommit = newCtx(stubs: true)
+        String noCommitError = runJenkinsfile(noCommit)
+        report.check('Jenkinsfile: without GIT_COMMIT it fails with a hint',
+                     noCommitError?.startsWith('GIT_COMMIT is not set') && noCommit.named('cdlibPipeline').isEmpty(),
+                     noCommitError)
 
-    // the same Jenkinsfile with the real library: the CLI calls, and the rollback decisions
-    Closure endToEnd = { Closure cli, Map params = [:] ->
-        Ctx ctx = newCtx(env: [GIT_COMMIT: commit], cli: cli, params: params)
-        String failure = execute(ctx, declare(ctx))
-        return [ctx, failure]
+        // the same Jenkinsfile with the real library: the stages, the CLI calls and the rollback decisions
+        Closure endToEnd = { Closure cli, Map params = [:] ->
+            Ctx ctx = newCtx(commit: commit, cli: cli, params: params)
+            String failure = runJenkinsfile(ctx)
+            return [ctx, failure]
+        }
+        List ok = endToEnd(failingAt('none', 0))
+        report.check('Jenkinsfile (library): no failure', ok[1] == null, ok[1])
+        List stageNames = ok[0].named('stage').collect { it.args }
+        report.equal('Jenkinsfile (library): the stages of the stage table, in order', stageNames, stagesClass.names())
+        report.equal('Jenkinsfile (library): the product order of the stages', stageNames, pipelineStages)
+        List afterStage = []
+        ok[0].calls.eachWithIndex { Map c, int i ->
+            if (c.name == 'stage') {
+                afterStage << ok[0].calls[i + 1]
+            }
+        }
+        report.check('Jenkinsfile (library): every stage runs under a timeout in minutes',
+                     afterStage.every { it?.name == 'timeout' && it.args.time > 0 && it.args.unit == 'MINUTES' },
+                     afterStage)
+        report.equal('Jenkinsfile (library): the timeouts of the stage table', afterStage.collect { it?.args?.time },
+                     stagesClass.table().findAll { it[0] != 'rollback' }.collect { it[2] })
+        report.equal('Jenkinsfile (library): the cdlib verbs of each stage', verbsByStage(ok[0]), [
+            'pre-deployment tests': ['build', 'test pre-deployment'], 'build': ['build'], 'push': ['push'],
+            'deploy': ['deploy'], 'pre-integration tests': ['test pre-integration'], 'switch': ['switch'],
+            'post-integration tests': ['test post-integration'], 'cleanup': ['cleanup']])
+        report.equal('Jenkinsfile (library): CLI verbs in order', ok[0].verbs(), pipelineVerbs)
+        report.equal('Jenkinsfile (library): build argument lists',
+                     ok[0].commands.findAll { it.argv[0] == 'build' }.collect { it.argv },
+                     [['build', '--file', 'examples/demo/cdlib.yml', '--tag', tag, '--only', 'tests',
+                       '--result-file', 'cdlib-result-build-tests.json'],
+                      ['build', '--file', 'examples/demo/cdlib.yml', '--tag', tag, '--only', 'service',
+                       '--result-file', 'cdlib-result-build-service.json']])
+        report.equal('Jenkinsfile (library): deploy argument list', ok[0].commands.find { it.argv[0] == 'deploy' }?.argv,
+                     ['deploy', '--file', 'examples/demo/cdlib.yml', '--tag', tag, '--lock-wait', '300',
+                      '--result-file', 'cdlib-result-deploy.json'])
+        report.equal('Jenkinsfile (library): prepare.sh runs first, before the first build',
+                     ok[0].calls.findAll { it.name in ['stage', 'sh'] }.take(3).collect {
+                         it.name == 'stage' ? it.args : it.args.label ?: it.args.script },
+                     ['examples/demo/prepare.sh', 'pre-deployment tests', 'cdlib build'])
+        List withParam = endToEnd(failingAt('none', 0), [LOCK_WAIT: '45'])
+        report.equal('Jenkinsfile (library): the LOCK_WAIT job parameter',
+                     withParam[0].commands.find { it.argv[0] == 'deploy' }?.argv?.getAt(6), '45')
+        report.check('Jenkinsfile (library): archives the results',
+                     ok[0].named('archiveArtifacts').any { it.args.artifacts == 'cdlib-result-*.json' },
+                     ok[0].named('archiveArtifacts'))
+        emitAll('Jenkinsfile', ok[0])
+        [['switch', 2, true], ['test post-integration', 1, false], ['deploy', 3, false], ['push', 2, false],
+         ['build tests', 1, false], ['test pre-deployment', 1, false], ['build service', 1, false],
+         ['cleanup', 4, false], ['switch', 5, true], ['deploy', 137, true], ['test post-integration', 143, true],
+         ['cleanup', 42, true], ['push', 5, false], ['test pre-deployment', 5, false]].each { List f ->
+            List run = endToEnd(failingAt(f[0], f[1]))
+            int at = pipelineVerbs.indexOf(f[0])
+            String name = "Jenkinsfile (library), ${f[0]} exits ${f[1]}"
+            report.check("${name}: the build fails", run[1] != null, run[1])
+            report.equal("${name}: ${f[2] ? 'rolls back' : 'no rollback'}",
+                         run[0].verbs(), pipelineVerbs.subList(0, at + 1) + (f[2] ? ['rollback'] : []))
+            report.equal("${name}: a rollback stage runs", run[0].named('stage').collect { it.args }.last(), 'rollback')
+            // the result files are archived after every cdlib step ran, the rollback's included
+            int archived = run[0].calls.findIndexOf { it.name == 'archiveArtifacts' }
+            int lastCli = run[0].calls.findLastIndexOf { it.name == 'sh' && String.valueOf(it.args.label).startsWith('cdlib ') }
+            report.check("${name}: archives the results after the last cdlib step",
+                         archived > lastCli && lastCli >= 0, "archiveArtifacts at ${archived}, last cdlib step at ${lastCli}")
+            emitAll("Jenkinsfile, ${f[0]} exits ${f[1]}", run[0])
+        }
     }
-    List ok = endToEnd(failingAt('none', 0))
-    report.equal('Jenkinsfile (library): CLI verbs in order', ok[0].verbs(), pipelineVerbs)
-    report.equal('Jenkinsfile (library): build argument lists', ok[0].commands.findAll { it.argv[0] == 'build' }.collect { it.argv },
-                 [['build', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--only', 'tests',
-                   '--result-file', 'cdlib-result-build-tests.json'],
-                  ['build', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--only', 'service',
-                   '--result-file', 'cdlib-result-build-service.json']])
-    report.equal('Jenkinsfile (library): deploy argument list', ok[0].commands.find { it.argv[0] == 'deploy' }?.argv,
-                 ['deploy', '--file', 'examples/demo/cdlib.yml', '--tag', commit.substring(0, 12), '--lock-wait', '300',
-                  '--result-file', 'cdlib-result-deploy.json'])
-    List withParam = endToEnd(failingAt('none', 0), [LOCK_WAIT: '45'])
-    report.equal('Jenkinsfile (library): the LOCK_WAIT job parameter',
-                 withParam[0].commands.find { it.argv[0] == 'deploy' }?.argv?.getAt(6), '45')
-    report.check('Jenkinsfile (library): archives the results',
-                 ok[0].named('archiveArtifacts').any { it.args.artifacts == 'cdlib-result-*.json' }, ok[0].named('archiveArtifacts'))
-    emitAll('Jenkinsfile', ok[0])
-    [['switch', 2, true], ['test post-integration', 1, false], ['deploy', 3, false], ['push', 2, false],
-     ['build tests', 1, false], ['test pre-deployment', 1, false], ['build service', 1, false],
-     ['cleanup', 4, false], ['switch', 5, true], ['deploy', 137, true], ['test post-integration', 143, true],
-     ['cleanup', 42, true], ['push', 5, false], ['test pre-deployment', 5, false]].each { List f ->
-        List run = endToEnd(failingAt(f[0], f[1]))
-        int at = pipelineVerbs.indexOf(f[0])
-        report.check("Jenkinsfile (library), ${f[0]} exits ${f[1]}: the build fails", run[1] != null, run[1])
-        report.equal("Jenkinsfile (library), ${f[0]} exits ${f[1]}: ${f[2] ? 'rolls back' : 'no rollback'}",
-                     run[0].verbs(), pipelineVerbs.subList(0, at + 1) + (f[2] ? ['rollback'] : []))
-        // the result files are archived after every cdlib step ran, the rollback's included
-        int archived = run[0].calls.findIndexOf { it.name == 'archiveArtifacts' }
-        int lastCli = run[0].calls.findLastIndexOf { it.name == 'sh' && String.valueOf(it.args.label).startsWith('cdlib ') }
-        report.check("Jenkinsfile (library), ${f[0]} exits ${f[1]}: archives the results after the last cdlib step",
-                     archived > lastCli && lastCli >= 0, "archiveArtifacts at ${archived}, last cdlib step at ${lastCli}")
-        emitAll("Jenkinsfile, ${f[0]} exits ${f[1]}", run[0])
-    }
-    Ctx noCommit = newCtx(stubs: true)
-    String noCommitError = null
-    try {
-        declare(noCommit)
-    } catch (StepFailed e) {
-        noCommitError = e.message
-    }
-    report.check('Jenkinsfile: without GIT_COMMIT it fails with a hint', noCommitError?.startsWith('GIT_COMMIT is not set'),
-                 noCommitError)
-} catch (Throwable t) {
-    report.check('Jenkinsfile: evaluates', false, "${t.class.name}: ${t.message}")
 }
 
 // ---- 10. results the real CLI wrote ----------------------------------------------------------------
@@ -1042,5 +1004,16 @@ section('10. results the real CLI wrote') {
 if (emit) {
     new File(emit).text = JsonOutput.prettyPrint(JsonOutput.toJson(report.emitted))
 }
-println "${report.passed} passed, ${report.failed} failed"
+// the variants: the same checks against other copies of the library, in this JVM (one start for all)
+File self = new File(getClass().protectionDomain.codeSource.location.path)
+variants.each { String name, String dir ->
+    Binding variantBinding = new Binding()
+    variantBinding.setVariable('embedded', true)
+    List variantArgs = ['--root', dir, '--label', name] + (cliResults ? ['--cli-results', cliResults.path] : [])
+    new GroovyShell(variantBinding).run(self, variantArgs as String[])
+}
+println "${report.prefix}${report.passed} passed, ${report.failed} failed"
+if (binding.hasVariable('embedded')) {
+    return report.failed
+}
 System.exit(report.failed ? 1 : 0)

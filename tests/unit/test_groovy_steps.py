@@ -1,8 +1,9 @@
-"""The Jenkins shared library (vars/) and the Jenkinsfile, checked with Groovy 2.4.
+"""The Jenkins shared library (src/ classes, vars/ steps) and the Jenkinsfile, checked with Groovy 2.4.
 
-tests/groovy/StepHarness.groovy compiles every step and the Jenkinsfile and runs them against recorded
-pipeline steps (exact argument lists, credentials, exit-code mapping, stage order, rollbacks). These
-tests run it, then run every command line the steps produced through a real /bin/sh, the way Jenkins'
+tests/groovy/StepHarness.groovy compiles the library and the Jenkinsfile and runs them against recorded
+pipeline steps (exact argument lists, credentials, exit-code mapping, stage order, rollbacks). It starts
+once per test session (tests/groovy/harness.py), planted-bug variants included; these tests assert on
+its report, then run every command line the steps produced through a real /bin/sh, the way Jenkins'
 ``sh`` step does, to prove that the quoting gives the CLI exactly the intended arguments.
 
 The results the harness feeds to the steps for a held lock, an unknown failure and bad input are
@@ -11,127 +12,57 @@ written by the real CLI (cdlib.cli.main) first, so the steps and the CLI cannot 
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-HARNESS = ROOT / "tests" / "groovy" / "StepHarness.groovy"
+from tests.groovy.harness import LOCK_HOLDER, ROOT, VARIANTS, Report, session_report
 
 
-def groovy_env() -> dict:
-    """Debian's groovy launcher looks for /usr/lib/jvm/default-java unless JAVA_HOME is set."""
-    env = dict(os.environ)
-    if not env.get("JAVA_HOME") and not Path("/usr/lib/jvm/default-java").is_dir():
-        for candidate in ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/java-21-openjdk-amd64"):
-            if Path(candidate).is_dir():
-                env["JAVA_HOME"] = candidate
-                break
-    return env
-
-
-LOCK_HOLDER = {"release": "r-9", "image": "127.0.0.1:5000/shop:v8", "build": "jenkins-shop-41",
-               "build_url": "http://ci.example/job/shop/41/"}  # StepHarness.groovy section 10 expects these
-UNKNOWN_FAILURE = ("import sys\n"
-                   "from cdlib import cli\n"
-                   "def dispatch(args, printer):\n"
-                   "    raise RuntimeError('a bug')\n"
-                   "cli._dispatch = dispatch\n"
-                   "sys.exit(cli.main(sys.argv[1:]))\n")
-_results: Path | None = None
-
-
-def _cli(work: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CDLIB_HOME=str(work / ".cdlib"))
-    env.pop("CDLIB_STORE", None)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=work, timeout=120)
-
-
-def cli_results() -> Path:
-    """lock-held.json, unknown.json and bad-input.json, each written by cdlib.cli.main (made once)."""
-    global _results
-    if _results is not None:
-        return _results
-    from cdlib import keys
-    from cdlib.store.base import default_holder
-    from cdlib.store.sqlite import SqliteStore
-
-    out = Path(tempfile.mkdtemp(prefix="cdlib-cli-results-"))
-    atexit.register(shutil.rmtree, out, True)
-    work = out / "work"
-    work.mkdir()
-    (work / "cdlib.yml").write_text(f"service: shop\nport: 80\nimage: r/shop:1\nstore: sqlite:///{work / 's.db'}\n")
-    # held by this (live) process, so no expiry or dead-holder rule takes it over
-    store = SqliteStore(work / "s.db")
-    store.acquire_lock(keys.lock("shop"), default_holder(**LOCK_HOLDER), ttl=600)
-    store.close()
-    proc = _cli(work, "-m", "cdlib", "deploy", "--result-file", str(out / "lock-held.json"))
-    assert proc.returncode == 3, proc.stderr
-    proc = _cli(work, "-c", UNKNOWN_FAILURE, "switch", "--result-file", str(out / "unknown.json"))
-    assert proc.returncode == 5, proc.stderr
-    (work / "bad.yml").write_text("service: shop\nport: 80\nimage: r/shop:1\nroutes: {paths: ['/x;}']}\n")
-    proc = _cli(work, "-m", "cdlib", "deploy", "-f", "bad.yml", "--result-file", str(out / "bad-input.json"))
-    assert proc.returncode == 2, proc.stderr
-    _results = out
-    return out
-
-
-def run_harness(root: Path, emit: Path | None = None) -> subprocess.CompletedProcess:
-    groovy = shutil.which("groovy")
-    assert groovy, "groovy is not installed (scripts/setup installs the Debian package)"
-    cmd = [groovy, str(HARNESS), "--root", str(root), "--cli-results", str(cli_results())]
-    if emit is not None:
-        cmd += ["--emit", str(emit)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=groovy_env(), timeout=300)
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    emit = tmp_path_factory.mktemp("groovy") / "commands.json"
-    proc = run_harness(ROOT, emit)
-    commands = json.loads(emit.read_text()) if emit.exists() else []
-    return proc, commands
+@pytest.fixture(scope="session")
+def harness() -> Report:
+    """The one harness run of the session, shared with test_steps_match_cli.py."""
+    return session_report()
 
 
 def test_every_harness_check_passes(harness):
-    proc, _ = harness
-    failures = [line for line in proc.stdout.splitlines() if line.startswith("not ok")]
-    assert proc.returncode == 0 and not failures, "\n".join(failures) or proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = proc.stdout.strip().splitlines()[-1]
+    failures = harness.failures()
+    assert harness.returncode == 0 and not failures, "\n".join(failures) or harness.tail()
+    summary = harness.lines[-1]
     passed = int(summary.split()[0])
     assert summary == f"{passed} passed, 0 failed"
     assert passed > 300  # the harness really ran its cases
 
 
+def test_the_harness_loads_the_src_classes(harness):
+    compiled = [line for line in harness.lines if line.startswith("ok - compiles src class io.cdlib.")]
+    assert len(compiled) == len(list((ROOT / "src").rglob("*.groovy"))) >= 5, harness.tail()
+
+
 def test_the_results_the_harness_uses_come_from_the_cli(harness):
     """The CLI side of the contract the harness checks: the lock holder sits under error.holder."""
-    proc, _ = harness
-    locked = json.loads((cli_results() / "lock-held.json").read_text())
+    locked = json.loads((harness.cli_results / "lock-held.json").read_text())
     assert locked["exit_code"] == 3 and locked["service"] == "shop" and "holder" not in locked
     assert locked["error"]["type"] == "LockHeld"
     assert {k: locked["error"]["holder"][k] for k in LOCK_HOLDER} == LOCK_HOLDER
-    unknown = json.loads((cli_results() / "unknown.json").read_text())
+    unknown = json.loads((harness.cli_results / "unknown.json").read_text())
     assert unknown["exit_code"] == 5 and unknown["error"]["type"] == "RuntimeError"
-    checked = [line for line in proc.stdout.splitlines() if line.startswith("ok - CLI ")]
-    assert len(checked) >= 12, proc.stdout[-3000:]
+    checked = [line for line in harness.lines if line.startswith("ok - CLI ")]
+    assert len(checked) >= 12, harness.tail()
 
 
 def test_the_harness_covers_every_step_and_verb(harness):
-    _, commands = harness
     from cdlib.api import VERBS
 
-    verbs = {c["argv"][0] for c in commands}
+    verbs = {c["argv"][0] for c in harness.commands}
     assert verbs == set(VERBS)  # one step per verb of the Python API and the CLI: three doors, one house
     for verb in VERBS:
         assert (ROOT / "vars" / f"cdlib{verb.capitalize()}.groovy").exists(), verb
-    assert {c["argv"][1] for c in commands if c["argv"][0] == "test"} >= {
+    assert {c["argv"][1] for c in harness.commands if c["argv"][0] == "test"} >= {
         "pre-deployment", "pre-integration", "post-integration"}
 
 
@@ -150,7 +81,7 @@ def _run_script(script: str, cwd: Path, env: dict) -> subprocess.CompletedProces
 
 
 def test_a_real_shell_passes_exactly_the_intended_arguments(harness, tmp_path):
-    _, commands = harness
+    commands = harness.commands
     assert commands
     dump = tmp_path / "dump.py"
     dump.write_text(ARGV_DUMP)
@@ -166,8 +97,7 @@ def test_a_real_shell_passes_exactly_the_intended_arguments(harness, tmp_path):
 
 
 def test_stale_result_files_are_removed_before_the_cli_runs(harness, tmp_path):
-    _, commands = harness
-    command = next(c for c in commands if c["argv"][:1] == ["release"] and "reports" in c["argv"])
+    command = next(c for c in harness.commands if c["argv"][:1] == ["release"] and "reports" in c["argv"])
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "old.xml").write_text("<testsuite/>")
     (tmp_path / "reports" / "keep.txt").write_text("not a report")
@@ -182,8 +112,7 @@ def test_stale_result_files_are_removed_before_the_cli_runs(harness, tmp_path):
 
 
 def test_without_cdlib_cli_the_shell_runs_python3_m_cdlib(harness, tmp_path):
-    _, commands = harness
-    command = next(c for c in commands if c["argv"][0] == "status")
+    command = next(c for c in harness.commands if c["argv"][0] == "status")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"
@@ -195,26 +124,20 @@ def test_without_cdlib_cli_the_shell_runs_python3_m_cdlib(harness, tmp_path):
     assert json.loads(out.read_text()) == ["-m", "cdlib", *command["argv"]]
 
 
-def test_the_harness_fails_a_library_that_quotes_wrongly(tmp_path):
+def test_every_planted_bug_runs_in_the_same_harness_start(harness):
+    assert set(harness.variants) == set(VARIANTS), harness.tail()
+    for label, lines in harness.variants.items():
+        summary = lines[-1]
+        assert summary.endswith(" failed") and not summary.endswith(" 0 failed"), (label, summary)
+        assert int(summary.split()[0]) > 300, (label, summary)  # the variant ran every check too
+
+
+def test_the_harness_fails_a_library_that_quotes_wrongly(harness):
     """The harness is not a rubber stamp: a library whose quote() forgets embedded quotes fails it."""
-    shutil.copytree(ROOT / "vars", tmp_path / "vars")
-    shutil.copy(ROOT / "Jenkinsfile", tmp_path / "Jenkinsfile")
-    run_groovy = tmp_path / "vars" / "cdlibRun.groovy"
-    source = run_groovy.read_text()
-    broken = source.replace(""".replace("'", "'\\\\''")""", "")
-    assert broken != source
-    run_groovy.write_text(broken)
-    proc = run_harness(tmp_path)
-    assert proc.returncode == 1
-    assert any(line.startswith("not ok - quoting") for line in proc.stdout.splitlines()), proc.stdout[-2000:]
+    assert any(line.startswith("not ok - quoting") for line in harness.failures("quoting")), harness.tail()
 
 
-def test_the_harness_fails_a_jenkinsfile_without_rollback(tmp_path):
-    shutil.copytree(ROOT / "vars", tmp_path / "vars")
-    source = (ROOT / "Jenkinsfile").read_text()
-    broken = source.replace("cdlibRollback(", "echo(")
-    assert broken != source
-    (tmp_path / "Jenkinsfile").write_text(broken)
-    proc = run_harness(tmp_path)
-    assert proc.returncode == 1
-    assert "not ok - Jenkinsfile: post failure calls cdlibRollback" in proc.stdout
+def test_the_harness_fails_a_pipeline_without_rollback(harness):
+    failures = harness.failures("no-rollback")
+    assert any(f.startswith("not ok - cdlibPipeline, switch exits 2: stops there and rolls back") for f in failures), failures
+    assert any(f.startswith("not ok - Jenkinsfile (library), switch exits 2: rolls back") for f in failures), failures

@@ -1,25 +1,26 @@
 """Every verb and option a Groovy step can put on the command line exists in the CLI's parser.
 
 Two sources, so that neither can hide a mismatch:
-- statically, from vars/*.groovy: each step's cdlibRun('VERB', params, [keys]) call and cdlibRun's
-  option table (key -> --flag) give every flag each step can emit;
+- statically, from vars/*.groovy and src/io/cdlib/StepOptions.groovy: each step's
+  cdlibRun('VERB', params, [keys]) call and the option table (key -> --flag) give every flag each
+  step can emit;
 - dynamically, every argument list the Groovy harness recorded is parsed by cdlib.cli.build_parser().
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 from cdlib.cli import build_parser
+from tests.groovy.harness import session_report
 
 ROOT = Path(__file__).resolve().parents[2]
 VARS = ROOT / "vars"
+OPTIONS = ROOT / "src" / "io" / "cdlib" / "StepOptions.groovy"  # the option table and the common keys
 
 STEP_CALL = re.compile(r"cdlibRun\('(?P<verb>[a-z-]+)',\s*\w+,\s*\[(?P<keys>[^\]]*)\]\)")
 OPTION_ROW = re.compile(r"\[key: '(?P<key>\w+)'(?:, alias: '[\w-]+')?, flag: (?:'(?P<flag>--[a-z-]+)'|null)")
@@ -42,13 +43,13 @@ def step_table() -> dict[str, tuple[str, list[str]]]:
 
 
 def option_table() -> dict[str, str | None]:
-    source = (VARS / "cdlibRun.groovy").read_text()
+    source = OPTIONS.read_text()
     return {m.group("key"): m.group("flag") for m in OPTION_ROW.finditer(source)}
 
 
 def common_keys() -> list[str]:
-    m = COMMON_KEYS.search((VARS / "cdlibRun.groovy").read_text())
-    assert m, "cdlibRun.groovy: commonKeys() not found"
+    m = COMMON_KEYS.search(OPTIONS.read_text())
+    assert m, f"{OPTIONS.name}: commonKeys() not found"
     return _strings(m.group("keys"))
 
 
@@ -85,7 +86,7 @@ def test_every_flag_a_step_can_emit_is_accepted_by_its_verb(verbs):
     for step, (verb, keys) in step_table().items():
         accepted = verbs[verb]._option_string_actions
         for key in keys + [k for k in common_keys() if k != "credentials"]:
-            assert key in options, f"{step}: parameter {key} has no entry in cdlibRun's option table"
+            assert key in options, f"{step}: parameter {key} has no entry in the option table ({OPTIONS.name})"
             flag = options[key]
             if flag is None:  # the positional TYPE of `test`
                 positional = [a for a in verbs[verb]._actions if not a.option_strings and a.dest == key]
@@ -94,20 +95,12 @@ def test_every_flag_a_step_can_emit_is_accepted_by_its_verb(verbs):
                 assert flag in accepted, f"{step}: 'cdlib {verb}' does not accept {flag}"
 
 
-def _recorded(tmp_path_factory) -> list[dict]:
-    # the harness runner lives beside this file; loaded by path, whatever pytest's import mode
-    spec = importlib.util.spec_from_file_location("cdlib_groovy_runner", Path(__file__).with_name("test_groovy_steps.py"))
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    emit = tmp_path_factory.mktemp("groovy-cli") / "commands.json"
-    proc = runner.run_harness(ROOT, emit)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(emit.read_text())
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    return _recorded(tmp_path_factory)
+@pytest.fixture(scope="session")
+def recorded() -> list[dict]:
+    """Every command the Groovy harness recorded, from its one run of the session."""
+    report = session_report()
+    assert report.returncode == 0, report.tail()
+    return report.commands
 
 
 def test_every_recorded_argument_list_parses(recorded):

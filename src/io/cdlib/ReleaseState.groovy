@@ -1,0 +1,72 @@
+package io.cdlib
+
+import com.cloudbees.groovy.cps.NonCPS
+
+/**
+ * Which release a build may hold open, kept in CDLIB_RELEASE_OPEN for post blocks:
+ * post { failure { cdlibRollback(afterFailure: true) } } rolls back only when it is 'true'.
+ */
+class ReleaseState implements Serializable {
+
+    private static final long serialVersionUID = 1L
+    private static final String OPEN = 'true'
+    private static final String CLOSED = 'false'
+
+    /**
+     * What the verb does to a release: 'opens' (deploy, release, and rollback, which may open a release
+     * to return to an earlier one), 'inside' (works on the open release: switch, cleanup, the pre- and
+     * post-integration tests) or 'none' (status, color, history, build, push, the pre-deployment tests).
+     */
+    @NonCPS
+    static String role(String verb, Map values) {
+        if (verb in ['deploy', 'release', 'rollback']) {
+            return 'opens'
+        }
+        if (verb in ['switch', 'cleanup'] || (verb == 'test' && String.valueOf(values.type) != 'pre-deployment')) {
+            return 'inside'
+        }
+        return 'none'
+    }
+
+    /** Whether the verb's exit code 1 means "failed, and the release was rolled back". */
+    @NonCPS
+    static boolean undoesOnFailure(String verb, Map values) {
+        if (verb == 'test') {
+            return role(verb, values) == 'inside' && !StepOptions.isTrue(values.noRollback)
+        }
+        return verb in ['deploy', 'switch', 'release', 'rollback']
+    }
+
+    /** The value while the CLI runs (and if the step is aborted, e.g. by a timeout). */
+    @NonCPS
+    static String whileRunning(Map cmd, Object current) {
+        return cmd.role == 'opens' ? OPEN : (current ? String.valueOf(current) : CLOSED)
+    }
+
+    /**
+     * 'true' while this build may have a release open that nothing has closed or undone yet; `current`
+     * is the value from before the step. Only an exit code that proves it closes the release: 0 of
+     * cleanup, rollback or release, and 1 of a verb that rolls its release back on failure. Exit 2, 3
+     * and 4 leave it as it was (nothing changed; another release's lock; the release stays open for a
+     * person). Everything else (5: state unknown, 137: killed, 143: terminated, any code cdlib does not
+     * use) means a release this step works on may still be open.
+     */
+    @NonCPS
+    static String after(Map cmd, int code, Object current) {
+        String was = current == null ? CLOSED : String.valueOf(current)
+        if (cmd.role == 'none') {
+            return was  // status, color, history, build, push, pre-deployment tests: no release involved
+        }
+        if (code == 0) {
+            if (cmd.verb == 'deploy') {
+                return OPEN
+            }
+            return cmd.verb in ['cleanup', 'rollback', 'release'] ? CLOSED : was
+        }
+        if (code == 1) {
+            return cmd.undoes ? CLOSED : was  // exit 1 of such a verb means: rolled back
+        }
+        return code in [2, 3, 4] ? was : OPEN
+    }
+
+}
