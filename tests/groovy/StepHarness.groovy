@@ -399,6 +399,8 @@ section('3. argument lists') {
          argv: ['deploy', '--image', '127.0.0.1:5000/demo:v3', '--lock-wait', '5', '--result-file', 'cdlib-result-deploy.json']],
         [name: 'switch', step: 'cdlibSwitch', params: [file: 'cdlib.yml'],
          argv: ['switch', '--file', 'cdlib.yml', '--result-file', 'cdlib-result-switch.json']],
+        [name: 'switch dry run', step: 'cdlibSwitch', params: [dryRun: true],
+         argv: ['switch', '--dry-run', '--result-file', 'cdlib-result-switch.json']],
         [name: 'cleanup', step: 'cdlibCleanup', params: [:],
          argv: ['cleanup', '--result-file', 'cdlib-result-cleanup.json']],
         [name: 'rollback to', step: 'cdlibRollback', params: [to: '20240101-120000-ab12', lockWait: 60],

@@ -128,7 +128,8 @@ def test_every_recorded_argument_list_parses(recorded):
         if "--limit" in argv:
             assert ns.limit == int(argv[argv.index("--limit") + 1]), command["case"]
             seen.add("--limit")
-        for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback"), ("--previous", "previous")):
+        for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback"), ("--previous", "previous"),
+                           ("--dry-run", "dry_run")):
             if flag in argv:
                 assert getattr(ns, dest) is True
                 seen.add(flag)
