@@ -23,7 +23,7 @@ from .errors import (
 )
 from .journal import Journal
 from .locks import ALIVE, DEFAULT_LOCK_TTL, adopt, check_lock_times, proxy_lock, why_free, working
-from .model import Instance, StepReport, other_color
+from .model import TEST_TYPES, Instance, StepReport, other_color
 from .registry import live_record, revert_target
 from .results import ColorOutcome, HistoryOutcome, ReleaseOutcome, StatusOutcome
 from .steps import CLEANUP_STEPS, DEPLOY_STEPS, REVERT_STEPS, SWITCH_STEPS, started_instances
@@ -102,7 +102,7 @@ def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit:
               rollback_on_failure: bool = True) -> ReleaseOutcome:
     """Run one suite. Inside an open release, a failure (unless the suite is marked unstable) rolls
     the release back. The release's locks are refreshed while the suite runs, however long it takes."""
-    if test_type not in ("pre-deployment", "pre-integration", "post-integration"):
+    if test_type not in TEST_TYPES:
         raise ConfigError(f"test: TYPE must be pre-deployment, pre-integration or post-integration, "
                           f"got {test_type!r}", key="TYPE")
     with working(ctx):
