@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from .netaddr import format_hostport
+
 COLORS = ("blue", "green")
 
 # Every pattern is anchored with \Z (not $, which also matches before a trailing newline) and is
@@ -21,6 +23,8 @@ PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,200}\Z", re.ASCII)
 HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_RE = re.compile(rf"(?:\*\.)?{HOST_LABEL}(?:\.{HOST_LABEL})*\Z", re.ASCII)
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z", re.ASCII)
+# the test suites a descriptor can define, in the order a release runs them: the one list (config, the CLI
+# and the verbs read it)
 TEST_TYPES = ("pre-deployment", "pre-integration", "post-integration")
 
 
@@ -72,8 +76,7 @@ class Instance:
 
     @property
     def url(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}"
+        return f"http://{format_hostport(self.address, self.port)}"
 
     @property
     def running(self) -> bool:

@@ -15,6 +15,8 @@ import re
 
 # scheme://USERINFO@ where USERINFO runs to the last '@' before a space (a password may hold '@' or '/')
 _URL_USERINFO_RE = re.compile(r"(://)(\S*)@")
+# ... or holds a space (malformed, but never shown): to the last '@' on the line before a '/'
+_SPACED_USERINFO_RE = re.compile(r"(://)([^/\n]*\s[^/\n]*)@")
 # user:password@host without a scheme: a password (anything up to the last '@' before a '/') is there
 _BARE_USERINFO_RE = re.compile(r"\A()([^/]*:[^/]*)@")
 _USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}\Z", re.ASCII)
@@ -28,7 +30,7 @@ def _userinfo(m: re.Match) -> str:
 def redact_url(text: object, limit: int | None = None) -> str:
     """``text`` (a URL, or free text with URLs in it) without the passwords of its URLs; cut to
     ``limit`` characters (``...`` at the end) when a limit is given."""
-    out = _URL_USERINFO_RE.sub(_userinfo, str(text))
+    out = _SPACED_USERINFO_RE.sub(_userinfo, _URL_USERINFO_RE.sub(_userinfo, str(text)))
     if "://" not in out and "@" in out:
         out = _BARE_USERINFO_RE.sub(_userinfo, out)
     return out if limit is None else shorten(out, limit)

@@ -46,6 +46,7 @@ def _sqlite(path: str) -> Store:
 
 
 def open_runtime(spec: ServiceSpec) -> Runtime:
+    # config refuses any other target.kind at parse time; the error below is for a spec built by hand
     if spec.target.kind == "docker":
         from .runtime.docker import DockerRuntime
 
@@ -123,9 +124,8 @@ class Ports:
                 close()
 
 
-# store URL scheme -> (the client it imports, the pip extra that installs it)
-STORE_CLIENTS = {"etcd": ("etcd3gw", "etcd"), "etcds": ("etcd3gw", "etcd"),
-                 "consul": ("consul", "consul"), "consuls": ("consul", "consul")}
+# store kind (StoreURL.kind: etcds:// is etcd) -> (the client it imports, the pip extra that installs it)
+STORE_CLIENTS = {"etcd": ("etcd3gw", "etcd"), "consul": ("consul", "consul")}
 
 
 def check_clients(spec: ServiceSpec, store_url: str | None = None, *, store: Store | None = None,
@@ -136,9 +136,14 @@ def check_clients(spec: ServiceSpec, store_url: str | None = None, *, store: Sto
     from . import extras
 
     if store is None:
-        scheme = (store_url or spec.store or "").split(":", 1)[0]
-        if scheme in STORE_CLIENTS:
-            extras.check(*STORE_CLIENTS[scheme])
+        from .store import url as store_urls
+
+        try:
+            kind = store_urls.parse(store_url or spec.store, "store").kind
+        except store_urls.StoreURLError:
+            kind = ""  # refused with its own message where the store is opened
+        if kind in STORE_CLIENTS:
+            extras.check(*STORE_CLIENTS[kind])
     if runtime is None and spec.target.kind == "docker":
         extras.check("docker")
     if proxy is None and spec.proxy.kind in ("nginx", "haproxy"):

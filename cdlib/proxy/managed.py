@@ -304,8 +304,7 @@ class ManagedProxy(Proxy):
 
     # -- the port -----------------------------------------------------------------------------------
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{netaddr.format_hostport(self.host, self.port)}"
 
     def describe(self) -> str:
         return f"{self.kind} at {self.url()} (dir {self.dir})"

@@ -1,5 +1,7 @@
 """The descriptor: every field validated, one-line errors naming the file and the key."""
 
+from pathlib import Path
+
 import pytest
 
 from cdlib import config
@@ -135,3 +137,61 @@ def test_host_env_is_kept_apart_from_pass_env():
             "tests": {"post-integration": {"command": "true", "host_env": ["BUILD_NUMBER"], "pass_env": ["DB_PASS"]}}}
     suite = config.parse(data, env={}).tests["post-integration"]
     assert suite.host_env == ("BUILD_NUMBER",) and suite.pass_env == ("DB_PASS",)
+
+
+def test_a_target_kind_without_a_runtime_is_refused_at_parse_time():
+    msg = error_of(target={"kind": "swarm"})
+    assert msg == "svc/cdlib.yml: target.kind: swarm is not supported yet; use docker"
+    with pytest.raises(ConfigError) as info:
+        parse(target={"kind": "swarm"})
+    assert info.value.key == "target.kind"
+    assert parse(target={"kind": "docker"}).target.kind == "docker"
+
+
+@pytest.mark.parametrize("listen, host, port, url", [
+    ("8880", "127.0.0.1", 8880, "http://127.0.0.1:8880"),
+    ("127.0.0.1:8880", "127.0.0.1", 8880, "http://127.0.0.1:8880"),
+    ("0.0.0.0:8880", "127.0.0.1", 8880, "http://127.0.0.1:8880"),
+    ("[::]:8880", "::1", 8880, "http://[::1]:8880"),
+    ("[::1]:8880", "::1", 8880, "http://[::1]:8880"),
+    ("localhost:8880", "localhost", 8880, "http://localhost:8880"),
+])
+def test_the_listen_address_gives_the_same_answer_as_the_proxy(tmp_path, listen, host, port, url):
+    from cdlib.proxy.managed import parse_listen
+    from cdlib.proxy.nginx import NginxProxy
+
+    spec = parse(proxy={"listen": listen})
+    assert (spec.proxy.listen_host, spec.proxy.listen_port) == (host, port) == parse_listen(listen)
+    assert spec.proxy.url == url == NginxProxy(tmp_path, listen=listen).url()
+
+
+def test_each_section_has_its_own_parse_function():
+    r = config.Reader("svc/cdlib.yml")
+    assert config.parse_health(r, {"health": {"path": "/h"}}) == config.HealthSpec(path="/h")
+    assert config.parse_probe(r, {}) == config.ProbeSpec()
+    assert config.parse_routes(r, {}, "shop").paths == ("/shop/",)
+    assert config.parse_tests(r, {"tests": {"pre-deployment": "make"}}, Path("."))[
+        "pre-deployment"].command == "make"
+    assert config.parse_target(r, {"target": {"bind": "0.0.0.0"}}, {}, 1).reach_address == "127.0.0.1"
+    assert config.parse_proxy(r, {"proxy": {"kind": "haproxy"}}, {"CDLIB_HOME": "/srv/cd"},
+                              Path(".")).dir == Path("/srv/cd/haproxy")
+    assert config.parse_store(r, {"store": "memory://x"}, {}) == "memory://x"
+    with pytest.raises(ConfigError, match=r"^svc/cdlib.yml: probe.timeout: expected a number from 1 to 600"):
+        config.parse_probe(r, {"probe": {"timeout": 0}})
+
+
+def test_the_old_import_names_still_work():
+    from cdlib.config import (
+        ImageSpec,
+        ServiceSpec,
+        SuiteSpec,
+        check_sqlite_file,
+        load,
+        parse,
+        read_yaml,
+        shown,
+    )
+
+    assert all(callable(x) for x in (ImageSpec, ServiceSpec, SuiteSpec, check_sqlite_file, load, parse, read_yaml,
+                                     shown))
+    assert config.MAX_FILE_BYTES == config.schema.MAX_FILE_BYTES
