@@ -6,6 +6,9 @@ written; after it acted, its result. ``rollback`` undoes every step whose intent
 reverse, whichever process died and wherever it died. Every write is a compare-and-set against the
 version this process last saw, so two processes can never both think they drive the release.
 
+The record is typed and versioned (:mod:`cdlib.record`): a record another cdlib wrote in a format
+this one does not read is refused (exit 2) before anything acts on it.
+
 Closed releases move to ``history/<release-id>`` with their outcome.
 
 Secrets never reach the store: before every write the free-text fields of the record (test results
@@ -19,19 +22,25 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
-from . import keys
+from . import __version__, keys
 from . import secrets as secret_values
 from .errors import ConflictError, LockHeld, StoreError, UsageError
+from .record import (  # noqa: F401 - the step states and record types, as they were reached before
+    DONE,
+    FAILED,
+    FORMAT,
+    INTENT,
+    NEEDS_UNDO,
+    UNDO_FAILED,
+    UNDONE,
+    RecordFormatError,
+    ReleaseRecord,
+    StepName,
+    StepRecord,
+)
 from .store.base import Store
-
-# step states
-INTENT = "intent"  # written before acting: the action may or may not have happened
-DONE = "done"
-FAILED = "failed"  # the action raised; it may have happened in part, so it is undone like INTENT
-UNDONE = "undone"
-UNDO_FAILED = "undo-failed"
-NEEDS_UNDO = (INTENT, DONE, FAILED, UNDO_FAILED)
 
 # release phases
 DEPLOYING, DEPLOYED, SWITCHING, SWITCHED, CLEANING = "deploying", "deployed", "switching", "switched", "cleaning"
@@ -48,7 +57,7 @@ _STEP_TEXT = ("error", "undo_error")
 
 
 def mask_free_text(record: dict) -> dict:
-    """Mask the free-text fields of a journal record or history entry, in place; returns it."""
+    """Mask the free-text fields of a journal record or history entry (as stored), in place; returns it."""
     for step in record.get("steps") or ():
         if isinstance(step, dict):
             for field in _STEP_TEXT:
@@ -63,6 +72,19 @@ def mask_free_text(record: dict) -> dict:
     return record
 
 
+def mask_record(record: ReleaseRecord) -> ReleaseRecord:
+    """mask_free_text for the typed record, in place; returns it."""
+    for step in record.steps:
+        if isinstance(step.error, str):
+            step.error = secret_values.mask(step.error)
+        if isinstance(step.undo_error, str):
+            step.undo_error = secret_values.mask(step.undo_error)
+    record.tests = secret_values.mask_data(record.tests)
+    if isinstance(record.holder, dict):
+        record.holder = secret_values.mask_data(record.holder)
+    return record
+
+
 def new_release_id(now: float | None = None) -> str:
     """Sortable, unique, and valid in container names, labels and store keys."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now or time.time()))
@@ -70,7 +92,7 @@ def new_release_id(now: float | None = None) -> str:
 
 
 class Journal:
-    def __init__(self, store: Store, service: str, record: dict, version: int):
+    def __init__(self, store: Store, service: str, record: ReleaseRecord, version: int):
         self.store = store
         self.service = service
         self.record = record
@@ -79,10 +101,13 @@ class Journal:
 
     # -- open / load / save ------------------------------------------------------------------------
     @classmethod
-    def create(cls, store: Store, service: str, record: dict) -> Journal:
-        record = mask_free_text(dict(record, steps=[], tests=[], phase=DEPLOYING, created=time.time()))
+    def create(cls, store: Store, service: str, record: ReleaseRecord | dict[str, Any]) -> Journal:
+        if not isinstance(record, ReleaseRecord):
+            record = ReleaseRecord.from_dict(dict(record, steps=[], tests=[]), service)
+        record.steps, record.tests, record.phase, record.created = [], [], DEPLOYING, time.time()
+        _stamp(mask_record(record))
         try:
-            version = store.put_json(keys.release(service), record, expect=0)
+            version = store.put_json(keys.release(service), record.to_dict(), expect=0)
         except ConflictError:
             raise UsageError(f"{service} already has an open release; run 'cdlib status' or "
                              "'cdlib rollback'", service=service) from None
@@ -90,19 +115,22 @@ class Journal:
 
     @classmethod
     def load(cls, store: Store, service: str) -> Journal | None:
+        """The open release of service, or None. RecordFormatError (exit 2) when another cdlib wrote
+        it in a format this one does not read."""
         entry = store.get(keys.release(service))
         if entry is None:
             return None
-        return cls(store, service, entry.json(), entry.version)
+        return cls(store, service, ReleaseRecord.from_dict(entry.json(), service), entry.version)
 
     def save(self) -> None:
         """Compare-and-set the record. When the store failed once in this process, fail at once:
         a rollback then spends its time on the undos, not on one timeout per journal write."""
         if self.unreachable is not None:
             raise self.unreachable
-        mask_free_text(self.record)
+        _stamp(mask_record(self.record))
         try:
-            self.version = self.store.put_json(keys.release(self.service), self.record, expect=self.version)
+            self.version = self.store.put_json(keys.release(self.service), self.record.to_dict(),
+                                               expect=self.version)
         except StoreError as exc:
             self.unreachable = exc
             raise
@@ -113,70 +141,68 @@ class Journal:
     # -- accessors -----------------------------------------------------------------------------------
     @property
     def id(self) -> str:
-        return self.record["id"]
+        return self.record.id
 
     @property
     def phase(self) -> str:
-        return self.record.get("phase", DEPLOYING)
+        return self.record.phase
 
     @phase.setter
     def phase(self, value: str) -> None:
-        self.record["phase"] = value
+        self.record.phase = value
 
     @property
-    def steps(self) -> list[dict]:
-        return self.record["steps"]
+    def steps(self) -> list[StepRecord]:
+        return self.record.steps
 
-    def step(self, name: str) -> dict | None:
-        for step in reversed(self.steps):
-            if step["name"] == name:
-                return step
-        return None
+    def step(self, name: str) -> StepRecord | None:
+        return self.record.step(name)
 
     def done(self, name: str) -> bool:
         step = self.step(name)
-        return step is not None and step["state"] == DONE
+        return step is not None and step.state == DONE
 
     # -- step records ---------------------------------------------------------------------------------
-    def intent(self, name: str, data: dict) -> dict:
-        step = {"name": name, "state": INTENT, "data": data, "started": time.time()}
+    def intent(self, name: str, data: dict) -> StepRecord:
+        step = StepRecord(StepName(name), INTENT, data, started=time.time())
         self.steps.append(step)
         self.save()
         return step
 
-    def finish(self, step: dict, result: dict | None) -> None:
-        step["state"] = DONE
-        step["ended"] = time.time()
+    def finish(self, step: StepRecord, result: dict | None) -> None:
+        step.state = DONE
+        step.ended = time.time()
         if result:
-            step["data"] = {**step["data"], **result}
+            step.data = {**step.data, **result}
         self.save()
 
-    def fail(self, step: dict, error: str) -> None:
-        step["state"] = FAILED
-        step["ended"] = time.time()
-        step["error"] = error
+    def fail(self, step: StepRecord, error: str) -> None:
+        step.state = FAILED
+        step.ended = time.time()
+        step.error = error
         self.save()
 
-    def mark(self, step: dict, state: str, error: str = "") -> None:
-        step["state"] = state
-        if error:
-            step["undo_error"] = error
-        else:
-            step.pop("undo_error", None)
+    def mark(self, step: StepRecord, state: str, error: str = "") -> None:
+        step.state = state
+        step.undo_error = error or None
         self.save()
 
     def add_test(self, result: dict) -> None:
-        self.record.setdefault("tests", []).append(result)
+        self.record.tests.append(result)
         self.save()
 
     # -- close ----------------------------------------------------------------------------------------
     def close(self, outcome: str, message: str = "") -> dict:
-        """Move the record to history with its outcome and delete the open record."""
-        entry = {k: self.record.get(k) for k in ("id", "service", "image", "color", "previous", "created",
-                                                  "holder", "tests", "revert_of")}
+        """Move the record to history with its outcome and delete the open record. History entries
+        carry the format too; readers of history take entries of any format (older ones have none)."""
+        rec = self.record
+        entry = {"id": rec.id, "service": rec.service, "image": rec.image, "color": rec.color,
+                 "previous": rec.previous, "created": rec.created, "holder": rec.holder, "tests": rec.tests,
+                 "revert_of": rec.revert_of}
         entry.update(outcome=outcome, message=message, closed=time.time(),
-                     steps=[{k: s.get(k) for k in ("name", "state", "started", "ended", "error")}
-                            for s in self.steps])
+                     steps=[{"name": s.name.value, "state": s.state, "started": s.started, "ended": s.ended,
+                             "error": s.error} for s in rec.steps],
+                     format=FORMAT, written_by=__version__)
         self.store.put_json(keys.history(self.service, self.id), mask_free_text(entry))
         try:
             self.store.delete(keys.release(self.service), expect=self.version)
@@ -186,8 +212,15 @@ class Journal:
         return entry
 
 
+def _stamp(record: ReleaseRecord) -> ReleaseRecord:
+    """What this cdlib writes is its own format, whichever format it read."""
+    record.format, record.written_by = FORMAT, __version__
+    return record
+
+
 def history(store: Store, service: str, limit: int | None = None) -> list[dict]:
-    """Closed releases, newest first."""
+    """Closed releases, newest first, as stored (entries of any format: only display and the
+    revert target read them, by key, and every format keeps those keys)."""
     entries = [e.json() for e in store.list(keys.history(service))]
     entries.sort(key=lambda e: (e.get("created") or 0, e.get("id", "")), reverse=True)
     return entries[:limit] if limit else entries

@@ -10,22 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from . import keys, plan
-from .context import Ctx
+from .context import Ctx, LockPolicy
 from .errors import CdlibError, ConfigError, LockHeld, StoreError
 from .heartbeat import Heartbeat
 from .journal import Journal
 from .store.base import ALIVE, GONE, default_holder, forget_lock, holder_state
 
-DEFAULT_LOCK_TTL = 3600.0
+DEFAULT_LOCK_TTL = LockPolicy.ttl  # the times of the locks are the context's LockPolicy
 
 
 MIN_LOCK_TTL = 10.0  # refreshed every ttl/3: below this, a busy store or a paused VM loses the lock
-
-
-PROXY_LOCK_TTL = 120.0  # refreshed every 40 s while held; a holder killed mid-switch is taken over at once
-
-
-PROXY_LOCK_WAIT = 150.0
 
 
 def check_lock_times(lock_wait: float, lock_ttl: float) -> None:
@@ -46,8 +40,12 @@ def holder_for(ctx: Ctx, **extra) -> dict:
 
 def heartbeat_of(ctx: Ctx) -> Heartbeat:
     if ctx.heartbeat is None:  # a helper called outside a verb (tests): refresh nothing in the background
-        ctx.heartbeat = Heartbeat()
+        ctx.heartbeat = _heartbeat(ctx)
     return ctx.heartbeat
+
+
+def _heartbeat(ctx: Ctx, name: str = "cdlib-heartbeat") -> Heartbeat:
+    return Heartbeat(clock=ctx.clock, name=name, fraction=ctx.lock_policy.heartbeat_fraction)
 
 
 def why_free(taken_over: dict | None) -> str:
@@ -67,11 +65,11 @@ def adopt(ctx: Ctx, j: Journal) -> None:
     if info.get("state") == ALIVE and info.get("pid") != os.getpid():
         raise LockHeld(f"release {j.id} of {ctx.service} is being driven by process {info.get('pid')} "
                        f"({info.get('build') or info.get('who')}); wait for it to finish", holder=info)
-    ttl = j.record.get("lock_ttl", DEFAULT_LOCK_TTL)
+    ttl = j.record.lock_ttl or DEFAULT_LOCK_TTL
     me = holder_for(ctx)
-    store.refresh_lock(key, j.record["lock_token"], ttl, parked=None,
+    store.refresh_lock(key, j.record.lock_token, ttl, parked=None,
                        **{k: me[k] for k in ("who", "host", "pid", "proc", "build", "build_url")})
-    ctx.lock_token = j.record["lock_token"]
+    ctx.lock_token = j.record.lock_token
     heartbeat_of(ctx).hold_lock(store, key, ctx.lock_token, ttl)
 
 
@@ -85,7 +83,7 @@ def working(ctx: Ctx) -> Iterator[None]:
     if ctx.heartbeat is not None and ctx.heartbeat.running:  # a stage of 'release': the release owns it
         yield
         return
-    ctx.heartbeat = Heartbeat(name=f"cdlib-heartbeat-{ctx.service}").start()
+    ctx.heartbeat = _heartbeat(ctx, name=f"cdlib-heartbeat-{ctx.service}").start()
     ended = False
     try:
         yield
@@ -108,7 +106,7 @@ def _park(ctx: Ctx, token: str) -> None:
     try:
         info = store.lock_info(key) or {}
         if info.get("pid") == os.getpid() and not info.get("parked"):
-            store.refresh_lock(key, token, ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL), parked=True)
+            store.refresh_lock(key, token, ctx.rec.lock_ttl or DEFAULT_LOCK_TTL, parked=True)
     except CdlibError:
         pass  # lost, or the store is away: the record names this process, which is about to end
 
@@ -119,9 +117,9 @@ def release_locks(ctx: Ctx, j: Journal) -> None:
     any more (killed between taking the proxy lock and writing the proxy step's intent)."""
     store = ctx.ports.store
     if ctx.heartbeat is not None:
-        ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record["lock_token"])
+        ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record.lock_token)
     try:
-        store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
+        store.release_lock(keys.lock(ctx.service), j.record.lock_token)
         store.break_lock(keys.PROXY_LOCK, lambda holder: holder.get("release") == j.id, unexpired=True)
     except StoreError:
         pass  # a lock left behind here names a closed release: the next taker finds its holder gone or expired
@@ -133,20 +131,24 @@ class ProxyBusy(LockHeld):
 
 @contextmanager
 def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None,
-               heartbeat: Heartbeat | None = None, service: str | None = None) -> Iterator[None]:
+               heartbeat: Heartbeat | None = None, service: str | None = None,
+               policy: LockPolicy | None = None) -> Iterator[None]:
     """Hold the store-wide proxy lock: one proxy change (render, apply, live write) at a time across
     services and machines, refreshed by the heartbeat while held. A lock whose holder is gone (a
-    process killed mid-switch) is taken over at once; a live holder's is waited for, even of the same
-    release (a second process racing). Raises ProxyBusy when the wait runs out."""
+    process killed mid-switch) is taken over at once; a live holder's is waited for (policy's
+    proxy_lock_wait unless wait is given, on the store's clock), even of the same release (a second
+    process racing). Raises ProxyBusy when the wait runs out."""
+    policy = policy or LockPolicy()
     holder = default_holder(release=release, purpose=purpose, service=service)
     try:
-        lock = store.acquire_lock(keys.PROXY_LOCK, holder, PROXY_LOCK_TTL,
-                                  wait=PROXY_LOCK_WAIT if wait is None else wait)
+        lock = store.acquire_lock(keys.PROXY_LOCK, holder, policy.proxy_lock_ttl,
+                                  wait=policy.proxy_lock_wait if wait is None else wait, poll=policy.poll)
     except LockHeld as busy:
         raise ProxyBusy(f"the proxy is busy: {busy}", **busy.data) from None
     own = heartbeat is None or not heartbeat.running
-    beat = Heartbeat(name="cdlib-heartbeat-proxy").start() if own else heartbeat
-    beat.hold_lock(store, keys.PROXY_LOCK, lock.token, PROXY_LOCK_TTL)
+    beat = Heartbeat(clock=store.timer(), name="cdlib-heartbeat-proxy", fraction=policy.heartbeat_fraction).start() \
+        if own else heartbeat
+    beat.hold_lock(store, keys.PROXY_LOCK, lock.token, policy.proxy_lock_ttl)
     try:
         yield
     except (Exception, plan.Interrupted, KeyboardInterrupt, SystemExit):

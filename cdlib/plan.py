@@ -17,25 +17,28 @@ from dataclasses import dataclass
 from .errors import CdlibError
 from .journal import DONE, FAILED, INTENT, NEEDS_UNDO, UNDO_FAILED, UNDONE, Journal, JournalConflict
 from .model import StepReport
+from .record import StepName, StepRecord
 
 
 @dataclass(frozen=True)
 class Step:
-    name: str
+    name: StepName  # a plain string is taken when it names a StepName
     do: Callable[[object, dict], dict | None]  # (ctx, intent data) -> result data
     intent: Callable[[object], dict] | None = None  # (ctx) -> data recorded before acting
     describe: Callable[[dict], str] | None = None  # result data -> one line for humans
 
     def __post_init__(self):
-        FAILPOINT_STEPS.add(self.name)
+        if self.name not in FAILPOINT_STEPS:
+            raise ValueError(f"plan step {self.name!r} is not a cdlib.record.StepName: add it there first")
+        object.__setattr__(self, "name", StepName(self.name))
 
 
 class Interrupted(BaseException):
     """SIGTERM/SIGINT arrived (Jenkins aborted the build): roll back like any failure."""
 
 
-# the steps of verbs.py (a Step registers its own name too); a failpoint elsewhere adds its name here
-FAILPOINT_STEPS = {"set-aside", "start", "health", "register", "resume", "proxy", "live", "persist", "stop-old"}
+# every step a plan can run (a failpoint fires before or after one of them)
+FAILPOINT_STEPS = frozenset(s.value for s in StepName)
 FAILPOINT_WHEN = ("before", "after")
 FAILPOINT_ACTIONS = ("kill", "fail")
 
@@ -92,11 +95,11 @@ def run(ctx, journal: Journal, steps: list[Step], report: Callable[[StepReport],
                 journal.fail(record, _reason(exc))
             except Exception:  # noqa: S110 - the store may be what failed; the intent is on record
                 pass
-            report(StepReport(step.name, "failed", time.monotonic() - t0, _reason(exc)))
+            report(StepReport(step.name.value, "failed", time.monotonic() - t0, _reason(exc)))
             raise
         journal.finish(record, result)
         detail = step.describe({**data, **result}) if step.describe else ""
-        report(StepReport(step.name, "done", time.monotonic() - t0, detail))
+        report(StepReport(step.name.value, "done", time.monotonic() - t0, detail))
 
 
 def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]],
@@ -105,28 +108,29 @@ def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]]
     failed (empty: the world is as it was before the release)."""
     failed = []
     for record in reversed(journal.steps):
-        if record["state"] not in NEEDS_UNDO:
+        if record.state not in NEEDS_UNDO:
             continue
-        fn = undos.get(record["name"])
+        name = record.name.value
+        fn = undos.get(name)
         t0 = time.monotonic()
         try:
             if fn is not None:
-                fn(ctx, record.get("data") or {})
+                fn(ctx, record.data)
         except Exception as exc:  # an undo failing must not stop the other undos
             _mark(journal, record, UNDO_FAILED, _reason(exc))
-            report(StepReport(f"undo {record['name']}", "undo-failed", time.monotonic() - t0, _reason(exc)))
-            failed.append(record["name"])
+            report(StepReport(f"undo {name}", "undo-failed", time.monotonic() - t0, _reason(exc)))
+            failed.append(name)
             continue
         if not _mark(journal, record, UNDONE):
             # undone, but the journal could not say so (the store is away): a later 'rollback'
             # repeats this undo, which is idempotent, and then records it
-            failed.append(f"{record['name']} (journal not updated)")
+            failed.append(f"{name} (journal not updated)")
         if fn is not None:
-            report(StepReport(f"undo {record['name']}", "undone", time.monotonic() - t0))
+            report(StepReport(f"undo {name}", "undone", time.monotonic() - t0))
     return failed
 
 
-def _mark(journal: Journal, record: dict, state: str, error: str = "") -> bool:
+def _mark(journal: Journal, record: StepRecord, state: str, error: str = "") -> bool:
     """Record an undo's outcome; False when the store cannot be written (it may be what failed).
     A lost compare-and-set is not swallowed: another process drives the release, so stop undoing."""
     try:
@@ -135,7 +139,7 @@ def _mark(journal: Journal, record: dict, state: str, error: str = "") -> bool:
     except JournalConflict:
         raise
     except Exception:
-        record["state"] = state
+        record.state = state
         return False
 
 

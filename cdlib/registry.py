@@ -34,7 +34,7 @@ def backends(store, override: Backend | None = None) -> list[Backend]:
 
 
 def backend_for(ctx: Ctx, instances: list[Instance]) -> Backend:
-    return Backend(ctx.service, ctx.rec["color"], ctx.rec["id"], ctx.spec.routes,
+    return Backend(ctx.service, ctx.rec.color, ctx.rec.id, ctx.spec.routes,
                    tuple(sorted((i.address, i.port) for i in instances)), ctx.spec.health.path)
 
 

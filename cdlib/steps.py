@@ -20,6 +20,7 @@ from .errors import ReleaseFailed, UsageError
 from .locks import DEFAULT_LOCK_TTL
 from .model import Instance
 from .probe import probe
+from .record import StepName
 from .registry import backend_for, backends, instances_from, raw_value
 from .runtime.base import StartRequest
 
@@ -27,19 +28,19 @@ from .runtime.base import StartRequest
 def _start_request(ctx: Ctx) -> StartRequest:
     s = ctx.spec
     return StartRequest(
-        service=s.name, color=ctx.rec["color"], release=ctx.rec["id"], image=ctx.rec["image"], port=s.port,
+        service=s.name, color=ctx.rec.color, release=ctx.rec.id, image=ctx.rec.image, port=s.port,
         replicas=s.replicas, env=s.env, bind=s.target.bind, address=s.target.reach_address, init=s.target.init,
         stop_timeout=s.target.stop_timeout, network=s.target.network, host_ports=s.target.host_ports,
     )
 
 
 def do_set_aside(ctx: Ctx, data: dict) -> dict:
-    names = ctx.ports.runtime.set_aside(ctx.service, ctx.rec["color"], ctx.rec["id"])
+    names = ctx.ports.runtime.set_aside(ctx.service, ctx.rec.color, ctx.rec.id)
     return {"names": names}
 
 
 def undo_set_aside(ctx: Ctx, data: dict) -> None:
-    ctx.ports.runtime.restore_aside(ctx.service, ctx.rec["color"], ctx.rec["id"])
+    ctx.ports.runtime.restore_aside(ctx.service, ctx.rec.color, ctx.rec.id)
 
 
 def do_start(ctx: Ctx, data: dict) -> dict:
@@ -48,19 +49,19 @@ def do_start(ctx: Ctx, data: dict) -> dict:
 
 
 def undo_start(ctx: Ctx, data: dict) -> None:
-    ctx.ports.runtime.remove(ctx.service, ctx.rec["color"], release=ctx.rec["id"])
+    ctx.ports.runtime.remove(ctx.service, ctx.rec.color, release=ctx.rec.id)
 
 
 def do_resume(ctx: Ctx, data: dict) -> dict:
-    instances = ctx.ports.runtime.resume(ctx.service, ctx.rec["color"], release=data["release"])
+    instances = ctx.ports.runtime.resume(ctx.service, ctx.rec.color, release=data["release"])
     if not instances:
-        raise ReleaseFailed(f"no stopped instances of {ctx.service} {ctx.rec['color']} release "
+        raise ReleaseFailed(f"no stopped instances of {ctx.service} {ctx.rec.color} release "
                             f"{data['release']} to resume")
     return {"instances": [i.to_dict() for i in instances]}
 
 
 def undo_resume(ctx: Ctx, data: dict) -> None:
-    ctx.ports.runtime.stop(ctx.service, ctx.rec["color"], release=data["release"])
+    ctx.ports.runtime.stop(ctx.service, ctx.rec.color, release=data["release"])
 
 
 def do_health(ctx: Ctx, data: dict) -> dict:
@@ -71,10 +72,10 @@ def do_health(ctx: Ctx, data: dict) -> dict:
 
 
 def started_instances(ctx: Ctx) -> list[dict]:
-    for name in ("start", "resume"):
+    for name in (StepName.START, StepName.RESUME):
         step = ctx.journal.step(name) if ctx.journal else None
-        if step is not None and step["state"] == jr.DONE:
-            return step["data"]["instances"]
+        if step is not None and step.state == jr.DONE:
+            return step.data["instances"]
     raise UsageError(f"{ctx.service}: the open release has no started instances; run 'cdlib rollback'")
 
 
@@ -102,19 +103,19 @@ def _restore_registrations(ctx: Ctx, color: str, prior: dict) -> None:
 
 def intent_register(ctx: Ctx) -> dict:
     """Record the prior state of everything this step may write, so its undo restores it exactly."""
-    return {"prior": _prior_registrations(ctx, ctx.rec["color"]), "prior_spec": raw_value(ctx.ports.store,
+    return {"prior": _prior_registrations(ctx, ctx.rec.color), "prior_spec": raw_value(ctx.ports.store,
                                                                                     keys.spec(ctx.service))}
 
 
 def do_register(ctx: Ctx, data: dict) -> dict:
     """Register the healthy new instances, with the release's TTL until the release closes: a
     deploy that dies and is never rolled back leaves no registration behind for longer."""
-    store, s, color = ctx.ports.store, ctx.spec, ctx.rec["color"]
+    store, s, color = ctx.ports.store, ctx.spec, ctx.rec.color
     for name in data["prior"]:
         store.deregister(ctx.service, color, name)  # stale registrations of this color
     store.put_json(keys.spec(ctx.service), {"routes": s.routes.to_dict(), "port": s.port,
                                             "health_path": s.health.path})
-    ttl = ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL)
+    ttl = ctx.rec.lock_ttl or DEFAULT_LOCK_TTL
     for inst in started_instances(ctx):
         store.register(ctx.service, color, inst["name"], registration_of(ctx, inst), ttl=ttl)
     keep_registrations(ctx)
@@ -128,7 +129,7 @@ def keep_registrations(ctx: Ctx) -> None:
     """While the verb works, the heartbeat re-registers the release's instances with its TTL."""
     if ctx.heartbeat is None:
         return
-    store, color, ttl = ctx.ports.store, ctx.rec["color"], ctx.rec.get("lock_ttl", DEFAULT_LOCK_TTL)
+    store, color, ttl = ctx.ports.store, ctx.rec.color, ctx.rec.lock_ttl or DEFAULT_LOCK_TTL
     regs = [(inst["name"], registration_of(ctx, inst)) for inst in started_instances(ctx)]
 
     def refresh() -> None:
@@ -144,7 +145,7 @@ def stop_keeping_registrations(ctx: Ctx) -> None:
 
 
 def undo_register(ctx: Ctx, data: dict) -> None:
-    _restore_registrations(ctx, ctx.rec["color"], data.get("prior") or {})
+    _restore_registrations(ctx, ctx.rec.color, data.get("prior") or {})
     undo_restore_keys(ctx, {"prior": {keys.spec(ctx.service): data.get("prior_spec")}})
 
 
@@ -152,7 +153,7 @@ def do_persist(ctx: Ctx, data: dict) -> dict:
     """The release is done: the new color's registrations lose their TTL."""
     stop_keeping_registrations(ctx)
     for inst in started_instances(ctx):
-        ctx.ports.store.register(ctx.service, ctx.rec["color"], inst["name"], registration_of(ctx, inst))
+        ctx.ports.store.register(ctx.service, ctx.rec.color, inst["name"], registration_of(ctx, inst))
     return {}
 
 
@@ -208,12 +209,12 @@ def intent_live(ctx: Ctx) -> dict:
 def do_live(ctx: Ctx, data: dict) -> dict:
     store = ctx.ports.store
     current = store.get(keys.live(ctx.service))
-    if (current.value if current else None) != ctx.rec["prior"]["live"]:
+    if (current.value if current else None) != ctx.rec.prior["live"]:
         raise ReleaseFailed(f"the live color of {ctx.service} changed during the release (now "
                             f"{current.json().get('color') if current else 'none'}); rolled back")
     started = started_instances(ctx)
-    live = {"color": ctx.rec["color"], "release": started[0]["release"] if started else ctx.rec["id"],
-            "image": ctx.rec["image"], "since": time.time(), "via": ctx.rec["id"]}
+    live = {"color": ctx.rec.color, "release": started[0]["release"] if started else ctx.rec.id,
+            "image": ctx.rec.image, "since": time.time(), "via": ctx.rec.id}
     store.put_json(keys.live(ctx.service), live, expect=current.version if current else 0)
     return {"live": live}
 
@@ -223,7 +224,7 @@ def undo_live(ctx: Ctx, data: dict) -> None:
 
 
 def intent_stop_old(ctx: Ctx) -> dict:
-    prev = ctx.rec.get("previous")
+    prev = ctx.rec.previous
     if not prev:
         return {"color": None}
     return {"color": prev["color"], "release": prev.get("release"),
@@ -247,13 +248,13 @@ def undo_stop_old(ctx: Ctx, data: dict) -> None:
 
 
 UNDO = {
-    "set-aside": undo_set_aside,
-    "start": undo_start,
-    "resume": undo_resume,
-    "register": undo_register,
-    "proxy": undo_proxy,
-    "live": undo_live,
-    "stop-old": undo_stop_old,
+    StepName.SET_ASIDE: undo_set_aside,
+    StepName.START: undo_start,
+    StepName.RESUME: undo_resume,
+    StepName.REGISTER: undo_register,
+    StepName.PROXY: undo_proxy,
+    StepName.LIVE: undo_live,
+    StepName.STOP_OLD: undo_stop_old,
 }
 
 
@@ -266,30 +267,30 @@ def _names(key: str) -> Callable[[dict], str]:
 
 
 DEPLOY_STEPS = [
-    plan.Step("set-aside", do_set_aside, describe=_names("names")),
-    plan.Step("start", do_start, describe=_names("instances")),
-    plan.Step("health", do_health, describe=lambda d: f"healthy after {d.get('seconds', 0):.2f}s"),
-    plan.Step("register", do_register, intent=intent_register),
+    plan.Step(StepName.SET_ASIDE, do_set_aside, describe=_names("names")),
+    plan.Step(StepName.START, do_start, describe=_names("instances")),
+    plan.Step(StepName.HEALTH, do_health, describe=lambda d: f"healthy after {d.get('seconds', 0):.2f}s"),
+    plan.Step(StepName.REGISTER, do_register, intent=intent_register),
 ]
 
 
 REVERT_STEPS = [
-    plan.Step("resume", do_resume, describe=_names("instances")),
-    plan.Step("health", do_health, describe=lambda d: f"healthy after {d.get('seconds', 0):.2f}s"),
-    plan.Step("register", do_register, intent=intent_register),
+    plan.Step(StepName.RESUME, do_resume, describe=_names("instances")),
+    plan.Step(StepName.HEALTH, do_health, describe=lambda d: f"healthy after {d.get('seconds', 0):.2f}s"),
+    plan.Step(StepName.REGISTER, do_register, intent=intent_register),
 ]
 
 
 SWITCH_STEPS = [
-    plan.Step("proxy", do_proxy, intent=intent_proxy,
+    plan.Step(StepName.PROXY, do_proxy, intent=intent_proxy,
               describe=lambda d: "validated, swapped, reloaded, drained; new color answered through the proxy "
                                  f"after {d.get('probe', 0):.2f}s"),
-    plan.Step("live", do_live, intent=intent_live, describe=lambda d: f"live color is {d['live']['color']}"),
+    plan.Step(StepName.LIVE, do_live, intent=intent_live, describe=lambda d: f"live color is {d['live']['color']}"),
 ]
 
 
 CLEANUP_STEPS = [
-    plan.Step("persist", do_persist, describe=lambda d: "registrations kept without TTL"),
-    plan.Step("stop-old", do_stop_old, intent=intent_stop_old,
+    plan.Step(StepName.PERSIST, do_persist, describe=lambda d: "registrations kept without TTL"),
+    plan.Step(StepName.STOP_OLD, do_stop_old, intent=intent_stop_old,
               describe=lambda d: ("stopped " + ", ".join(d["stopped"])) if d.get("stopped") else "nothing to stop"),
 ]

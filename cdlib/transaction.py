@@ -39,6 +39,7 @@ from .locks import (
     why_free,
 )
 from .model import StepReport, other_color
+from .record import ReleaseRecord, StepName
 from .registry import check_routes
 from .results import ReleaseOutcome
 from .runtime.base import ASIDE
@@ -84,11 +85,11 @@ def open_release(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert
         live = store.get(keys.live(s.name))
         prev = live.json() if live else None
         color = other_color(prev["color"] if prev else None)
-        ctx.journal = Journal.create(store, s.name, {
-            "id": release_id, "service": s.name, "image": image, "color": color,
-            "previous": prev, "holder": holder, "lock_token": lock.token, "lock_ttl": lock_ttl,
-            "revert_of": revert_of, "prior": {"live": live.value if live else None},
-        })
+        ctx.journal = Journal.create(store, s.name, ReleaseRecord(
+            id=release_id, service=s.name, image=image, color=color, previous=prev, holder=holder,
+            lock_token=lock.token, lock_ttl=lock_ttl, revert_of=revert_of,
+            prior={"live": live.value if live else None},
+        ))
     except (Exception, plan.Interrupted, KeyboardInterrupt):
         ctx.heartbeat.drop_lock(keys.lock(s.name), lock.token)
         store.release_lock(keys.lock(s.name), lock.token)
@@ -107,10 +108,10 @@ def require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
                          + " or ".join(phases))
     adopt(ctx, j)
     ctx.journal = j
-    ttl = j.record.get("lock_ttl", DEFAULT_LOCK_TTL)
-    if j.phase in (jr.DEPLOYED, jr.SWITCHED) and j.done("register"):
+    ttl = j.record.lock_ttl or DEFAULT_LOCK_TTL
+    if j.phase in (jr.DEPLOYED, jr.SWITCHED) and j.done(StepName.REGISTER):
         for inst in started_instances(ctx):  # the release goes on: so do its registrations
-            ctx.ports.store.register(ctx.service, j.record["color"], inst["name"], registration_of(ctx, inst),
+            ctx.ports.store.register(ctx.service, j.record.color, inst["name"], registration_of(ctx, inst),
                                      ttl=ttl)
         keep_registrations(ctx)
     return j
@@ -151,7 +152,7 @@ def rollback_open(ctx: Ctx, reason: str) -> ReleaseOutcome:
                         f"not be closed ({exc}); run 'cdlib rollback' again")
     ctx.closed = True
     release_locks(ctx, j)
-    prev = j.record.get("previous")
+    prev = j.record.previous
     where = f"{prev['color']} ({prev.get('image')}) is live" if prev else "nothing is live"
     return make_outcome(ctx, "rollback", False, 1, f"release {j.id} of {ctx.service} failed: {reason}; rolled back, "
                     f"{where} as before")
@@ -162,7 +163,7 @@ def _undo_all(ctx: Ctx, j: Journal) -> list[str]:
     be away: then the undos run without it, as well as they can). When another proxy change holds
     the lock past the wait, nothing is undone (removing the new color while the proxy may still
     route to it would drop requests): the record stays open for the next 'rollback'."""
-    touches_proxy = any(s["name"] in ("proxy", "live") and s["state"] in jr.NEEDS_UNDO for s in j.steps)
+    touches_proxy = any(s.name in (StepName.PROXY, StepName.LIVE) and s.state in jr.NEEDS_UNDO for s in j.steps)
     if not touches_proxy:
         return plan.undo(ctx, j, UNDO, ctx.emit)
     try:
@@ -244,11 +245,11 @@ def close_success(ctx: Ctx) -> None:
     j.close("released")
     ctx.closed = True
     if ctx.heartbeat is not None:
-        ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record["lock_token"])
-    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record["lock_token"])
+        ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record.lock_token)
+    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record.lock_token)
     t0 = time.monotonic()
     try:
-        removed = runtime.remove(ctx.service, j.record["color"], aside=True)
+        removed = runtime.remove(ctx.service, j.record.color, aside=True)
     except CdlibError as exc:  # leftovers only cost disk; the release is done
         ctx.emit(StepReport("close", "done", time.monotonic() - t0, f"warning: set-aside instances kept: {exc}"))
         return
@@ -257,9 +258,9 @@ def close_success(ctx: Ctx) -> None:
 
 
 def make_outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> ReleaseOutcome:
-    rec = ctx.journal.record if ctx.journal else {}
-    base = {"release": rec.get("id"), "color": rec.get("color"), "image": rec.get("image"),
-            "previous_color": (rec.get("previous") or {}).get("color")} if rec else {}
+    rec = ctx.journal.record if ctx.journal else None
+    base = {"release": rec.id, "color": rec.color, "image": rec.image,
+            "previous_color": (rec.previous or {}).get("color")} if rec is not None else {}
     base.update(data)
     return ReleaseOutcome(verb, ctx.service, ok, code, message, list(ctx.steps), base)
 
