@@ -23,6 +23,7 @@ from .model import Backend, Instance, other_color
 from .registry import backends, check_routes, live_record, revert_target
 from .results import PlanOutcome
 from .runtime.base import ASIDE
+from .steps import UNDO
 from .store.base import ALIVE, GONE
 from .transaction import preflight
 
@@ -304,8 +305,7 @@ def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wa
 
 def _undo_plan(ctx: Ctx, j: Journal) -> PlanOutcome:
     s, rec = ctx.spec, j.record
-    undos = [st for st in reversed(j.steps) if st["state"] in jr.NEEDS_UNDO and st["name"] not in ("health",
-                                                                                                  "persist")]
+    undos = [st for st in reversed(j.steps) if st["state"] in jr.NEEDS_UNDO and st["name"] in UNDO]
     plan: dict = {"release": j.id, "phase": j.phase, "color": rec["color"], "image": rec["image"],
                   "live_color": (rec.get("previous") or {}).get("color"), "lock": _lock(ctx),
                   "steps": [f"undo {st['name']}" for st in undos] + ["close"], "containers": {}}
