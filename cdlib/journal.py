@@ -27,7 +27,7 @@ from typing import Any
 from . import __version__, keys
 from . import secrets as secret_values
 from .errors import ConflictError, LockHeld, StoreError, UsageError
-from .record import (  # noqa: F401 - the step states and record types, as they were reached before
+from .record import (
     DONE,
     FAILED,
     FORMAT,
@@ -56,7 +56,7 @@ class JournalConflict(LockHeld, ConflictError):
 _STEP_TEXT = ("error", "undo_error")
 
 
-def mask_free_text(record: dict) -> dict:
+def mask_free_text(record: dict[str, Any]) -> dict[str, Any]:
     """Mask the free-text fields of a journal record or history entry (as stored), in place; returns it."""
     for step in record.get("steps") or ():
         if isinstance(step, dict):
@@ -79,9 +79,12 @@ def mask_record(record: ReleaseRecord) -> ReleaseRecord:
             step.error = secret_values.mask(step.error)
         if isinstance(step.undo_error, str):
             step.undo_error = secret_values.mask(step.undo_error)
-    record.tests = secret_values.mask_data(record.tests)
-    if isinstance(record.holder, dict):
-        record.holder = secret_values.mask_data(record.holder)
+    tests = secret_values.mask_data(record.tests)
+    if isinstance(tests, list):
+        record.tests = tests
+    holder = secret_values.mask_data(record.holder)
+    if isinstance(holder, dict):
+        record.holder = holder
     return record
 
 
@@ -163,13 +166,13 @@ class Journal:
         return step is not None and step.state == DONE
 
     # -- step records ---------------------------------------------------------------------------------
-    def intent(self, name: str, data: dict) -> StepRecord:
+    def intent(self, name: str, data: dict[str, Any]) -> StepRecord:
         step = StepRecord(StepName(name), INTENT, data, started=time.time())
         self.steps.append(step)
         self.save()
         return step
 
-    def finish(self, step: StepRecord, result: dict | None) -> None:
+    def finish(self, step: StepRecord, result: dict[str, Any] | None) -> None:
         step.state = DONE
         step.ended = time.time()
         if result:
@@ -187,12 +190,12 @@ class Journal:
         step.undo_error = error or None
         self.save()
 
-    def add_test(self, result: dict) -> None:
+    def add_test(self, result: dict[str, Any]) -> None:
         self.record.tests.append(result)
         self.save()
 
     # -- close ----------------------------------------------------------------------------------------
-    def close(self, outcome: str, message: str = "") -> dict:
+    def close(self, outcome: str, message: str = "") -> dict[str, Any]:
         """Move the record to history with its outcome and delete the open record. History entries
         carry the format too; readers of history take entries of any format (older ones have none)."""
         rec = self.record
@@ -218,9 +221,15 @@ def _stamp(record: ReleaseRecord) -> ReleaseRecord:
     return record
 
 
-def history(store: Store, service: str, limit: int | None = None) -> list[dict]:
+def history(store: Store, service: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Closed releases, newest first, as stored (entries of any format: only display and the
     revert target read them, by key, and every format keeps those keys)."""
     entries = [e.json() for e in store.list(keys.history(service))]
     entries.sort(key=lambda e: (e.get("created") or 0, e.get("id", "")), reverse=True)
     return entries[:limit] if limit else entries
+
+
+__all__ = ["Journal", "JournalConflict", "history", "new_release_id", "mask_free_text", "mask_record",
+           "DEPLOYING", "DEPLOYED", "SWITCHING", "SWITCHED", "CLEANING", "ROLLING_BACK", "STUCK",
+           "INTENT", "DONE", "FAILED", "UNDONE", "UNDO_FAILED", "NEEDS_UNDO", "FORMAT",
+           "ReleaseRecord", "StepRecord", "StepName", "RecordFormatError"]

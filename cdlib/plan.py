@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import CdlibError
 from .journal import DONE, FAILED, INTENT, NEEDS_UNDO, UNDO_FAILED, UNDONE, Journal, JournalConflict
@@ -23,11 +24,11 @@ from .record import StepName, StepRecord
 @dataclass(frozen=True)
 class Step:
     name: StepName  # a plain string is taken when it names a StepName
-    do: Callable[[object, dict], dict | None]  # (ctx, intent data) -> result data
-    intent: Callable[[object], dict] | None = None  # (ctx) -> data recorded before acting
-    describe: Callable[[dict], str] | None = None  # result data -> one line for humans
+    do: Callable[[Any, dict[str, Any]], dict[str, Any] | None]  # (ctx, intent data) -> result data
+    intent: Callable[[Any], dict[str, Any]] | None = None  # (ctx) -> data recorded before acting
+    describe: Callable[[dict[str, Any]], str] | None = None  # result data -> one line for humans
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.name not in FAILPOINT_STEPS:
             raise ValueError(f"plan step {self.name!r} is not a cdlib.record.StepName: add it there first")
         object.__setattr__(self, "name", StepName(self.name))
@@ -81,7 +82,7 @@ def failpoint(step: str, when: str) -> None:
                 raise RuntimeError(f"failpoint {where} (CDLIB_FAILPOINTS)")
 
 
-def run(ctx, journal: Journal, steps: list[Step], report: Callable[[StepReport], None]) -> None:
+def run(ctx: Any, journal: Journal, steps: list[Step], report: Callable[[StepReport], None]) -> None:
     for step in steps:
         data = step.intent(ctx) if step.intent else {}
         record = journal.intent(step.name, data)
@@ -102,7 +103,7 @@ def run(ctx, journal: Journal, steps: list[Step], report: Callable[[StepReport],
         report(StepReport(step.name.value, "done", time.monotonic() - t0, detail))
 
 
-def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]],
+def undo(ctx: Any, journal: Journal, undos: Mapping[StepName, Callable[[Any, dict[str, Any]], None]],
          report: Callable[[StepReport], None]) -> list[str]:
     """Undo every recorded step that may have acted, newest first. Returns the names whose undo
     failed (empty: the world is as it was before the release)."""
@@ -111,7 +112,7 @@ def undo(ctx, journal: Journal, undos: dict[str, Callable[[object, dict], None]]
         if record.state not in NEEDS_UNDO:
             continue
         name = record.name.value
-        fn = undos.get(name)
+        fn = undos.get(record.name)
         t0 = time.monotonic()
         try:
             if fn is not None:

@@ -107,13 +107,13 @@ class StepRecord(_ReadByKey):
 
     name: StepName
     state: str = INTENT
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     started: float | None = None
     ended: float | None = None
     error: str | None = None  # why the step failed (masked)
     undo_error: str | None = None  # why its undo failed (masked)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name.value, "state": self.state, "data": self.data,
                                "started": self.started}
         for key in ("ended", "error", "undo_error"):  # written once they happened, as before formats
@@ -148,21 +148,21 @@ class ReleaseRecord(_ReadByKey):
     service: str
     image: str  # the image reference the release deploys
     color: str  # the color it deploys to
-    previous: dict | None = None  # the live record when the release opened (None: first release)
-    holder: dict | None = None  # who opened it (masked)
+    previous: dict[str, Any] | None = None  # the live record when the release opened (None: first release)
+    holder: dict[str, Any] | None = None  # who opened it (masked)
     lock_token: str | None = None  # the service lock the release works under
     lock_ttl: float | None = None
     revert_of: str | None = None  # the release a 'rollback --to/--previous' returns to
-    prior: dict = field(default_factory=dict)  # {"live": the exact live value when it opened}
+    prior: dict[str, Any] = field(default_factory=dict)  # {"live": the exact live value when it opened}
     phase: str = "deploying"
     steps: list[StepRecord] = field(default_factory=list)
-    tests: list[dict] = field(default_factory=list)  # suite results (masked)
+    tests: list[dict[str, Any]] = field(default_factory=list)  # suite results (masked)
     created: float | None = None
     format: int = FORMAT
     written_by: str | None = __version__  # the cdlib version that wrote it last (None: before formats)
-    extra: dict = field(default_factory=dict)  # keys of the same format this cdlib does not use: kept
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of the same format this cdlib does not use: kept
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id, "service": self.service, "image": self.image, "color": self.color,
             "previous": self.previous, "holder": self.holder, "lock_token": self.lock_token,
