@@ -18,7 +18,8 @@ def call(Map params = [:]) {
             error('cdlibRollback: afterFailure undoes the release this build left open; it takes no to or previous')
         }
         if (env.CDLIB_RELEASE_OPEN != 'true') {
-            echo 'cdlib rollback: skipped, this build left no open release (nothing was deployed, or it was already undone)'
+            echo 'cdlib rollback: skipped, this build left no open release ' +
+                 '(nothing was deployed, or it was already undone)'
             return [:]
         }
         if (env.CDLIB_LAST_EXIT_CODE == '4') {

@@ -11,7 +11,7 @@ class Shell implements Serializable {
     @NonCPS
     static String launcher() {
         // single quotes on purpose: the shell, not Groovy, expands CDLIB_CLI
-        return 'PYTHONUNBUFFERED=1 ${CDLIB_CLI:-python3 -m cdlib}' // groovylint-disable-line GStringExpressionWithinString
+        return 'PYTHONUNBUFFERED=1 ${CDLIB_CLI:-python3 -m cdlib}'
     }
 
     /** A shell word that stands for exactly `value`: single quotes, an embedded ' written as '\''. */
