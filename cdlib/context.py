@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .clock import REAL, Clock
 from .config import ServiceSpec, SuiteSpec
 from .heartbeat import Heartbeat
 from .journal import Journal
@@ -47,6 +48,17 @@ def _quiet(_: StepReport) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long the locks last and how their waits go (seconds)."""
+
+    ttl: float = 3600.0  # the service lock, unless the verb is given --lock-ttl
+    proxy_lock_ttl: float = 120.0  # refreshed while held; a holder killed mid-switch is taken over at once
+    proxy_lock_wait: float = 150.0  # how long a proxy change waits for another one to finish
+    heartbeat_fraction: float = 1 / 3  # a held lock is refreshed every ttl x this
+    poll: float = 0.5  # how often a wait for a lock tries again
+
+
 @dataclass
 class Ctx:
     spec: ServiceSpec
@@ -57,6 +69,8 @@ class Ctx:
     heartbeat: Heartbeat | None = None  # refreshes the locks and registration TTLs while a verb works
     closed: bool = False  # the journal of ctx.journal was closed by this process
     lock_token: str | None = None  # the service lock this verb works under
+    clock: Clock = REAL  # the time the verb's locks, heartbeat and polls follow
+    lock_policy: LockPolicy = LockPolicy()
 
     def check(self) -> None:
         """Before acting again: fail when a lock this verb works under was lost."""

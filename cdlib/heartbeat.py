@@ -1,7 +1,8 @@
 """Keep what a verb holds alive while it works: its locks and the TTLs of its release's registrations.
 
 A lock is refreshed only by a process that works under it, so a lock that nobody refreshes has a
-dead or stuck holder. One daemon thread per verb refreshes every item every ttl/3 (the service lock,
+dead or stuck holder. One daemon thread per verb refreshes every item every ttl/3 (the fraction is
+the lock policy's, ``cdlib.context.LockPolicy``; the service lock,
 the store-wide proxy lock while it is held, the registrations that carry the release's TTL), so a
 test suite may run for a day under a one-hour lock. A refresh that finds a lock lost (taken over
 after it expired, deleted) is recorded; the verb calls check() between steps and fails there, before
@@ -11,10 +12,10 @@ acting again, instead of going on without the lock. A store error is retried at 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .clock import Clock, as_clock
 from .errors import CdlibError, LockHeld, ReleaseFailed
 
 
@@ -33,11 +34,14 @@ class _Item:
 
 
 class Heartbeat:
-    """Refresh registered items from a daemon thread until stop(). beat(now) runs one pass (tests)."""
+    """Refresh registered items from a daemon thread until stop(). beat(now) runs one pass (tests).
+    Due times follow clock.monotonic(); the thread waits for them on real time (with a manual clock,
+    a test runs the passes itself with beat())."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, name: str = "cdlib-heartbeat"):
-        self.clock = clock
+    def __init__(self, clock: Clock | None = None, name: str = "cdlib-heartbeat", fraction: float = 1 / 3):
+        self.clock = as_clock(clock)
         self.name = name
+        self.fraction = fraction  # a lock of ttl seconds is refreshed every ttl x fraction
         self._items: dict[str, _Item] = {}
         self._mutex = threading.RLock()  # held while an item refreshes: drop() waits for it
         self._wake = threading.Event()
@@ -48,14 +52,15 @@ class Heartbeat:
 
     # -- what to refresh ------------------------------------------------------------------------------
     def hold_lock(self, store, key: str, token: str, ttl: float) -> None:
-        """Refresh the lock key (token) every ttl/3 while held."""
-        self.add(f"lock {key}", lambda: store.refresh_lock(key, token, ttl), ttl / 3, lock=True, token=token)
+        """Refresh the lock key (token) every ttl x fraction (ttl/3) while held."""
+        self.add(f"lock {key}", lambda: store.refresh_lock(key, token, ttl), ttl * self.fraction, lock=True,
+                 token=token)
 
     def add(self, name: str, refresh: Callable[[], None], interval: float, lock: bool = False,
             token: str | None = None) -> None:
         interval = max(0.05, interval)
         with self._mutex:
-            self._items[name] = _Item(name, refresh, interval, self.clock() + interval, lock, token)
+            self._items[name] = _Item(name, refresh, interval, self.clock.monotonic() + interval, lock, token)
         self._wake.set()
 
     def drop(self, name: str) -> None:
@@ -84,7 +89,7 @@ class Heartbeat:
     # -- the thread ---------------------------------------------------------------------------------
     def beat(self, now: float | None = None) -> None:
         """Refresh every item that is due."""
-        now = self.clock() if now is None else now
+        now = self.clock.monotonic() if now is None else now
         with self._mutex:
             for item in [i for i in self._items.values() if i.due <= now]:
                 if self._items.get(item.name) is not item:
@@ -115,7 +120,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stopped.is_set():
             due = self._next_due()
-            timeout = None if due is None else max(0.0, due - self.clock())
+            timeout = None if due is None else max(0.0, due - self.clock.monotonic())
             self._wake.wait(timeout)
             self._wake.clear()
             if self._stopped.is_set():

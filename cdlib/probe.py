@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
+from .clock import Clock, as_clock
 from .config import ServiceSpec
 from .errors import ProxyError
 from .model import Backend
 from .proxy.base import PROBE_HEADER, UPSTREAM_HEADER
 
 
-def probe(spec: ServiceSpec, proxy, backend: Backend) -> float:
+def probe(spec: ServiceSpec, proxy, backend: Backend, clock: Clock | None = None) -> float:
     """Request the service through the proxy until the new color answers, consecutively, as many
     times as it has instances (at least 3). Proven by the upstream address the proxy reports back;
-    with probe.expect, the body must contain that text too. Returns the seconds it took."""
+    with probe.expect, the body must contain that text too. Returns the seconds it took (on clock)."""
+    clock = as_clock(clock)
     path = spec.probe.path or spec.health.path
     headers = {PROBE_HEADER: "1"}
     if backend.routes.paths:
@@ -22,18 +22,18 @@ def probe(spec: ServiceSpec, proxy, backend: Backend) -> float:
         headers["Host"] = backend.routes.hosts[0].replace("*.", "probe.")
     expected = {f"{a}:{p}" for a, p in backend.servers}
     need = max(3, len(backend.servers))
-    t0 = time.monotonic()
+    t0 = clock.monotonic()
     streak, last = 0, "no answer"
     while True:
         ok, last = _probe_once(proxy, path, headers, expected, spec.probe.expect)
         streak = streak + 1 if ok else 0
         if streak >= need:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > spec.probe.timeout:
+            return clock.monotonic() - t0
+        if clock.monotonic() - t0 > spec.probe.timeout:
             raise ProxyError(f"probe through the proxy failed for {spec.name} after {spec.probe.timeout:g}s: "
                              f"{proxy.url()}{path} {last}; the previous configuration was restored", path=path)
         if not ok:
-            time.sleep(0.1)
+            clock.sleep(0.1)
 
 
 def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str | None) -> tuple[bool, str]:

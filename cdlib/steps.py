@@ -180,7 +180,7 @@ def do_proxy(ctx: Ctx, data: dict) -> dict:
     proxy = ctx.ports.proxy
     timings = proxy.apply(data["text"])
     backend = backend_for(ctx, instances_from(started_instances(ctx)))
-    probe_seconds = probe(ctx.spec, proxy, backend)
+    probe_seconds = probe(ctx.spec, proxy, backend, clock=ctx.clock)
     return {"timings": {k: round(v, 3) for k, v in (timings or {}).items()}, "probe": round(probe_seconds, 3)}
 
 

@@ -62,7 +62,7 @@ def open_release(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert
     ctx.ports.runtime.ping()  # an unreachable engine fails the release before anything is changed
     release_id = jr.new_release_id()
     holder = holder_for(ctx, release=release_id, image=image)
-    lock = store.acquire_lock(keys.lock(s.name), holder, lock_ttl, wait=lock_wait)
+    lock = store.acquire_lock(keys.lock(s.name), holder, lock_ttl, wait=lock_wait, poll=ctx.lock_policy.poll)
     ctx.lock_token = lock.token
     heartbeat_of(ctx).hold_lock(store, keys.lock(s.name), lock.token, lock_ttl)
     try:
@@ -168,7 +168,7 @@ def _undo_all(ctx: Ctx, j: Journal) -> list[str]:
         return plan.undo(ctx, j, UNDO, ctx.emit)
     try:
         with proxy_lock(ctx.ports.store, j.id, f"rollback {ctx.service}", heartbeat=ctx.heartbeat,
-                        service=ctx.service):
+                        service=ctx.service, policy=ctx.lock_policy):
             return plan.undo(ctx, j, UNDO, ctx.emit)
     except ProxyBusy as exc:
         ctx.emit(StepReport("undo", "undo-failed", 0.0, str(exc)))

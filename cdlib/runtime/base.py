@@ -11,11 +11,11 @@ so that a new release can take the names; rollback puts them back, cleanup remov
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..clock import Clock, as_clock
 from ..errors import Unhealthy
 from ..model import Instance
 
@@ -56,6 +56,7 @@ class StartRequest:
 
 class Runtime(ABC):
     kind = "runtime"
+    clock: Clock | None = None  # what wait_healthy measures and sleeps with (None: the real clock)
 
     @abstractmethod
     def start(self, req: StartRequest) -> list[Instance]:
@@ -120,18 +121,19 @@ class Runtime(ABC):
         The first retries come sooner than interval (FIRST_RETRY, then twice as long each time, up
         to interval): most services answer a few tens of milliseconds after their container
         started, and a full interval's wait would be spent idle."""
-        t0 = time.monotonic()
+        clock = as_clock(self.clock)
+        t0 = clock.monotonic()
         pending = list(instances)
         pause = min(interval, FIRST_RETRY)
         while True:
             pending = [i for i in pending if not self.check_health(i, path, timeout=min(2.0, timeout))]
             if not pending:
-                return time.monotonic() - t0
-            if time.monotonic() - t0 >= timeout:
+                return clock.monotonic() - t0
+            if clock.monotonic() - t0 >= timeout:
                 names = ", ".join(f"{i.name} ({i.url}{path})" for i in pending)
                 raise Unhealthy(f"not healthy after {timeout:g}s: {names}; check the container logs "
                                 f"and health.path/health.timeout", instances=[i.name for i in pending])
-            time.sleep(pause)
+            clock.sleep(pause)
             pause = min(interval, pause * 2)
 
 

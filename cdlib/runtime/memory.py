@@ -6,7 +6,8 @@ fake addresses (127.0.0.1 and increasing ports) and no network at all. Tests ste
 - ``healthy``: name -> bool; an instance is healthy unless it is listed here as False;
 - ``fail_next``: method name -> exception, raised (once) the next time that method is called,
   to rehearse a runtime that breaks in the middle of a release;
-- ``calls``: every port call made, in order, as (method, args) tuples.
+- ``calls``: every port call made, in order, as (method, args) tuples;
+- ``clock``: what the wait for health follows (a manual clock: an unhealthy instance times out at once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from ..clock import Clock
 from ..errors import RuntimeBackendError
 from ..model import Instance, instance_name
 from .base import ASIDE, Runtime, StartRequest, aside_name, is_aside
@@ -34,7 +36,8 @@ class _Container:
 class MemoryRuntime(Runtime):
     kind = "memory"
 
-    def __init__(self):
+    def __init__(self, clock: Clock | None = None):
+        self.clock = clock
         self.containers: dict[str, _Container] = {}
         self.images: dict[str, str] = {}  # tag -> image id
         self.pushed: dict[str, str] = {}  # ref -> digest

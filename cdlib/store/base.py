@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import keys
+from ..clock import REAL, Clock
 from ..errors import ConflictError, LockHeld, StoreError, causes
 
 
@@ -226,10 +227,19 @@ class Store(ABC):
     # A lock is a record (holder, token, expires) written with compare-and-set. An adapter with native
     # expiry (etcd leases, Consul sessions) overrides _lock_read/_lock_write/_lock_delete to attach the
     # record to its lease or session; every rule below is the same for all stores.
-    clock: Callable[[], float] | None = None  # wall-clock seconds; tests inject one
+    # the store's time (cdlib.clock): lock expiry and the lock wait follow it; None is the real clock.
+    # A bare function moves only the wall clock (expiry), the wait stays on real time.
+    clock: Clock | Callable[[], float] | None = None
 
     def now(self) -> float:
-        return (self.clock or time.time)()
+        clock = self.clock
+        if clock is None:
+            return time.time()
+        return clock.now() if isinstance(clock, Clock) else clock()
+
+    def timer(self) -> Clock:
+        """The clock the store's wait loops measure and sleep with."""
+        return self.clock if isinstance(self.clock, Clock) else REAL
 
     def _lock_read(self, key: str) -> tuple[dict, object] | None:
         """The lock record and a handle for compare-and-set (here: the key's version), or None."""
@@ -261,15 +271,16 @@ class Store(ABC):
                      poll: float = 0.5) -> Lock:
         """Take the lock or raise LockHeld with the holder's record. A lock whose holder is gone is
         taken over at once, an expired one unless its holder is provably alive (the returned Lock
-        names the previous holder in taken_over). With wait, retry until then."""
-        deadline = time.monotonic() + max(0.0, wait)
+        names the previous holder in taken_over). With wait, retry every poll seconds until then."""
+        clock = self.timer()
+        deadline = clock.monotonic() + max(0.0, wait)
         while True:
             try:
                 return self.try_lock(key, holder, ttl)
             except LockHeld:
-                if time.monotonic() >= deadline:
+                if clock.monotonic() >= deadline:
                     raise
-                time.sleep(min(poll, max(0.01, deadline - time.monotonic())))
+                clock.sleep(min(poll, max(0.01, deadline - clock.monotonic())))
 
     def _verdict(self, record: dict) -> tuple[str, bool]:
         """(holder state, whether the lock may be taken over)."""

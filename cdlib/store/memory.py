@@ -1,21 +1,42 @@
 """In-memory store: the reference implementation of the store contract, for unit tests.
 
-TTLs and lock expiry follow ``clock`` (wall-clock seconds) when a test sets one, so expiry is
-rehearsed by moving the clock instead of waiting."""
+TTLs, lock expiry and the lock wait follow ``clock`` (``cdlib.clock``; a manual clock in tests),
+so expiry is rehearsed by moving the clock instead of waiting; a watch waits on real time for another
+thread's write. ``inject`` makes a primitive fail (before or after it acts) so tests rehearse a store
+that breaks in the middle of a release without replacing its methods."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from ..clock import Clock
 from ..errors import ConflictError
 from .base import Entry, Store
+
+PRIMITIVES = ("get", "list", "put", "delete", "watch")
+
+
+@dataclass
+class _Failure:
+    method: str
+    exc: BaseException | Callable[[], BaseException]
+    when: Callable[..., bool] | None
+    times: int | None  # None: every matching call
+    after: bool  # the call acts, then fails (a process killed right after a write)
+
+    def error(self) -> BaseException:
+        return self.exc if isinstance(self.exc, BaseException) else self.exc()
 
 
 class MemoryStore(Store):
     kind = "memory"
 
-    def __init__(self):
+    def __init__(self, clock: Clock | None = None):
+        self.clock = clock
+        self._failures: list[_Failure] = []
         self._data: dict[str, tuple[str, int, float | None]] = {}
         self._rev = 0
         self._mutex = threading.RLock()
@@ -30,6 +51,41 @@ class MemoryStore(Store):
         self._changed.notify_all()
         return self._rev
 
+    # -- failures on demand ------------------------------------------------------------------------------
+    def inject(self, method: str, exc: BaseException | Callable[[], BaseException], *,
+               when: Callable[..., bool] | None = None, times: int | None = 1,
+               after: bool = False) -> Callable[[], None]:
+        """Make the primitive method (get, list, put, delete, watch) raise exc: on the calls for which
+        when(*args, **kwargs) is true (every call without when), times times (None: until removed);
+        with after, the call acts first (a write that happened, then the process died). exc may be a
+        function that makes the exception. Returns the function that removes the failure."""
+        if method not in PRIMITIVES:
+            raise ValueError(f"memory store: no primitive {method!r} to fail (one of {', '.join(PRIMITIVES)})")
+        failure = _Failure(method, exc, when, times, after)
+        with self._mutex:
+            self._failures.append(failure)
+
+        def remove() -> None:
+            with self._mutex:
+                if failure in self._failures:
+                    self._failures.remove(failure)
+        return remove
+
+    def _fails(self, method: str, *args, **kwargs) -> _Failure | None:
+        """The failure due for this call: raised here when it comes before the call, else returned."""
+        with self._mutex:
+            failure = next((f for f in self._failures if f.method == method
+                            and (f.when is None or f.when(*args, **kwargs))), None)
+            if failure is None:
+                return None
+            if failure.times is not None:
+                failure.times -= 1
+                if failure.times <= 0:
+                    self._failures.remove(failure)
+        if not failure.after:
+            raise failure.error()
+        return failure
+
     def _alive(self, key: str):
         item = self._data.get(key)
         if item is not None and item[2] is not None and item[2] <= self.now():
@@ -38,12 +94,17 @@ class MemoryStore(Store):
         return item
 
     def get(self, key):
+        failure = self._fails("get", key)
         with self._mutex:
             self.ops += 1
             item = self._alive(key)
-            return None if item is None else Entry(key, item[0], item[1])
+            found = None if item is None else Entry(key, item[0], item[1])
+        if failure is not None:
+            raise failure.error()
+        return found
 
     def list(self, prefix):
+        failure = self._fails("list", prefix)
         with self._mutex:
             self.ops += 1
             out = []
@@ -51,9 +112,18 @@ class MemoryStore(Store):
                 item = self._alive(key)
                 if item is not None:
                     out.append(Entry(key, item[0], item[1]))
-            return out
+        if failure is not None:
+            raise failure.error()
+        return out
 
     def put(self, key, value, *, expect=None, ttl=None):
+        failure = self._fails("put", key, value, expect=expect, ttl=ttl)
+        rev = self._put(key, value, expect, ttl)
+        if failure is not None:
+            raise failure.error()
+        return rev
+
+    def _put(self, key, value, expect, ttl) -> int:
         with self._mutex:
             self.ops += 1
             item = self._alive(key)
@@ -65,6 +135,13 @@ class MemoryStore(Store):
             return rev
 
     def delete(self, key, *, expect=None):
+        failure = self._fails("delete", key, expect=expect)
+        existed = self._delete(key, expect)
+        if failure is not None:
+            raise failure.error()
+        return existed
+
+    def _delete(self, key, expect) -> bool:
         with self._mutex:
             self.ops += 1
             item = self._alive(key)
@@ -76,6 +153,13 @@ class MemoryStore(Store):
             return existed
 
     def watch(self, prefix, since_version, timeout):
+        failure = self._fails("watch", prefix, since_version, timeout)
+        changed = self._watch(prefix, since_version, timeout)
+        if failure is not None:
+            raise failure.error()
+        return changed
+
+    def _watch(self, prefix, since_version, timeout):
         deadline = time.monotonic() + max(0.0, timeout)
         with self._changed:
             self.ops += 1
