@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cdlib import config, keys
+from cdlib.clock import ManualClock
 from cdlib.context import Ctx
 from cdlib.proxy.memory import MemoryProxy
 from cdlib.runtime.memory import MemoryRuntime
@@ -23,9 +24,14 @@ DESCRIPTOR = {
 
 
 class World:
+    """Memory adapters on one manual clock: a wait (a lock held by another, an instance that never gets
+    healthy, a probe that never passes) runs to its end at once, and expiry is rehearsed with
+    clock.advance(seconds)."""
+
     def __init__(self, tmp_path):
-        self.store = MemoryStore()
-        self.runtime = MemoryRuntime()
+        self.clock = ManualClock()
+        self.store = MemoryStore(clock=self.clock)
+        self.runtime = MemoryRuntime(clock=self.clock)
         self.proxy = MemoryProxy(tmp_path / "proxy")
         self.runner = MemoryRunner()
         self.tmp = tmp_path
@@ -35,7 +41,7 @@ class World:
         spec = config.parse(data, "cdlib.yml", env={}).with_tag(tag)
         ports = ports_for(spec, store=self.store, runtime=self.runtime, proxy=self.proxy,
                           runners={t: self.runner for t in spec.tests}, junit_dir=self.tmp / "junit")
-        return Ctx(spec, ports)
+        return Ctx(spec, ports, clock=self.clock)
 
     def snapshot(self):
         store = {k: v for k, v in self.store.snapshot().items()

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from cdlib import keys, locks
+from cdlib import keys
 from cdlib import verbs as rel
+from cdlib.clock import REAL, ManualClock
 from cdlib.errors import ConfigError, LockHeld
 from cdlib.heartbeat import Heartbeat, LockLost
 from cdlib.journal import Journal
@@ -132,13 +133,14 @@ def test_rollback_releases_the_proxy_lock_a_killed_switch_took_before_its_intent
     assert world.snapshot() == before
 
 
-def test_a_proxy_lock_of_a_dead_process_does_not_make_other_services_wait(world, monkeypatch):
+def test_a_proxy_lock_of_a_dead_process_does_not_make_other_services_wait(world):
     released(world, "v1")
     released(world, "v1", service="cart", routes={"paths": ["/cart/"]})
     world.store.acquire_lock(keys.PROXY_LOCK, dict(default_holder(release="r-dead"), pid=dead_pid()), ttl=120)
-    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.0)  # no waiting at all: taken over at once
+    world.clock.slept.clear()
     released(world, "v2", service="cart", routes={"paths": ["/cart/"]})
     assert world.proxy.served == {"shop": "blue", "cart": "green"}
+    assert world.clock.slept == []  # no waiting at all: taken over at once
 
 
 # -- B(b): a dead holder's lock is taken over at once, the abandoned release rolled back first -----------
@@ -181,7 +183,7 @@ def test_a_live_holders_lock_is_never_taken_over_even_expired(world):
     assert rel.deploy(world.ctx("v1")).ok
     live = os.getppid()  # a live process on this host, not this one
     rewrite_lock(world, keys.lock("shop"), pid=live, proc=None, parked=False)
-    world.store.clock = lambda: time.time() + 7200  # long expired
+    world.clock.advance(7200)  # long expired
     with pytest.raises(LockHeld, match=f"pid {live}, running on this host"):
         rel.deploy(world.ctx("v2"))
     with pytest.raises(LockHeld, match="still running"):
@@ -201,21 +203,21 @@ def test_a_lock_parked_between_stages_is_not_taken_over_before_it_expires(world)
 
 # -- B(c): locks and registration TTLs refreshed while the holder works ---------------------------------
 def test_heartbeat_refreshes_a_lock_every_third_of_its_ttl_and_reports_it_lost():
-    store, now = MemoryStore(), [1000.0]
-    store.clock = lambda: now[0]
-    beat = Heartbeat(clock=lambda: now[0])
+    clock = ManualClock(start=1000.0)
+    store = MemoryStore(clock=clock)
+    beat = Heartbeat(clock=clock)
     lock = store.acquire_lock("cdlib/services/x/lock", default_holder(), ttl=30)
     beat.hold_lock(store, lock.key, lock.token, 30)
-    now[0] += 9
+    clock.advance(9)
     beat.beat()
     assert store.lock_info(lock.key)["expires"] == 1000 + 30  # not due yet
-    now[0] += 1
+    clock.advance(1)
     beat.beat()
     assert store.lock_info(lock.key)["expires"] == 1010 + 30
     beat.check()
     store.delete(lock.key)  # someone removed it (an operator, or a take-over after an outage)
     store.acquire_lock(lock.key, elsewhere(), ttl=30)
-    now[0] += 10
+    clock.advance(10)
     beat.beat()
     with pytest.raises(LockLost, match="lost"):
         beat.check()
@@ -247,9 +249,9 @@ def test_a_suite_running_longer_than_the_lock_ttl_keeps_the_lock_and_registratio
     class LongSuite(MemoryRunner):
         def run(self, run):
             if run.suite.type == "pre-integration":
-                for hour in range(1, 25):  # a day against a one-hour lock, refreshed as it goes
-                    world.store.clock = lambda h=hour: time.time() + 3600 * h
-                    ctx.heartbeat.beat(now=time.monotonic() + 3600 * hour)
+                for _ in range(24):  # a day against a one-hour lock, refreshed as it goes
+                    world.clock.advance(3600)
+                    ctx.heartbeat.beat()
                 seen["lock"] = world.store.lock_info(keys.lock("shop"))
                 seen["registered"] = [r["name"] for r in world.store.registrations("shop", "green")]
                 with pytest.raises(LockHeld):  # an expired lock, but its holder works: kept
@@ -258,7 +260,6 @@ def test_a_suite_running_longer_than_the_lock_ttl_keeps_the_lock_and_registratio
 
     ctx.ports.runners.update({t: LongSuite() for t in ctx.spec.tests})
     out = rel.release(ctx)
-    world.store.clock = None
     assert out.ok, out.message
     assert seen["lock"]["expired"] is False and seen["lock"]["state"] == "alive"
     assert seen["registered"] == ["shop-green-1", "shop-green-2"]
@@ -273,7 +274,8 @@ def test_a_heartbeat_right_after_persist_does_not_give_the_registrations_their_t
     def register(service, color, name, record, ttl=None):
         original(service, color, name, record, ttl=ttl)
         if ttl is None and ctx.heartbeat is not None:  # persist: the heartbeat fires right now
-            ctx.heartbeat.beat(now=time.monotonic() + 10 * 3600)
+            world.clock.advance(10 * 3600)
+            ctx.heartbeat.beat()
 
     world.store.register = register
     assert rel.release(ctx).ok
@@ -291,7 +293,7 @@ def test_a_lock_lost_while_the_suite_runs_stops_the_release_before_its_next_step
             if run.suite.type == "pre-integration":  # the store was away; another agent took the lock
                 world.store.delete(keys.lock("shop"))
                 world.store.acquire_lock(keys.lock("shop"), elsewhere(release="r-other"), ttl=3600)
-                ctx.heartbeat.beat(now=time.monotonic() + 3600)
+                ctx.heartbeat.beat(now=world.clock.monotonic() + 3600)
             return super().run(run)
 
     ctx.ports.runners.update({t: TakenOver() for t in ctx.spec.tests})
@@ -444,7 +446,7 @@ def test_two_releases_of_one_service_at_once_exactly_one_wins(world):
     assert world.snapshot() == before
 
 
-def test_services_switching_at_once_on_one_proxy_take_turns(world, monkeypatch):
+def test_services_switching_at_once_on_one_proxy_take_turns(world):
     cart = {"service": "cart", "routes": {"paths": ["/cart/"]}}
     released(world, "v1")
     released(world, "v1", **cart)
@@ -459,6 +461,7 @@ def test_services_switching_at_once_on_one_proxy_take_turns(world, monkeypatch):
         return original(text)
 
     world.proxy.apply = apply
+    world.store.clock = REAL  # cart waits for shop's thread to let go of the lock: a wait on real time
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("shop", rel.switch(world.ctx())))
     first.start()

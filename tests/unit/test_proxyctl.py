@@ -100,15 +100,12 @@ def test_watch_survives_a_registry_failure_while_it_debounces(world):
 
     release(world, "v1")
     calls = []
-    original = world.store.watch
 
-    def watch(prefix, since, timeout):
+    def second_call(prefix, since, timeout):
         calls.append(since)
-        if len(calls) == 2:  # the first wait inside the debounce
-            raise StoreError("etcd store: watch failed: connection reset")
-        return original(prefix, since, timeout)
+        return len(calls) == 2  # the first wait inside the debounce
 
-    world.store.watch = watch
+    world.store.inject("watch", StoreError("etcd store: watch failed: connection reset"), when=second_call)
     lines = []
     out = proxyctl.watch(world.ctx(), debounce=0.2, interval=0.1, max_seconds=0.6, log=lines.append)
     assert out.exit_code == 0 and out.data["failures"] == 1

@@ -7,12 +7,12 @@ lock), the runtime (every container's name, state, release and image) and the pr
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from cdlib import keys, locks, transaction
+from cdlib import keys, transaction
 from cdlib import verbs as rel
+from cdlib.context import LockPolicy
 from cdlib.errors import ConfigError, LockHeld, RuntimeBackendError, StoreError, UndoIncomplete, UsageError
 from cdlib.journal import Journal
 from tests.support.world import World
@@ -123,18 +123,9 @@ def test_store_failure_when_writing_the_live_color_is_undone(world):
     released(world, "v1")
     before = world.snapshot()
     ctx = world.ctx("v2")
-    original = world.store.put
-    failures = []
-
-    def put(key, value, **kw):
-        if key == keys.live("shop") and not failures:  # fails once, like a store that hiccups
-            failures.append(key)
-            raise StoreError("sqlite store: disk full")
-        return original(key, value, **kw)
-
-    world.store.put = put
+    # fails once, like a store that hiccups
+    world.store.inject("put", StoreError("sqlite store: disk full"), when=lambda key, *a, **kw: key == keys.live("shop"))
     out = rel.release(ctx)
-    world.store.put = original
     assert out.exit_code == 1
     assert world.snapshot() == before
 
@@ -148,18 +139,9 @@ KILL_POINTS = [("runtime", "set_aside", "after"), ("runtime", "start", "before")
 def _kill_at(world, side, method, when):
     target = getattr(world, side)
     if side == "store":  # kill around the write of a particular key
-        original = world.store.put
         key_part = "/instances/" if method == "register" else "/live"
-
-        def put(key, value, **kw):
-            if key_part in key:
-                if when == "after":
-                    original(key, value, **kw)
-                raise Killed()
-            return original(key, value, **kw)
-
-        world.store.put = put
-        return lambda: setattr(world.store, "put", original)
+        return world.store.inject("put", Killed, when=lambda key, *a, **kw: key_part in key, times=None,
+                                  after=when == "after")
     original = getattr(target, method)
 
     def wrapped(*a, **kw):
@@ -247,9 +229,8 @@ def test_expired_lock_is_taken_over_and_the_abandoned_release_rolled_back(world)
     _as_if_on_another_host(world, keys.lock("shop"))
     with pytest.raises(LockHeld):  # not expired, holder unknown: kept
         rel.deploy(world.ctx("v2"))
-    world.store.clock = lambda: time.time() + 61  # the lock expires
+    world.clock.advance(61)  # the lock expires
     out = rel.deploy(world.ctx("v2"))
-    world.store.clock = None
     assert out.ok
     assert out.steps[0].name == "take-over"
     assert [i.image.rsplit(":", 1)[1] for i in world.runtime.instances("shop")] == ["v2", "v2"]
@@ -374,9 +355,9 @@ def test_registrations_of_a_dead_deploy_expire_by_themselves(world):
     with pytest.raises(Killed):
         rel.release(world.ctx("v1"), lock_ttl=30)
     restore()
-    world.store.clock = lambda: time.time() + 29
+    world.clock.advance(29)
     assert world.store.registrations("shop", "blue")
-    world.store.clock = lambda: time.time() + 31
+    world.clock.advance(2)
     assert world.store.registrations("shop", "blue") == []
 
 
@@ -424,16 +405,16 @@ def test_rollback_after_another_service_switched_keeps_that_switch(world):
     assert world.live()["color"] == "blue"
 
 
-def test_a_switch_waits_for_the_proxy_lock_of_another_release(world, monkeypatch):
+def test_a_switch_waits_for_the_proxy_lock_of_another_release(world):
     from cdlib.store.base import default_holder
 
     released(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
     world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release="someone-else"), ttl=60)
-    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.2)
     with pytest.raises(LockHeld):
         rel.switch(world.ctx())
     assert world.proxy.served == {"shop": "blue"}
+    assert sum(world.clock.slept) == pytest.approx(LockPolicy().proxy_lock_wait)  # waited, on the manual clock
 
 
 def test_a_proxy_lock_left_by_the_same_dead_release_is_taken_back(world):
@@ -457,13 +438,12 @@ def test_a_proxy_lock_left_by_the_same_dead_release_is_taken_back(world):
 # -- races, interruptions and half-closed records ------------------------------------------------------
 @pytest.mark.parametrize("first_holds_the_proxy_lock", [True, False], ids=["mid-switch", "between-writes"])
 def test_a_second_switch_of_the_same_release_neither_steals_the_proxy_lock_nor_undoes_anything(
-        world, monkeypatch, first_holds_the_proxy_lock):
+        world, first_holds_the_proxy_lock):
     """Two processes run 'switch' for one release (a replayed Jenkins stage). The one that loses the
     journal's compare-and-set must not undo the release the other one drives, and must not take the
     proxy lock from a live holder."""
     from cdlib.store.base import default_holder
 
-    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.2)
     released(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok
     opened = world.store.get_json(keys.release("shop"))
@@ -507,13 +487,12 @@ def test_a_journal_taken_over_by_another_process_is_not_undone_by_the_loser(worl
     assert {i.name for i in world.runtime.instances("shop", "green")} == {"shop-green-1", "shop-green-2"}
 
 
-def test_the_proxy_lock_blocking_a_one_process_release_rolls_it_back(world, monkeypatch):
+def test_the_proxy_lock_blocking_a_one_process_release_rolls_it_back(world):
     from cdlib.store.base import default_holder
 
     released(world, "v1")
     before = world.snapshot()
     world.store.acquire_lock(keys.PROXY_LOCK, default_holder(release="someone-else"), ttl=60)
-    monkeypatch.setattr(locks, "PROXY_LOCK_WAIT", 0.2)
     out = rel.release(world.ctx("v2"))
     assert out.exit_code == 1 and not out.ok, out.message
     assert world.snapshot() == before
@@ -544,15 +523,8 @@ def test_a_store_failure_while_closing_a_rollback_is_exit_4_with_the_record_open
     released(world, "v1")
     before = world.snapshot()
     world.runner.results["pre-integration"] = False
-    original = world.store.delete
-
-    def delete(key, **kw):
-        if key == keys.release("shop"):
-            world.store.delete = original
-            raise StoreError("sqlite store: database is locked")
-        return original(key, **kw)
-
-    world.store.delete = delete
+    world.store.inject("delete", StoreError("sqlite store: database is locked"),
+                       when=lambda key, **kw: key == keys.release("shop"))
     out = rel.release(world.ctx("v2"))
     assert out.exit_code == 4 and "cdlib rollback" in out.message, out.message
     assert world.store.get(keys.release("shop")) is not None
@@ -563,15 +535,8 @@ def test_a_store_failure_while_closing_a_rollback_is_exit_4_with_the_record_open
 def test_a_store_failure_while_closing_a_cleanup_is_exit_4_and_cleanup_completes(world):
     released(world, "v1")
     assert rel.deploy(world.ctx("v2")).ok and rel.switch(world.ctx()).ok
-    original = world.store.delete
-
-    def delete(key, **kw):
-        if key == keys.release("shop"):
-            world.store.delete = original
-            raise StoreError("sqlite store: database is locked")
-        return original(key, **kw)
-
-    world.store.delete = delete
+    world.store.inject("delete", StoreError("sqlite store: database is locked"),
+                       when=lambda key, **kw: key == keys.release("shop"))
     out = rel.cleanup(world.ctx())
     assert out.exit_code == 4 and "cdlib cleanup" in out.message, out.message
     assert world.live()["color"] == "green"
