@@ -3,6 +3,8 @@
     import cdlib
     outcome = cdlib.release("examples/demo/cdlib.yml", tag="v2")
     if not outcome.ok: ...
+    outcome.result.color, outcome.result.tests          # typed, per verb (cdlib.results)
+    cdlib.release("cdlib.yml", tag="v3", dry_run=True)  # the plan only: nothing changes
 
 Each function loads the descriptor, opens the ports, runs the verb and closes the ports. Failures
 that were rolled back come back as an Outcome with ok False (exit_code 1); bad input, a held lock
