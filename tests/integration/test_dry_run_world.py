@@ -76,3 +76,18 @@ def test_stage_dry_runs_read_the_open_release_and_change_nothing(service):
 def test_bad_input_in_a_dry_run_is_exit_2(service):
     proc = service.cli("release", "--dry-run", "--lock-ttl", "1")
     assert proc.returncode == 2 and "--lock-ttl" in proc.stderr
+
+
+def test_rollback_previous_dry_run_names_the_stopped_color_it_would_resume(service):
+    service.cli("release", "--tag", "v1", check=True)
+    service.cli("release", "--tag", "v2", check=True)
+    before = world(service)
+    code, out = service.cli_json("rollback", "--previous", "--dry-run")
+    assert code == 0, out
+    assert world(service) == before
+    plan = out["plan"]
+    n = service.name
+    assert plan["image"].endswith(":v1") and (plan["color"], plan["live_color"]) == ("blue", "green")
+    assert [c["name"] for c in plan["containers"]["resume"]] == [f"{n}-blue-1", f"{n}-blue-2"]
+    assert any(line.startswith("+") and f"upstream {n}_blue" in line for line in plan["proxy"]["diff"].splitlines())
+    assert service.get() == (200, "v2")
