@@ -1,3 +1,5 @@
+import io.cdlib.ReleaseState
+
 // Undoes the open release from its journal (cdlib rollback); with no open release it changes nothing
 // and succeeds. previous: true (--previous) or to: 'RELEASE_ID' (--to) returns to an earlier release.
 // Parameters and behaviour: vars/cdlibRollback.txt. The command line is built by cdlibRun.
@@ -10,25 +12,17 @@
 // build from undoing another build's release; an exit 3 of a later stage (the proxy stayed busy)
 // leaves this build's release open, and it is rolled back (the CLI itself refuses, exit 3, while a
 // live process still drives the release).
-def call(Map params = [:]) {
+Map call(Map params = [:]) {
     Map p = new LinkedHashMap(params ?: [:])
-    Object afterFailure = p.remove('afterFailure')
-    if (afterFailure) {
-        if (p.containsKey('to') || p.containsKey('previous')) {
-            error('cdlibRollback: afterFailure undoes the release this build left open; it takes no to or previous')
+    if (p.remove('afterFailure')) {
+        Map guard = ReleaseState.afterFailure(p, env.CDLIB_RELEASE_OPEN, env.CDLIB_LAST_EXIT_CODE)
+        if (guard.problem) {
+            error(guard.problem)
         }
-        if (env.CDLIB_RELEASE_OPEN != 'true') {
-            echo 'cdlib rollback: skipped, this build left no open release ' +
-                 '(nothing was deployed, or it was already undone)'
+        echo(guard.message)
+        if (!guard.run) {
             return [:]
         }
-        if (env.CDLIB_LAST_EXIT_CODE == '4') {
-            echo 'cdlib rollback: skipped after exit code 4: the undo is incomplete, a person is needed (cdlib status)'
-            return [:]
-        }
-        String last = env.CDLIB_LAST_EXIT_CODE ?: 'none (the step was aborted)'
-        echo "cdlib rollback: the last cdlib step ended with exit code ${last}; this build's release may still " +
-             'be open, rolling it back (a rollback without an open release changes nothing)'
     }
     return cdlibRun('rollback', p, ['to', 'previous', 'lockWait', 'lockTtl', 'dryRun'])
 }

@@ -139,10 +139,15 @@ class Report:
         return self.stdout[-3000:] + self.stderr[-3000:]
 
 
+starts = 0  # harness (JVM) starts in this process
+
+
 def run_harness(root: Path, cli_results: Path, emit: Path | None = None,
                 variants: dict[str, Path] | None = None) -> subprocess.CompletedProcess:
     groovy = shutil.which("groovy")
     assert groovy, "groovy is not installed (scripts/setup installs the Debian package)"
+    global starts
+    starts += 1
     cmd = [groovy, str(HARNESS), "--root", str(root), "--cli-results", str(cli_results)]
     if emit is not None:
         cmd += ["--emit", str(emit)]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.groovy import harness as groovy_harness
 from tests.groovy.harness import LOCK_HOLDER, ROOT, VARIANTS, Report, session_report
 
 
@@ -36,6 +37,11 @@ def test_every_harness_check_passes(harness):
     passed = int(summary.split()[0])
     assert summary == f"{passed} passed, 0 failed"
     assert passed > 300  # the harness really ran its cases
+
+
+def test_the_harness_starts_once_for_the_library_and_every_planted_bug(harness):
+    assert groovy_harness.starts == 1
+    assert session_report() is harness
 
 
 def test_the_harness_loads_the_src_classes(harness):

@@ -69,4 +69,29 @@ class ReleaseState implements Serializable {
         return code in [2, 3, 4] ? was : OPEN
     }
 
+    /**
+     * cdlibRollback(afterFailure: true): whether to roll back, from the values cdlibRun kept
+     * (CDLIB_RELEASE_OPEN, CDLIB_LAST_EXIT_CODE): [run: true|false, message: what to echo], or
+     * [problem: 'one line'] when the other parameters ask for a specific release.
+     */
+    @NonCPS
+    static Map afterFailure(Map params, Object open, Object lastExitCode) {
+        if (params.containsKey('to') || params.containsKey('previous')) {
+            return [problem: 'cdlibRollback: afterFailure undoes the release this build left open; ' +
+                    'it takes no to or previous']
+        }
+        if (String.valueOf(open) != OPEN) {
+            return [run: false, message: 'cdlib rollback: skipped, this build left no open release ' +
+                    '(nothing was deployed, or it was already undone)']
+        }
+        if (String.valueOf(lastExitCode) == '4') {
+            return [run: false, message: 'cdlib rollback: skipped after exit code 4: the undo is incomplete, ' +
+                    'a person is needed (cdlib status)']
+        }
+        String last = lastExitCode ? String.valueOf(lastExitCode) : 'none (the step was aborted)'
+        return [run: true, message: ("cdlib rollback: the last cdlib step ended with exit code ${last}; " +
+                "this build's release may still be open, rolling it back " +
+                '(a rollback without an open release changes nothing)').toString()]
+    }
+
 }
