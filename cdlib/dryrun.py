@@ -18,8 +18,9 @@ from . import keys
 from .context import Ctx
 from .errors import UsageError
 from .journal import Journal
-from .locks import check_lock_times
+from .locks import DEFAULT_LOCK_TTL, check_lock_times
 from .model import Backend, Instance, other_color
+from .record import StepName
 from .registry import backends, check_routes, live_record, revert_target
 from .results import PlanOutcome
 from .runtime.base import ASIDE
@@ -42,10 +43,10 @@ def _open_record(ctx: Ctx) -> Journal | None:
 
 
 def _started(j: Journal) -> list[Instance]:
-    for name in ("start", "resume"):
+    for name in (StepName.START, StepName.RESUME):
         step = j.step(name)
-        if step is not None and step["state"] == jr.DONE:
-            return [Instance.from_dict(d) for d in step["data"]["instances"]]
+        if step is not None and step.state == jr.DONE:
+            return [Instance.from_dict(d) for d in step.data["instances"]]
     return []
 
 
@@ -231,12 +232,12 @@ def _new_release(ctx: Ctx, verb: str, image: str, lock_wait: float, lock_ttl: fl
     return _outcome(ctx, verb, f"{verb} of {s.name}: {image} as {color}{beside}", plan)
 
 
-def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = 3600.0) -> PlanOutcome:
+def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> PlanOutcome:
     return _new_release(ctx, "release", ctx.spec.image.ref, lock_wait, lock_ttl, switch=True, cleanup=True,
                         tests=True)
 
 
-def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = 3600.0) -> PlanOutcome:
+def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> PlanOutcome:
     return _new_release(ctx, "deploy", ctx.spec.image.ref, lock_wait, lock_ttl, switch=False, cleanup=False,
                         tests=False)
 
@@ -249,39 +250,39 @@ def switch(ctx: Ctx) -> PlanOutcome:
     preflight(ctx)
     s, rec = ctx.spec, j.record
     started = _started(j)
-    text = _render_with(ctx, rec["color"], [(i.address, i.port) for i in started],
+    text = _render_with(ctx, rec.color, [(i.address, i.port) for i in started],
                         started[0].release if started else j.id)
-    plan = {"release": j.id, "color": rec["color"], "image": rec["image"],
-            "live_color": (rec.get("previous") or {}).get("color"), "lock": _lock(ctx),
+    plan = {"release": j.id, "color": rec.color, "image": rec.image,
+            "live_color": (rec.previous or {}).get("color"), "lock": _lock(ctx),
             "steps": ["proxy", "live"],
             "containers": {"serve": [{"name": i.name, "image": i.image, "address": i.address, "port": i.port}
                                      for i in started]},
             "store_keys": {"write": [keys.PROXY_LOCK, keys.release(s.name), keys.live(s.name)],
                            "delete": [keys.PROXY_LOCK]},
             "proxy": _proxy_diff(ctx, text, {})}
-    return _outcome(ctx, "switch", f"switch {s.name} to {rec['color']} ({rec['image']}), release {j.id}", plan)
+    return _outcome(ctx, "switch", f"switch {s.name} to {rec.color} ({rec.image}), release {j.id}", plan)
 
 
 def cleanup(ctx: Ctx) -> PlanOutcome:
     j = _require(ctx, (jr.SWITCHED, jr.CLEANING), "cleanup")
     s, rec = ctx.spec, j.record
-    prev = (rec.get("previous") or {}).get("color")
+    prev = (rec.previous or {}).get("color")
     runtime = ctx.ports.runtime
     stop = [i.name for i in runtime.instances(s.name, prev) if i.running] if prev else []
-    aside = [i.name for i in runtime.instances(s.name, rec["color"], include_aside=True) if ASIDE in i.name]
-    plan = {"release": j.id, "color": rec["color"], "image": rec["image"], "live_color": rec["color"],
+    aside = [i.name for i in runtime.instances(s.name, rec.color, include_aside=True) if ASIDE in i.name]
+    plan = {"release": j.id, "color": rec.color, "image": rec.image, "live_color": rec.color,
             "lock": _lock(ctx), "steps": ["persist", "stop-old", "close"],
             "containers": {"stop": stop, "remove": aside},
             "store_keys": {"write": [keys.release(s.name)]
-                           + [keys.instance(s.name, rec["color"], i.name) for i in _started(j)]
+                           + [keys.instance(s.name, rec.color, i.name) for i in _started(j)]
                            + [keys.history(s.name, j.id)],
                            "delete": sorted(set(_registered(ctx, prev) + [keys.release(s.name), keys.lock(s.name)]))}}
-    return _outcome(ctx, "cleanup", f"close release {j.id} of {s.name}: {rec['color']} stays live"
+    return _outcome(ctx, "cleanup", f"close release {j.id} of {s.name}: {rec.color} stays live"
                     + (f", {prev} is stopped" if prev else ""), plan)
 
 
 def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wait: float = 0.0,
-             lock_ttl: float = 3600.0) -> PlanOutcome:
+             lock_ttl: float = DEFAULT_LOCK_TTL) -> PlanOutcome:
     check_lock_times(lock_wait, lock_ttl)
     from .errors import ConfigError
 
@@ -305,25 +306,25 @@ def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wa
 
 def _undo_plan(ctx: Ctx, j: Journal) -> PlanOutcome:
     s, rec = ctx.spec, j.record
-    undos = [st for st in reversed(j.steps) if st["state"] in jr.NEEDS_UNDO and st["name"] in UNDO]
-    plan: dict = {"release": j.id, "phase": j.phase, "color": rec["color"], "image": rec["image"],
-                  "live_color": (rec.get("previous") or {}).get("color"), "lock": _lock(ctx),
-                  "steps": [f"undo {st['name']}" for st in undos] + ["close"], "containers": {}}
-    names = {st["name"]: st for st in undos}
+    undos = [st for st in reversed(j.steps) if st.state in jr.NEEDS_UNDO and st.name in UNDO]
+    plan: dict = {"release": j.id, "phase": j.phase, "color": rec.color, "image": rec.image,
+                  "live_color": (rec.previous or {}).get("color"), "lock": _lock(ctx),
+                  "steps": [f"undo {st.name.value}" for st in undos] + ["close"], "containers": {}}
+    names = {st.name.value: st for st in undos}
     write, delete = [keys.release(s.name), keys.history(s.name, j.id)], [keys.release(s.name), keys.lock(s.name)]
     if "start" in names:
-        plan["containers"]["remove"] = [i.name for i in ctx.ports.runtime.instances(s.name, rec["color"],
+        plan["containers"]["remove"] = [i.name for i in ctx.ports.runtime.instances(s.name, rec.color,
                                                                                     release=j.id)]
     if "set-aside" in names:
-        plan["containers"]["restore"] = [i.name for i in ctx.ports.runtime.instances(s.name, rec["color"],
+        plan["containers"]["restore"] = [i.name for i in ctx.ports.runtime.instances(s.name, rec.color,
                                                                                      include_aside=True)
                                          if i.name.endswith(f"{ASIDE}{j.id}")]
     if "register" in names:
-        delete += _registered(ctx, rec["color"])
+        delete += _registered(ctx, rec.color)
     if "live" in names:
         write.append(keys.live(s.name))
     if "proxy" in names:
-        prior = (names["proxy"].get("data") or {}).get("prior")
+        prior = (names["proxy"].data or {}).get("prior")
         text = None if prior is None else base64.b64decode(prior).decode("utf-8", "replace")
         plan["proxy"] = _proxy_diff(ctx, text, {})
         write.append(keys.PROXY_LOCK)
