@@ -47,7 +47,7 @@ def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_T
         run_steps(ctx, DEPLOY_STEPS)
         ctx.journal.phase = jr.DEPLOYED
         ctx.journal.save()
-        return make_outcome(ctx, "deploy", True, 0, f"{ctx.service} {ctx.rec['color']} is up and healthy beside the "
+        return make_outcome(ctx, "deploy", True, 0, f"{ctx.service} {ctx.rec.color} is up and healthy beside the "
                         "live color; next: 'cdlib test pre-integration', then 'cdlib switch'",
                         instances=started_instances(ctx))
     with working(ctx):
@@ -66,7 +66,7 @@ def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> ReleaseOutcome:
             run_steps(ctx, SWITCH_STEPS)
         j.phase = jr.SWITCHED
         j.save()
-        return make_outcome(ctx, "switch", True, 0, f"{ctx.service} now serves {j.record['color']} through "
+        return make_outcome(ctx, "switch", True, 0, f"{ctx.service} now serves {j.record.color} through "
                         f"{ctx.ports.proxy.url()}; next: 'cdlib test post-integration', then 'cdlib cleanup'")
     with working(ctx):
         return guard(ctx, "switch", body, busy_proxy_fails=busy_proxy_fails)
@@ -87,15 +87,15 @@ def _cleanup(ctx: Ctx) -> ReleaseOutcome:
         ctx.check()
     except (Exception, plan.Interrupted) as exc:
         return make_outcome(ctx, "cleanup", False, EXIT_UNDO_INCOMPLETE,
-                        f"cleanup of {ctx.service} failed: {plan._reason(exc)}; {j.record['color']} is live and "
+                        f"cleanup of {ctx.service} failed: {plan._reason(exc)}; {j.record.color} is live and "
                         "the release stays open: fix the cause and run 'cdlib cleanup' again")
     try:
         close_success(ctx)
     except StoreError as exc:
         return make_outcome(ctx, "cleanup", False, EXIT_UNDO_INCOMPLETE,
-                        f"cleanup of {ctx.service} could not close release {j.id} ({exc}); {j.record['color']} is "
+                        f"cleanup of {ctx.service} could not close release {j.id} ({exc}); {j.record.color} is "
                         "live and the release stays open: run 'cdlib cleanup' again")
-    return make_outcome(ctx, "cleanup", True, 0, f"{ctx.service} release {j.id} is done: {j.record['color']} is live")
+    return make_outcome(ctx, "cleanup", True, 0, f"{ctx.service} release {j.id} is done: {j.record.color} is live")
 
 
 def run_tests(ctx: Ctx, test_type: str, *, target_url: str | None = None, junit: Path | None = None,
@@ -145,7 +145,7 @@ def _run_tests(ctx: Ctx, test_type: str, target_url: str | None, junit: Path | N
 
     outcome = guard(ctx, "test", body, rollback_on_failure)
     if not outcome.ok and "tests" not in outcome.data and ctx.journal is not None:
-        outcome.data["tests"] = ctx.journal.record.get("tests", [])[-1:]
+        outcome.data["tests"] = ctx.journal.record.tests[-1:]
     return outcome
 
 
@@ -154,10 +154,10 @@ def _test_target(ctx: Ctx, test_type: str) -> tuple[dict, str]:
         return {}, ""
     if test_type == "pre-integration":
         urls = [Instance.from_dict(i).url for i in started_instances(ctx)]
-        return {"TARGET_URLS": " ".join(urls), "CDLIB_COLOR": ctx.rec["color"], "CDLIB_RELEASE": ctx.rec["id"]}, urls[0]
+        return {"TARGET_URLS": " ".join(urls), "CDLIB_COLOR": ctx.rec.color, "CDLIB_RELEASE": ctx.rec.id}, urls[0]
     routes = ctx.spec.routes
     base = ctx.ports.proxy.url()
-    env = {"CDLIB_COLOR": ctx.rec["color"], "CDLIB_RELEASE": ctx.rec["id"], "PROXY_URL": base}
+    env = {"CDLIB_COLOR": ctx.rec.color, "CDLIB_RELEASE": ctx.rec.id, "PROXY_URL": base}
     if routes.paths:
         return env, base + routes.paths[0]
     env["TARGET_HOST"] = routes.hosts[0]
@@ -235,7 +235,7 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Rele
 
     def body() -> ReleaseOutcome:
         open_release(ctx, target["image"], lock_wait, lock_ttl, revert_of=target["id"])
-        color = ctx.rec["color"]
+        color = ctx.rec.color
         stopped = [i for i in ctx.ports.runtime.instances(ctx.service, color)
                    if not i.running and i.image == target["image"]]
         steps = DEPLOY_STEPS
@@ -276,7 +276,7 @@ def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_
                 out.data["tests"] = tests
                 return out
         out.verb = "release"
-        out.message = (f"released {ctx.spec.image.ref} as {ctx.rec['color']}: {ctx.service} answers through "
+        out.message = (f"released {ctx.spec.image.ref} as {ctx.rec.color}: {ctx.service} answers through "
                        f"{ctx.ports.proxy.url()}" + (ctx.spec.routes.paths[0] if ctx.spec.routes.paths else ""))
         out.data["tests"] = tests
         return out
@@ -291,9 +291,9 @@ def status(ctx: Ctx, *, check_health: bool = True) -> StatusOutcome:
     data = {"live": live, "next_color": other_color(live["color"] if live else None),
             "open_release": None, "lock": lock, "registered": regs}
     if j is not None:
-        data["open_release"] = {"id": j.id, "phase": j.phase, "color": j.record["color"],
-                                "image": j.record["image"],
-                                "steps": [{"name": st["name"], "state": st["state"]} for st in j.steps]}
+        data["open_release"] = {"id": j.id, "phase": j.phase, "color": j.record.color,
+                                "image": j.record.image,
+                                "steps": [{"name": st.name.value, "state": st.state} for st in j.steps]}
     instances = ctx.ports.runtime.instances(s.name, include_aside=True)
     reg_names = {(r["color"], r["name"]) for r in regs}
     registry_view = store.registry_health(s.name)  # the registry's own checks (Consul), else None
