@@ -8,8 +8,6 @@ scenarios and the inputs every proxy refuses are shared with HAProxy (tests/unit
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -273,15 +271,3 @@ def test_a_refused_reload_is_only_ours_when_nginx_names_our_pid(tmp_path):
     assert _emerg_since(log, 0) == '1#1: unknown directive "x" in nginx.conf:3'
 
 
-# -- nginx itself accepts every golden file ----------------------------------------------------------
-@pytest.mark.integration
-@pytest.mark.parametrize("name", cases.SCENARIOS)
-def test_nginx_accepts_the_golden_files(tmp_path, name):
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    prefix = tmp_path / "prefix"
-    (prefix / "temp").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    shutil.copyfile(GOLDEN / f"{name}.conf", conf)
-    proc = subprocess.run([nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf)],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr

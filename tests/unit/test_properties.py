@@ -2,20 +2,16 @@
 
 (a) The descriptor parser returns a spec or raises ConfigError with a one-line message, never anything else.
 (b) Whatever it accepts renders an nginx.conf that ``nginx -t`` accepts and a haproxy.cfg that
-    ``haproxy -c`` accepts (the real binaries, on temporary files).
+    ``haproxy -c`` accepts: the real binaries, so these two live in tests/integration/test_proxy_binaries.py.
 (c) Whatever the job catalog reader accepts renders config.xml files that parse, with the description
     as written.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -24,8 +20,6 @@ from cdlib.errors import ConfigError
 from cdlib.jobs import catalog as cat
 from cdlib.jobs.render import render_catalog
 from cdlib.model import Backend
-from cdlib.proxy.haproxy import HaproxyProxy
-from cdlib.proxy.nginx import NginxProxy
 
 SETTINGS = dict(derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -139,36 +133,6 @@ def _accepted(data) -> config.ServiceSpec:
 def _backend(spec: config.ServiceSpec) -> Backend:
     servers = tuple((spec.target.reach_address, 20001 + i) for i in range(spec.replicas))
     return Backend(spec.name, "blue", "r-0001", spec.routes, servers, spec.health.path)
-
-
-@pytest.mark.integration
-@settings(max_examples=30, **SETTINGS)
-@given(descriptors(m=valid_mostly))
-def test_what_the_parser_accepts_nginx_accepts(data):
-    spec = _accepted(data)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    with tempfile.TemporaryDirectory(prefix="cdlibt-prop-") as tmp:
-        prefix = Path(tmp)
-        (prefix / "temp").mkdir()
-        conf = prefix / "nginx.conf"
-        conf.write_text(NginxProxy(prefix, listen=spec.proxy.listen).render([_backend(spec)]))
-        proc = subprocess.run([nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf)], capture_output=True,
-                              text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-
-
-@pytest.mark.integration
-@settings(max_examples=30, **SETTINGS)
-@given(descriptors(m=valid_mostly))
-def test_what_the_parser_accepts_haproxy_accepts(data):
-    spec = _accepted(data)
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    with tempfile.TemporaryDirectory(prefix="cdlibt-prop-") as tmp:
-        cfg = Path(tmp) / "haproxy.cfg"
-        cfg.write_text(HaproxyProxy(Path(tmp), listen=spec.proxy.listen).render([_backend(spec)]))
-        proc = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    assert "[ALERT]" not in proc.stderr, proc.stderr
 
 
 # -- (c) --------------------------------------------------------------------------------------------------
