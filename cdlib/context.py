@@ -17,6 +17,7 @@ from .heartbeat import Heartbeat
 from .journal import Journal
 from .model import StepReport
 from .proxy.base import Proxy
+from .record import ReleaseRecord
 from .runtime.base import Runtime
 from .store.base import Store
 from .testrun.base import TestRunner
@@ -86,6 +87,6 @@ class Ctx:
         return self.spec.name
 
     @property
-    def rec(self) -> dict:
+    def rec(self) -> ReleaseRecord:
         assert self.journal is not None
         return self.journal.record
