@@ -726,6 +726,12 @@ section('7. which release') {
                      ctx.named('echo').any { it.args.startsWith('cdlib rollback: the last cdlib step ended with exit code ') },
                      ctx.named('echo'))
     }
+    // a dry run changes nothing, so it never changes what this build holds open
+    report.equal('a dry-run deploy opens no release', openAfter([['cdlibDeploy', [tag: 't', dryRun: true], 0]]), 'false')
+    report.equal('a dry-run cleanup closes no release',
+                 openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibCleanup', [dryRun: true], 0]]), 'true')
+    report.equal('a dry-run release that fails leaves nothing open',
+                 openAfter([['cdlibRelease', [tag: 't', dryRun: true], 5]]), 'false')
     // exit 3 of a deploy: another build's release holds the lock, nothing of this build is open
     Ctx locked = runAll([['cdlibDeploy', [tag: 't'], 3], ['cdlibRollback', [afterFailure: true], 0]])
     report.equal('rollback after failure does not run after deploy exits 3', locked.verbs(), ['deploy'])

@@ -66,6 +66,10 @@ class CommandPlan implements Serializable {
             if (!allowed.contains(key)) {
                 return "${step}: unknown parameter '${k}'; it takes: ${allowed.join(', ')}".toString()
             }
+            if (!o && key != 'credentials') {
+                // a parameter the step takes but cannot pass on would be dropped from the command line
+                return "${step}: parameter '${k}' has no command-line option in StepOptions".toString()
+            }
             if (values.containsKey(key) && params[k] != null) {
                 return "${step}: '${k}' is given twice (as ${key} and as its alias)".toString()
             }

@@ -19,6 +19,9 @@ class ReleaseState implements Serializable {
      */
     @NonCPS
     static String role(String verb, Map values) {
+        if (StepOptions.isTrue(values.dryRun)) {
+            return 'none'  // a dry run changes nothing: no release is opened, touched or closed
+        }
         if (verb in ['deploy', 'release', 'rollback']) {
             return 'opens'
         }
