@@ -22,13 +22,12 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_ROLLED_BACK, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN_HINT, CdlibError
-from .model import Outcome, StepReport
+from .model import TEST_TYPES, Outcome, StepReport
 
 # the credential variables masked by value everywhere (cdlib.secrets holds the rules); a bare
 # ETCDCTL_USER is a user name, not a secret: only the password of ETCDCTL_USER=user:password is masked
 SECRET_ENV = ("CDLIB_REGISTRY_PASSWORD", "CONSUL_HTTP_TOKEN", "JENKINS_API_TOKEN", "ETCDCTL_PASSWORD",
               "DOCKER_AUTH_CONFIG")
-TEST_TYPES = ("pre-deployment", "pre-integration", "post-integration")
 
 
 class _Parser(argparse.ArgumentParser):

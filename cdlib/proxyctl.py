@@ -65,7 +65,7 @@ def apply(ctx: Ctx, *, force: bool = False) -> ProxyOutcome:
     """Render from the registry; refuse when a live service has no healthy backend; write only a
     changed configuration (or always, with force)."""
     ctx.ports.proxy.preflight()  # a proxy that can never accept what cdlib renders is bad input
-    with proxy_lock(ctx.ports.store, purpose=f"proxy apply from {ctx.service}"):
+    with proxy_lock(ctx.ports.store, purpose=f"proxy apply from {ctx.service}", policy=ctx.lock_policy):
         return _apply(ctx, force)
 
 

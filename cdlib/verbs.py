@@ -60,7 +60,7 @@ def switch(ctx: Ctx, *, busy_proxy_fails: bool = False) -> ReleaseOutcome:
     def body() -> ReleaseOutcome:
         j = require_open(ctx, (jr.DEPLOYED,), "switch")
         with proxy_lock(ctx.ports.store, j.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
-                        service=ctx.service):
+                        service=ctx.service, policy=ctx.lock_policy):
             j.phase = jr.SWITCHING
             j.save()
             run_steps(ctx, SWITCH_STEPS)
@@ -246,7 +246,7 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Rele
         run_steps(ctx, steps)
         ctx.journal.phase = jr.DEPLOYED
         with proxy_lock(ctx.ports.store, ctx.journal.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
-                        service=ctx.service):
+                        service=ctx.service, policy=ctx.lock_policy):
             run_steps(ctx, SWITCH_STEPS)
         ctx.journal.phase = jr.SWITCHED
         ctx.journal.save()
