@@ -2,7 +2,8 @@
 
 tests/unit          Python only: no running service, no binary installed by scripts/setup
 tests/contract      every adapter against one behaviour suite (doubles in-process; the real
-                    components' parameters are marked ``integration``), the Groovy steps against the CLI
+                    components' parameters are marked ``integration``), the Groovy steps and the CLI's
+                    results against each other: may run a local binary (groovy, nginx -t), no service
 tests/integration   whole flows against dockerd, nginx, HAProxy, etcd, the registry (all ``integration``)
 tests/hostile       hostile inputs thrown at a real released service
 

@@ -89,25 +89,6 @@ def test_secrets_from_the_environment_never_reach_the_output(tmp_path, monkeypat
     assert secret not in proc.stdout + proc.stderr
 
 
-def test_lock_held_result_names_the_service_and_the_holder(tmp_path):
-    from cdlib import keys
-    from cdlib.store.base import default_holder
-    from cdlib.store.sqlite import SqliteStore
-
-    f = tmp_path / "cdlib.yml"
-    db = tmp_path / "s.db"
-    f.write_text(f"service: shop\nport: 80\nimage: r/shop:1\nstore: sqlite:///{db}\n")
-    store = SqliteStore(db)
-    store.acquire_lock(keys.lock("shop"), default_holder(release="r-9", image="r/shop:0"), ttl=60)
-    store.close()
-    proc = run("deploy", "-f", str(f), "--json", cwd=tmp_path)
-    assert proc.returncode == 3
-    doc = json.loads(proc.stdout)
-    assert doc["service"] == "shop"
-    assert doc["error"]["type"] == "LockHeld" and doc["error"]["holder"]["release"] == "r-9"
-    assert "token" not in doc["error"]["holder"]
-
-
 def test_sigint_during_a_release_rolls_it_back_before_exit_1(tmp_path, monkeypatch):
     """Ctrl-C (or a SIGINT from the CI) must roll back like SIGTERM: exit 1 means rolled back."""
     import signal
