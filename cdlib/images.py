@@ -38,7 +38,8 @@ def _targets(spec: ServiceSpec, build_only: bool) -> list[tuple[str, ImageSpec]]
 
 def _select(targets: list, only: str | None) -> list:
     """The service image comes first in targets, the test images after it."""
-    return {"service": targets[:1], "tests": targets[1:]}.get(only, targets)
+    parts: dict[str | None, list] = {"service": targets[:1], "tests": targets[1:]}
+    return parts.get(only, targets)
 
 
 def build(spec: ServiceSpec, runtime: Runtime, report=lambda s: None, only: str | None = None) -> Outcome:

@@ -40,6 +40,8 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from typing import cast
 from urllib.parse import quote, quote_plus
 
 from .redact import url_passwords
@@ -106,6 +108,8 @@ def values(env: Mapping[str, str] | None = None) -> frozenset[str]:
     # runs for every line a suite prints)
     raw = getattr(env, "_data", None) if env is os.environ else None
     fingerprint = tuple(raw.items()) if isinstance(raw, dict) else tuple(env.items())
+    found: set[str] | frozenset[str]  # frozen once computed (the cache holds that one)
+    files: list[str]
     with _lock:
         key = (fingerprint, _version)
         cached = _values_cache[0] == key
@@ -129,11 +133,12 @@ def values(env: Mapping[str, str] | None = None) -> frozenset[str]:
         found = frozenset(v for v in found if len(v) >= MIN_LENGTH)
         with _lock:
             _values_cache[:] = [key, found, files]
+    done = cast("frozenset[str]", found)
     if files:
         extra = {c for c in map(_file_content, files) if c and len(c) >= MIN_LENGTH}
         if extra:
-            return found | extra
-    return found
+            return done | extra
+    return done
 
 
 def forms(value: str) -> set[str]:
@@ -183,7 +188,7 @@ def mask(text: object, *, edges: bool = False, env: Mapping[str, str] | None = N
     return text
 
 
-def _mask_edges(text: str, secrets: set[str]) -> str:
+def _mask_edges(text: str, secrets: AbstractSet[str]) -> str:
     head = tail = 0
     for value in secrets:
         for form in forms(value):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from typing import Any
 
 from ..errors import ConfigError
 from ..model import Outcome
@@ -77,8 +78,8 @@ def run(args) -> Outcome:
         raise ConfigError(f"--timeout: expected a number of seconds above 0 and at most 3600, got {timeout!r}",
                           key="--timeout")
     client = JenkinsClient.from_env(timeout=float(timeout))
-    options = {"prune": bool(getattr(args, "prune", False)), "recreate": bool(getattr(args, "recreate", False)),
-               "workers": workers}
+    options: dict[str, Any] = {"prune": bool(getattr(args, "prune", False)),
+                               "recreate": bool(getattr(args, "recreate", False)), "workers": workers}
     try:
         if action == "diff":
             return sync.diff(catalog, client, **options)

@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError, JenkinsError
@@ -134,7 +135,7 @@ class JenkinsClient:
         self.writes = 0
 
     @classmethod
-    def from_env(cls, env: dict | None = None, **kwargs) -> JenkinsClient:
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs) -> JenkinsClient:
         env = os.environ if env is None else env
         url = env.get("JENKINS_URL") or ""
         if not url:

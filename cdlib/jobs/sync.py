@@ -266,6 +266,12 @@ class Action:
     done: bool = False
     server: str | None = None  # the server's config.xml as read (a folder update is merged into it)
 
+    @property
+    def wanted(self) -> Rendered:
+        """The desired item: every action but delete and orphan has one."""
+        assert self.desired is not None, self.fullname
+        return self.desired
+
     def to_dict(self) -> dict:
         return {"name": self.fullname, "kind": self.kind, "action": self.action, "changes": self.changes,
                 "detail": self.detail, "diff": self.diff, "done": self.done}
@@ -324,7 +330,7 @@ def _inside(remote: dict[str, Remote], fullname: str) -> list[str]:
 
 
 def _type_change(act: Action, r: Remote, remote: dict[str, Remote], recreate: bool) -> None:
-    what = f"{r.item_class.rsplit('.', 1)[-1]} on the server, {act.desired.item_class.rsplit('.', 1)[-1]} in the catalog"
+    what = f"{r.item_class.rsplit('.', 1)[-1]} on the server, {act.wanted.item_class.rsplit('.', 1)[-1]} in the catalog"
     act.changes = [f"type: {what}"]
     inside = _inside(remote, act.fullname)
     if not recreate:
@@ -350,13 +356,13 @@ def _compare_item(act: Action, r: Remote, text: str | None, catalog: Catalog, re
         return
     act.server = text
     actual = parse_config(text)
-    desired_item = act.desired
+    desired_item = act.wanted
     if act.kind == "job":
         spec = catalog.job(act.fullname)
         disabled = actual.find("disabled")
         if spec is not None and spec.disabled is None and disabled is not None and disabled.text == "true":
             # the catalog says nothing about it: keep a job disabled in the UI disabled
-            desired_item = renderer.job(spec, disabled=True, rev=act.desired.rev)
+            desired_item = renderer.job(spec, disabled=True, rev=act.wanted.rev)
             act.desired = desired_item
         _drop_properties(actual, catalog.ignore_properties)
     desired = parse_config(desired_item.xml)
@@ -367,9 +373,9 @@ def _compare_item(act: Action, r: Remote, text: str | None, catalog: Catalog, re
         act.action = "adopt"
         act.detail = ("exists without cdlib's marker for it (made outside cdlib, copied from or renamed from a "
                       "managed job, or the marker was removed in the UI): apply takes it over")
-    elif marker(r.description).name is None:
+    elif (m := marker(r.description)) is not None and m.name is None:
         act.action, act.detail = "update", "written by an older cdlib, whose marker names no item"
-    elif marker(r.description).rev == desired_item.rev:
+    elif m is not None and m.rev == desired_item.rev:
         act.action, act.detail = "drift", "changed in the Jenkins UI since the last apply: apply overwrites it"
     else:
         act.action, act.detail = "update", "the catalog changed since the last apply"
@@ -423,8 +429,8 @@ def execute(p: Plan, catalog: Catalog, client: JenkinsClient, *, workers: int = 
             for f in pending:
                 f.cancel()
             for f in futures:
-                if f.done() and not f.cancelled() and f.exception() is not None:
-                    raise f.exception()
+                if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
+                    raise exc
     for act in p.actions:
         if act.action == "delete":
             if act.via is None:
@@ -433,7 +439,7 @@ def execute(p: Plan, catalog: Catalog, client: JenkinsClient, *, workers: int = 
 
 
 def _write(act: Action, client: JenkinsClient, catalog: Catalog) -> None:
-    item = act.desired
+    item = act.wanted
     if act.action == "create":
         try:
             client.create(item.fullname, item.xml)
@@ -459,7 +465,7 @@ def _read_back(act: Action, client: JenkinsClient, catalog: Catalog) -> None:
         raise JenkinsError(f"{act.fullname}: written, but Jenkins does not have it when read back", item=act.fullname)
     actual = parse_config(text)
     _drop_properties(actual, catalog.ignore_properties)
-    changes = differences(parse_config(act.desired.xml), actual, act.kind)
+    changes = differences(parse_config(act.wanted.xml), actual, act.kind)
     if changes:
         raise JenkinsError(f"{act.fullname}: Jenkins changed the config while saving it ({'; '.join(changes[:4])}): "
                            "is a plugin it needs missing? Jenkins drops what no installed plugin reads",
@@ -528,4 +534,4 @@ def _outcome(verb: str, catalog: Catalog, client: JenkinsClient, p: Plan, t0: fl
             "counts": counts, "requests": client.requests, "writes": client.writes,
             "seconds": round(time.monotonic() - t0, 3), "items": [a.to_dict() for a in p.actions]}
     ok = error is None
-    return Outcome("jobs", "", ok, 0 if ok else error.exit_code, "\n".join(lines), steps, data)
+    return Outcome("jobs", "", ok, 0 if error is None else error.exit_code, "\n".join(lines), steps, data)

@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import ProxyError
 from ..model import Backend
@@ -87,8 +88,8 @@ def haproxy_context(backends: Sequence[Backend], *, listen: str, directory: str 
     as the first matching rule wins in HAProxy), so the same state always renders the same bytes.
     """
     check_backends(backends)
-    out = []
-    routes = []
+    out: list[dict[str, Any]] = []
+    routes: list[dict[str, Any]] = []
     for b in sorted(backends, key=lambda b: str(b.service)):
         words = [(b.service, "service"), (b.color, "color")]
         words += [(p, "path") for p in b.routes.paths] + [(h, "host") for h in b.routes.hosts]

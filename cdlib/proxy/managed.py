@@ -714,5 +714,5 @@ class ManagedProxy(Proxy):
             except OSError as exc:
                 raise ProxyError(f"cannot run {self.binary!r}: {exc.strerror}") from exc
             err.seek(0)
-            proc.stderr = err.read().decode("utf-8", "replace")
+            proc.stderr = err.read().decode("utf-8", "replace")  # type: ignore[assignment]  # callers read text
         return proc

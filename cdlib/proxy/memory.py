@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 
 from ..errors import ProxyError
 from ..model import Backend
@@ -174,6 +175,7 @@ class MemoryProxy(Proxy):
         if not routed.servers:
             return routed.status, {}, b""
         first = next(self._turn)
+        out: dict[str, str]
         status, out, body, server = 502, {}, b"", ""
         for i in range(len(routed.servers)):
             address, port = routed.servers[(first + i) % len(routed.servers)]
@@ -192,7 +194,7 @@ class MemoryProxy(Proxy):
             out["X-Cdlib-Color"] = routed.color or ""
         return status, out, body if status < 400 else b""
 
-    def route(self, path: str, host: str | None = None, *, config: bytes | None | object = ...) -> Routed:
+    def route(self, path: str, host: str | None = None, *, config: bytes | None | EllipsisType = ...) -> Routed:
         """Resolve one request against the active configuration (or ``config``), as the nginx
         template does: host routes, the health path, the longest path prefix (stripped)."""
         if not self.running:
@@ -241,7 +243,7 @@ class MemoryProxy(Proxy):
     def _parse(text: str) -> dict:
         try:
             doc = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise ProxyError(f"memory proxy refused the new configuration: not JSON ({exc.msg} at line "
                              f"{exc.lineno})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("backends"), list):

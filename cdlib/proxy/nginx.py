@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import ProxyError
 from ..model import HOST_RE, Backend
@@ -43,7 +44,7 @@ def nginx_context(backends: Sequence[Backend], *, listen: str, worker_processes:
     same bytes (the core compares configurations byte for byte).
     """
     check_backends(backends)
-    out = []
+    out: list[dict[str, Any]] = []
     for b in sorted(backends, key=lambda b: str(b.service)):
         for host in b.routes.hosts:
             _check_server_name(host, b.service)

@@ -397,7 +397,7 @@ class DockerRuntime(Runtime):
             except Exception as exc:
                 if getattr(exc, "status_code", None) != 404:
                     raise
-        import docker
+        import docker.utils
 
         repository, tag = docker.utils.parse_repository_tag(ref)
         with self._translate(f"pull image {ref}", "check the image reference, the registry and its credentials"):
@@ -506,7 +506,7 @@ class DockerRuntime(Runtime):
             why = (last_error or last_line or "no image id in the build output").strip().splitlines()
             raise RuntimeBackendError(f"docker runtime: build of {tags[0]} failed: {why[-1] if why else ''}",
                                       tag=tags[0])
-        import docker
+        import docker.utils
 
         for ref in tags:
             repository, tag = docker.utils.parse_repository_tag(ref)
@@ -515,7 +515,7 @@ class DockerRuntime(Runtime):
         return image_id
 
     def push_image(self, ref: str) -> str:
-        import docker
+        import docker.utils
 
         repository, tag = docker.utils.parse_repository_tag(ref)
         tag = tag or "latest"
@@ -588,7 +588,7 @@ class _LocalEngine:
         self.timeout = timeout
         self._prefix: str | None = None
 
-    def _send(self, method: str, url: str, body: dict | None, timeout: float) -> tuple[int, bytes, object]:
+    def _send(self, method: str, url: str, body: dict | None, timeout: float) -> tuple[int, bytes, http.client.HTTPMessage]:
         conn = _UnixConnection(self.path, timeout)
         try:
             try:
@@ -817,8 +817,8 @@ def _each(fn, items, limit: int = MAX_PARALLEL) -> list:
     finally:
         pool.shutdown(wait=False)
     for future in futures:
-        if future.exception() is not None:
-            raise future.exception()
+        if (exc := future.exception()) is not None:
+            raise exc
     return [future.result() for future in futures]
 
 

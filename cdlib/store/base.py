@@ -12,6 +12,7 @@ Versions are opaque positive integers that change on every write of a key (a row
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import keys
 from ..clock import REAL, Clock
@@ -210,7 +212,7 @@ class Store(ABC):
     def deregister(self, service: str, color: str, name: str) -> None:
         self.delete(keys.instance(service, color, name))
 
-    def registrations(self, service: str, color: str | None = None) -> list[dict]:
+    def registrations(self, service: str, color: str | None = None) -> builtins.list[dict]:
         """Registered instances, sorted by color and name; color and name come from the key."""
         out = []
         for entry in self.list(keys.instances(service, color)):
@@ -241,7 +243,7 @@ class Store(ABC):
         """The clock the store's wait loops measure and sleep with."""
         return self.clock if isinstance(self.clock, Clock) else REAL
 
-    def _lock_read(self, key: str) -> tuple[dict, object] | None:
+    def _lock_read(self, key: str) -> tuple[dict, Any] | None:
         """The lock record and a handle for compare-and-set (here: the key's version), or None."""
         entry = self.get(key)
         if entry is None:
@@ -252,7 +254,7 @@ class Store(ABC):
             record = {}
         return (record if isinstance(record, dict) else {}), entry.version
 
-    def _lock_write(self, key: str, record: dict, ttl: float, handle: object | None) -> bool:
+    def _lock_write(self, key: str, record: dict, ttl: float, handle: Any | None) -> bool:
         """Write record when the key is still as read (handle; None: absent), with an expiry of at
         least ttl; False when it changed. May add fields (lease, session) to record."""
         try:
@@ -261,7 +263,7 @@ class Store(ABC):
         except ConflictError:
             return False
 
-    def _lock_delete(self, key: str, handle: object) -> bool:
+    def _lock_delete(self, key: str, handle: Any) -> bool:
         try:
             return self.delete(key, expect=handle)
         except ConflictError:

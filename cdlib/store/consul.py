@@ -19,10 +19,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import ConflictError, LockHeld, StoreError
 from ..extras import require
 from .base import Entry, Store, tls_failure
+
+Handle = Any  # the lock handle of Store: the KV entry Consul returned (ModifyIndex, Session)
 
 DEFAULT_PORT = 8500
 MAX_SESSION_TTL = 86400.0
@@ -45,7 +49,7 @@ class ConsulStore(Store):
     kind = "consul"
 
     def __init__(self, url: str = "consul://", *, token: str | None = None, timeout: float = 10.0,
-                 session_ttl_min: float = 10.0, env: dict | None = None):
+                 session_ttl_min: float = 10.0, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         self.timeout = timeout
         self.session_ttl_min = session_ttl_min
@@ -262,7 +266,7 @@ class ConsulStore(Store):
             pass  # the session dies with its TTL anyway
 
     # -- the lock's primitive: a session-held key with the holder record (the rules are in Store) ---------
-    def _lock_read(self, key: str) -> tuple[dict, object] | None:
+    def _lock_read(self, key: str) -> tuple[dict, Handle] | None:
         """A key whose session is gone reads as expired, whatever its record still says."""
         self._check_key(key)
         raw = self._get_raw(key)
@@ -271,7 +275,7 @@ class ConsulStore(Store):
         record = _record(raw)
         return (record if raw.get("Session") else dict(record, expires=0)), raw
 
-    def _lock_write(self, key: str, record: dict, ttl: float, handle: object | None) -> bool:
+    def _lock_write(self, key: str, record: dict, ttl: float, handle: Handle | None) -> bool:
         """Compare-and-set the record on a TTL session: a refresh renews the session when its TTL is
         unchanged, else (and on a take-over) the key moves to a new session in the same transaction."""
         previous = _record(handle) if handle else {}
@@ -306,7 +310,7 @@ class ConsulStore(Store):
             self._destroy_quietly(session)
         return True
 
-    def _lock_delete(self, key: str, handle: object) -> bool:
+    def _lock_delete(self, key: str, handle: Handle) -> bool:
         session = handle.get("Session") or ""
         ops = [_kv("check-index", key, index=handle["ModifyIndex"])]
         if session:

@@ -19,10 +19,14 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import ConflictError, LockHeld, StoreError, causes
 from ..extras import require
 from .base import Entry, Store, tls_failure
+
+Handle = Any  # the lock handle of Store: the key-value dict etcd returned (mod_revision, lease)
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 API_PATH = "/v3/"
@@ -56,7 +60,7 @@ class _AuthFailed(Exception):
 class EtcdStore(Store):
     kind = "etcd"
 
-    def __init__(self, url: str = "etcd://", *, timeout: float = 5.0, env: dict | None = None):
+    def __init__(self, url: str = "etcd://", *, timeout: float = 5.0, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         self.timeout = timeout
         self.protocol, self.endpoints = _endpoints(url, env)
@@ -64,7 +68,7 @@ class EtcdStore(Store):
         self._cert = env.get("ETCDCTL_CERT") or None
         self._key = env.get("ETCDCTL_KEY") or None
         self.user, self._password = _credentials(env)
-        self._clients: dict[str, object] = {}
+        self._clients: dict[str, Any] = {}  # endpoint -> etcd3gw client (untyped)
         self._current = 0
 
     def describe(self) -> str:
@@ -250,7 +254,7 @@ class EtcdStore(Store):
         self._revoke_replaced(result.get("prev_kvs") or [])
         return int(result.get("deleted", 0) or 0) > 0
 
-    def _revoke_replaced(self, previous: list[dict], keep: int | None = None) -> None:
+    def _revoke_replaced(self, previous: Iterable[dict], keep: int | None = None) -> None:
         """Revoke the lease a key was written with once the key left it (overwritten or deleted). Every
         lease here is granted for one write of one key, so it holds nothing else; left alone, each TTL
         registration refresh would keep one more lease alive for a whole TTL."""
@@ -268,11 +272,11 @@ class EtcdStore(Store):
         self._clients.clear()
 
     # -- the lock's primitive: a leased key with the holder record (the rules are in Store) --------------
-    def _lock_read(self, key: str) -> tuple[dict, object] | None:
+    def _lock_read(self, key: str) -> tuple[dict, Handle] | None:
         raw = self._raw(key)
         return None if raw is None else (_record(raw), raw)
 
-    def _lock_write(self, key: str, record: dict, ttl: float, handle: object | None) -> bool:
+    def _lock_write(self, key: str, record: dict, ttl: float, handle: Handle | None) -> bool:
         """Compare-and-set the record on a lease of LOCK_LEASE_FACTOR x ttl: it expires (``expires``)
         at ttl as in every store, and the key itself goes when the lease does, so a killed holder frees
         it. A refresh keeps the lease alive when its TTL is unchanged, else moves the key to a new one."""
@@ -304,7 +308,7 @@ class EtcdStore(Store):
             self._revoke_quietly(old_lease)  # it held only this key, which now has another lease
         return True
 
-    def _lock_delete(self, key: str, handle: object) -> bool:
+    def _lock_delete(self, key: str, handle: Handle) -> bool:
         request = {"request_delete_range": {"key": _b64(key)}}
         result = self._txn(f"release lock {key}", [self._compare(key, int(handle["mod_revision"]))], [request])
         if not result.get("succeeded"):

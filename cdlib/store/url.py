@@ -39,6 +39,7 @@ class StoreURLError(ConfigError, StoreError):
     """A store URL or a registry address variable that cannot be used: bad input (exit code 2)."""
 
     exit_code = ConfigError.exit_code
+    problem: str  # the problem without the field's name (set by _fail)
 
 
 @dataclass(frozen=True)

@@ -161,9 +161,10 @@ class CommandRunner(TestRunner):
 
     def _pump(self, proc: subprocess.Popen, lines: collections.deque[str]) -> None:
         assert proc.stdout is not None
+        stdout = proc.stdout
         try:
             cut = False  # the previous piece was the beginning of a line longer than READ_LIMIT
-            for raw in iter(lambda: proc.stdout.readline(READ_LIMIT), b""):
+            for raw in iter(lambda: stdout.readline(READ_LIMIT), b""):
                 whole = raw.endswith(b"\n") or len(raw) < READ_LIMIT  # else readline cut it
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                 # a piece of a long line may begin or end inside a secret

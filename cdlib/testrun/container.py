@@ -84,8 +84,8 @@ class ContainerRunner(TestRunner):
 
         try:
             if self.docker_host:
-                return docker.DockerClient(base_url=self.docker_host, timeout=timeout)
-            return docker.from_env(timeout=timeout)
+                return docker.DockerClient(base_url=self.docker_host, timeout=timeout)  # type: ignore[arg-type]
+            return docker.from_env(timeout=timeout)  # type: ignore[arg-type]  # the stubs say int; any number works
         except docker.errors.DockerException as exc:
             raise TestRunnerError(f"cannot reach the Docker engine at {self._where()}: {_redact(exc)}; "
                                   "check that dockerd runs and DOCKER_HOST / target.docker_host",
