@@ -65,7 +65,7 @@ def _run(verb: Callable[[Ctx], OutcomeT], file: PathLike, report: Reporter | Non
          junit_dir: PathLike = None, output: Output | None = None, dry_run: bool = False,
          **spec_args: str | None) -> OutcomeT:
     own = ports is None
-    if own:
+    if ports is None:
         spec = load_spec(file, **spec_args)
         ports = ports_for(spec, junit_dir=Path(junit_dir) if junit_dir else None, on_output=output,
                           store=_empty_store(spec) if dry_run else None)
@@ -129,17 +129,19 @@ def test(test_type: str, file: PathLike = None, *, tag: str | None = None, store
                 file, report, ports, junit_dir=junit_dir, output=output, tag=tag, store=store)
 
 
-test.__test__ = False  # not a pytest test function
+test.__test__ = False  # type: ignore[attr-defined]  # not a pytest test function (pytest reads the attribute)
 
 
 def switch(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
            ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
-    return _run(dryrun.switch if dry_run else rel.switch, file, report, ports, dry_run=dry_run, store=store)
+    verb: Callable[[Ctx], ReleaseOutcome | PlanOutcome] = dryrun.switch if dry_run else rel.switch
+    return _run(verb, file, report, ports, dry_run=dry_run, store=store)
 
 
 def cleanup(file: PathLike = None, *, store: str | None = None, report: Reporter | None = None,
             ports: Ports | None = None, dry_run: bool = False) -> ReleaseOutcome | PlanOutcome:
-    return _run(dryrun.cleanup if dry_run else rel.cleanup, file, report, ports, dry_run=dry_run, store=store)
+    verb: Callable[[Ctx], ReleaseOutcome | PlanOutcome] = dryrun.cleanup if dry_run else rel.cleanup
+    return _run(verb, file, report, ports, dry_run=dry_run, store=store)
 
 
 def rollback(file: PathLike = None, *, to: str | None = None, previous: bool = False, store: str | None = None,

@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import cast
 
 from . import __version__
 from .errors import EXIT_ROLLED_BACK, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN_HINT, CdlibError
@@ -394,7 +395,7 @@ def _signal_name() -> str:
         return f"signal {_received[-1]}"
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
@@ -485,7 +486,7 @@ def _masked_doc(doc: dict) -> dict:
     the values, not the JSON text, so no secret can break the document's syntax."""
     from . import secrets
 
-    return secrets.mask_data(json.loads(json.dumps(doc, default=str)))
+    return cast(dict, secrets.mask_data(json.loads(json.dumps(doc, default=str))))  # a dict in, a dict out
 
 
 def _report(args, outcome: Outcome) -> int:

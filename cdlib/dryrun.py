@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import difflib
 import re
+from typing import Any
 
 from . import journal as jr
 from . import keys
@@ -64,14 +65,14 @@ def _require(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
 # ------------------------------------------------------------------------------------------------
 # pieces of a plan
 # ------------------------------------------------------------------------------------------------
-def _lock(ctx: Ctx) -> dict | None:
+def _lock(ctx: Ctx) -> dict[str, Any] | None:
     info = ctx.ports.store.lock_info(keys.lock(ctx.service))
     if not info:
         return None
     return {k: info.get(k) for k in ("who", "host", "pid", "state", "expired", "parked", "release", "build")}
 
 
-def _proxy_diff(ctx: Ctx, text: str | None, sentinels: dict[int, str]) -> dict:
+def _proxy_diff(ctx: Ctx, text: str | None, sentinels: dict[int, str]) -> dict[str, Any]:
     """The unified diff of the current proxy file against text (None: the file would be removed)."""
     proxy = ctx.ports.proxy
     where = str(getattr(proxy, "config_path", "") or proxy.describe())
@@ -94,7 +95,7 @@ def _render_with(ctx: Ctx, color: str, servers: list[tuple[str, int]], release: 
     return ctx.ports.proxy.render(backends(ctx.ports.store, override=backend))
 
 
-def _new_instances(ctx: Ctx, color: str, image: str) -> tuple[list[dict], list[tuple[str, int]], dict[int, str]]:
+def _new_instances(ctx: Ctx, color: str, image: str) -> tuple[list[dict[str, Any]], list[tuple[str, int]], dict[int, str]]:
     s = ctx.spec
     low, high = s.target.host_ports
     address = s.target.reach_address
@@ -115,12 +116,12 @@ def _registered(ctx: Ctx, color: str | None) -> list[str]:
     return [keys.instance(ctx.service, color, r["name"]) for r in ctx.ports.store.registrations(ctx.service, color)]
 
 
-def _outcome(ctx: Ctx, verb: str, headline: str, plan: dict) -> PlanOutcome:
+def _outcome(ctx: Ctx, verb: str, headline: str, plan: dict[str, Any]) -> PlanOutcome:
     plan = dict(plan, verb=verb, service=ctx.service)
     return PlanOutcome(verb, ctx.service, True, 0, describe(headline, plan), [], {"dry_run": True, "plan": plan})
 
 
-def describe(headline: str, plan: dict) -> str:
+def describe(headline: str, plan: dict[str, Any]) -> str:
     """The plan for a human: one fact a line, then the proxy diff."""
     out = [f"dry run, nothing changed: {headline}"]
     if plan.get("open_release"):
@@ -175,7 +176,7 @@ def _new_release(ctx: Ctx, verb: str, image: str, lock_wait: float, lock_ttl: fl
     live = live_record(store, s.name)
     live_color = live["color"] if live else None
     color = other_color(live_color)
-    plan: dict = {"image": image, "color": color, "live_color": live_color,
+    plan: dict[str, Any] = {"image": image, "color": color, "live_color": live_color,
                   "live_image": live.get("image") if live else None, "release": CHOSEN_AT_OPEN,
                   "revert_of": revert_of, "lock": _lock(ctx), "open_release": None}
     j = _open_record(ctx)
@@ -190,7 +191,7 @@ def _new_release(ctx: Ctx, verb: str, image: str, lock_wait: float, lock_ttl: fl
     runtime = ctx.ports.runtime
     old_of_color = [i for i in runtime.instances(s.name, color) if ASIDE not in i.name]
     stopped_target = [i for i in old_of_color if not i.running and i.image == image]
-    containers: dict = {}
+    containers: dict[str, Any] = {}
     resume = revert_of is not None and stopped_target and len({i.release for i in stopped_target}) == 1
     if resume:
         steps = ["open", "resume", "health", "register"]
@@ -294,7 +295,7 @@ def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wa
         return _new_release(ctx, "rollback", target["image"], lock_wait, lock_ttl, switch=True, cleanup=True,
                             tests=False, revert_of=target["id"])
     if j is None:
-        plan = {"release": None, "lock": _lock(ctx), "steps": ["leftovers"], "containers": {},
+        plan: dict[str, Any] = {"release": None, "lock": _lock(ctx), "steps": ["leftovers"], "containers": {},
                 "store_keys": {"write": [], "delete": []}}
         return _outcome(ctx, "rollback", f"{ctx.service} has no open release: nothing to roll back (what an "
                         "interrupted release left behind would be finished)", plan)
@@ -307,7 +308,7 @@ def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wa
 def _undo_plan(ctx: Ctx, j: Journal) -> PlanOutcome:
     s, rec = ctx.spec, j.record
     undos = [st for st in reversed(j.steps) if st.state in jr.NEEDS_UNDO and st.name in UNDO]
-    plan: dict = {"release": j.id, "phase": j.phase, "color": rec.color, "image": rec.image,
+    plan: dict[str, Any] = {"release": j.id, "phase": j.phase, "color": rec.color, "image": rec.image,
                   "live_color": (rec.previous or {}).get("color"), "lock": _lock(ctx),
                   "steps": [f"undo {st.name.value}" for st in undos] + ["close"], "containers": {}}
     names = {st.name.value: st for st in undos}

@@ -16,6 +16,7 @@ result file it cannot write.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
@@ -33,7 +34,7 @@ class CdlibError(Exception):
 
     exit_code = EXIT_ROLLED_BACK
 
-    def __init__(self, message: str, **data):
+    def __init__(self, message: str, **data: Any) -> None:
         # one line, always: a newline in a message breaks Jenkins log greps and JSON consumers
         super().__init__(" ".join(str(message).split()))
         self.data = data

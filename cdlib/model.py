@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .netaddr import format_hostport
 
@@ -52,11 +53,11 @@ class Routes:
     paths: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"paths": list(self.paths), "hosts": list(self.hosts)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Routes:
+    def from_dict(cls, data: dict[str, Any]) -> Routes:
         return cls(tuple(data.get("paths", ())), tuple(data.get("hosts", ())))
 
 
@@ -82,11 +83,11 @@ class Instance:
     def running(self) -> bool:
         return self.state == "running"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Instance:
+    def from_dict(cls, data: dict[str, Any]) -> Instance:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -121,7 +122,7 @@ class TestResult:
     skipped: bool = False
     unstable_ok: bool = False  # the descriptor allows a failure to mark the build UNSTABLE only
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -134,7 +135,7 @@ class StepReport:
     seconds: float = 0.0
     detail: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3),
                 "detail": self.detail}
 
@@ -149,9 +150,9 @@ class Outcome:
     exit_code: int = 0
     message: str = ""
     steps: list[StepReport] = field(default_factory=list)
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"verb": self.verb, "service": self.service, "ok": self.ok,
                 "exit_code": self.exit_code, "message": self.message,
                 "steps": [s.to_dict() for s in self.steps], **self.data}

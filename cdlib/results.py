@@ -9,6 +9,7 @@ as a typed value. Absent keys read as None (or empty), as the JSON has them abse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .model import Outcome
 
@@ -21,12 +22,12 @@ class ReleaseResult:
     color: str | None = None
     image: str | None = None
     previous_color: str | None = None
-    tests: list[dict] = field(default_factory=list)  # the suites run, as TestResult.to_dict()
-    instances: list[dict] = field(default_factory=list)  # deploy: the started instances
+    tests: list[dict[str, Any]] = field(default_factory=list)  # the suites run, as TestResult.to_dict()
+    instances: list[dict[str, Any]] = field(default_factory=list)  # deploy: the started instances
     leftovers: list[str] = field(default_factory=list)  # rollback without an open release: what it finished
 
     @classmethod
-    def from_dict(cls, data: dict) -> ReleaseResult:
+    def from_dict(cls, data: dict[str, Any]) -> ReleaseResult:
         return cls(data.get("release"), data.get("color"), data.get("image"), data.get("previous_color"),
                    list(data.get("tests") or []), list(data.get("instances") or []),
                    list(data.get("leftovers") or []))
@@ -34,17 +35,17 @@ class ReleaseResult:
 
 @dataclass(frozen=True)
 class StatusResult:
-    live: dict | None = None
+    live: dict[str, Any] | None = None
     next_color: str | None = None
-    open_release: dict | None = None  # id, phase, color, image, steps
-    lock: dict | None = None  # the service lock's holder record
-    registered: list[dict] = field(default_factory=list)
-    registry_health: dict | None = None  # the registry's own checks (Consul), else None
-    instances: list[dict] = field(default_factory=list)
-    drift: dict = field(default_factory=dict)
+    open_release: dict[str, Any] | None = None  # id, phase, color, image, steps
+    lock: dict[str, Any] | None = None  # the service lock's holder record
+    registered: list[dict[str, Any]] = field(default_factory=list)
+    registry_health: dict[str, Any] | None = None  # the registry's own checks (Consul), else None
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    drift: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict) -> StatusResult:
+    def from_dict(cls, data: dict[str, Any]) -> StatusResult:
         return cls(data.get("live"), data.get("next_color"), data.get("open_release"), data.get("lock"),
                    list(data.get("registered") or []), data.get("registry_health"),
                    list(data.get("instances") or []), dict(data.get("drift") or {}))
@@ -56,16 +57,16 @@ class ColorResult:
     live: str | None = None
 
     @classmethod
-    def from_dict(cls, data: dict) -> ColorResult:
+    def from_dict(cls, data: dict[str, Any]) -> ColorResult:
         return cls(data.get("color"), data.get("live"))
 
 
 @dataclass(frozen=True)
 class HistoryResult:
-    history: list[dict] = field(default_factory=list)  # closed releases, newest first
+    history: list[dict[str, Any]] = field(default_factory=list)  # closed releases, newest first
 
     @classmethod
-    def from_dict(cls, data: dict) -> HistoryResult:
+    def from_dict(cls, data: dict[str, Any]) -> HistoryResult:
         return cls(list(data.get("history") or []))
 
 
@@ -75,13 +76,13 @@ class ProxyResult:
 
     config: str | None = None
     changed: bool | None = None
-    dropped: dict = field(default_factory=dict)
-    timings: dict | None = None
+    dropped: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] | None = None
     applied: int | None = None
     failures: int | None = None
 
     @classmethod
-    def from_dict(cls, data: dict) -> ProxyResult:
+    def from_dict(cls, data: dict[str, Any]) -> ProxyResult:
         return cls(data.get("config"), data.get("changed"), dict(data.get("dropped") or {}), data.get("timings"),
                    data.get("applied"), data.get("failures"))
 
@@ -91,10 +92,10 @@ class PlanResult:
     """A dry run: what the verb would do; nothing was changed."""
 
     dry_run: bool = True
-    plan: dict = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict) -> PlanResult:
+    def from_dict(cls, data: dict[str, Any]) -> PlanResult:
         return cls(bool(data.get("dry_run", True)), dict(data.get("plan") or {}))
 
 

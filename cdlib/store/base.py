@@ -36,7 +36,7 @@ class Entry:
     value: str
     version: int
 
-    def json(self):
+    def json(self) -> Any:
         return json.loads(self.value)
 
 
