@@ -20,7 +20,7 @@
  * --emit writes every command the steps ran as JSON ([{case, step, argv, script}]) for the Python
  * tests, which run the scripts through a real shell and parse the argument lists with the CLI's parser.
  * --cli-results names a directory of result files the real CLI wrote (lock-held.json, unknown.json,
- * bad-input.json; tests/unit/test_groovy_steps.py makes them with cdlib.cli.main), which the steps
+ * bad-input.json; tests/groovy/harness.py makes them with cdlib.cli.main), which the steps
  * are checked against, so the two sides cannot drift apart.
  */
 
@@ -958,7 +958,7 @@ if (jenkinsfileClass != null) {
 // ---- 10. results the real CLI wrote ----------------------------------------------------------------
 section('10. results the real CLI wrote') {
     report.check('CLI results: a directory of results from cdlib.cli.main (--cli-results DIR)',
-                 cliResults != null && cliResults.isDirectory(), "${cliResults}: run through tests/unit/test_groovy_steps.py")
+                 cliResults != null && cliResults.isDirectory(), "${cliResults}: run through tests/contract/test_groovy_steps.py")
     Closure fromCli = { String name ->
         File f = new File(cliResults, name)
         return f.isFile() ? new groovy.json.JsonSlurper().parse(f) : null
