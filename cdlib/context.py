@@ -90,3 +90,9 @@ class Ctx:
     def rec(self) -> ReleaseRecord:
         assert self.journal is not None
         return self.journal.record
+
+    @property
+    def open_journal(self) -> Journal:
+        """The journal of the open release (a verb's body runs after open_release or require_open)."""
+        assert self.journal is not None
+        return self.journal

@@ -8,13 +8,14 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from . import keys, plan
 from .context import Ctx, LockPolicy
 from .errors import CdlibError, ConfigError, LockHeld, StoreError
 from .heartbeat import Heartbeat
 from .journal import Journal
-from .store.base import ALIVE, GONE, default_holder, forget_lock, holder_state
+from .store.base import ALIVE, GONE, Store, default_holder, forget_lock, holder_state
 
 DEFAULT_LOCK_TTL = LockPolicy.ttl  # the times of the locks are the context's LockPolicy
 
@@ -34,7 +35,7 @@ def check_lock_times(lock_wait: float, lock_ttl: float) -> None:
         raise ConfigError(f"--lock-wait: expected a number of seconds from 0, got {lock_wait!r}", key="--lock-wait")
 
 
-def holder_for(ctx: Ctx, **extra) -> dict:
+def holder_for(ctx: Ctx, **extra: Any) -> dict[str, Any]:
     return default_holder(service=ctx.service, **extra)
 
 
@@ -48,7 +49,7 @@ def _heartbeat(ctx: Ctx, name: str = "cdlib-heartbeat") -> Heartbeat:
     return Heartbeat(clock=ctx.clock, name=name, fraction=ctx.lock_policy.heartbeat_fraction)
 
 
-def why_free(taken_over: dict | None) -> str:
+def why_free(taken_over: dict[str, Any] | None) -> str:
     if taken_over is None:
         return "its lock was free"
     if taken_over.get("state") == GONE:
@@ -67,10 +68,11 @@ def adopt(ctx: Ctx, j: Journal) -> None:
                        f"({info.get('build') or info.get('who')}); wait for it to finish", holder=info)
     ttl = j.record.lock_ttl or DEFAULT_LOCK_TTL
     me = holder_for(ctx)
-    store.refresh_lock(key, j.record.lock_token, ttl, parked=None,
+    token = j.record.lock_token or ""  # a record without a token: no lock has an empty one, LockHeld
+    store.refresh_lock(key, token, ttl, parked=None,
                        **{k: me[k] for k in ("who", "host", "pid", "proc", "build", "build_url")})
     ctx.lock_token = j.record.lock_token
-    heartbeat_of(ctx).hold_lock(store, key, ctx.lock_token, ttl)
+    heartbeat_of(ctx).hold_lock(store, key, token, ttl)
 
 
 @contextmanager
@@ -119,7 +121,7 @@ def release_locks(ctx: Ctx, j: Journal) -> None:
     if ctx.heartbeat is not None:
         ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record.lock_token)
     try:
-        store.release_lock(keys.lock(ctx.service), j.record.lock_token)
+        store.release_lock(keys.lock(ctx.service), j.record.lock_token or "")  # "": no lock's token
         store.break_lock(keys.PROXY_LOCK, lambda holder: holder.get("release") == j.id, unexpired=True)
     except StoreError:
         pass  # a lock left behind here names a closed release: the next taker finds its holder gone or expired
@@ -130,7 +132,7 @@ class ProxyBusy(LockHeld):
 
 
 @contextmanager
-def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float | None = None,
+def proxy_lock(store: Store, release: str | None = None, purpose: str = "", wait: float | None = None,
                heartbeat: Heartbeat | None = None, service: str | None = None,
                policy: LockPolicy | None = None) -> Iterator[None]:
     """Hold the store-wide proxy lock: one proxy change (render, apply, live write) at a time across
@@ -147,7 +149,7 @@ def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float
         raise ProxyBusy(f"the proxy is busy: {busy}", **busy.data) from None
     own = heartbeat is None or not heartbeat.running
     beat = Heartbeat(clock=store.timer(), name="cdlib-heartbeat-proxy", fraction=policy.heartbeat_fraction).start() \
-        if own else heartbeat
+        if heartbeat is None or own else heartbeat
     beat.hold_lock(store, keys.PROXY_LOCK, lock.token, policy.proxy_lock_ttl)
     try:
         yield
@@ -160,7 +162,7 @@ def proxy_lock(store, release: str | None = None, purpose: str = "", wait: float
     _let_go_of_proxy(store, beat, own, lock.token, release=True)
 
 
-def _let_go_of_proxy(store, beat: Heartbeat, own: bool, token: str, release: bool) -> None:
+def _let_go_of_proxy(store: Store, beat: Heartbeat, own: bool, token: str, release: bool) -> None:
     beat.drop_lock(keys.PROXY_LOCK, token)
     if own:
         beat.stop()
@@ -173,6 +175,6 @@ def _let_go_of_proxy(store, beat: Heartbeat, own: bool, token: str, release: boo
         forget_lock(token)  # it expires by itself, and reads as a dead holder's at once
 
 
-def owner_gone(owner: dict) -> bool:
+def owner_gone(owner: dict[str, Any]) -> bool:
     """owner: host, pid (and proc) of the process that started a test container."""
     return holder_state({k: owner.get(k) for k in ("host", "pid", "proc")}) == GONE

@@ -6,10 +6,10 @@ from .clock import Clock, as_clock
 from .config import ServiceSpec
 from .errors import ProxyError
 from .model import Backend
-from .proxy.base import PROBE_HEADER, UPSTREAM_HEADER
+from .proxy.base import PROBE_HEADER, UPSTREAM_HEADER, Proxy
 
 
-def probe(spec: ServiceSpec, proxy, backend: Backend, clock: Clock | None = None) -> float:
+def probe(spec: ServiceSpec, proxy: Proxy, backend: Backend, clock: Clock | None = None) -> float:
     """Request the service through the proxy until the new color answers, consecutively, as many
     times as it has instances (at least 3). Proven by the upstream address the proxy reports back;
     with probe.expect, the body must contain that text too. Returns the seconds it took (on clock)."""
@@ -36,7 +36,7 @@ def probe(spec: ServiceSpec, proxy, backend: Backend, clock: Clock | None = None
             clock.sleep(0.1)
 
 
-def _probe_once(proxy, path: str, headers: dict, expected: set[str], expect: str | None) -> tuple[bool, str]:
+def _probe_once(proxy: Proxy, path: str, headers: dict[str, str], expected: set[str], expect: str | None) -> tuple[bool, str]:
     status, resp_headers, body = proxy.request(path, headers)
     if status == 0:
         return False, "did not answer"

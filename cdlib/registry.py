@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import journal as jr
 from . import keys
 from .context import Ctx
 from .errors import ConfigError, NothingToRollBack
 from .model import Backend, Instance, Routes
+from .store.base import Store
 
 
-def live_record(store, service: str) -> dict | None:
-    return store.get_json(keys.live(service))
+def live_record(store: Store, service: str) -> dict[str, Any] | None:
+    live: dict[str, Any] | None = store.get_json(keys.live(service))
+    return live
 
 
-def backends(store, override: Backend | None = None) -> list[Backend]:
+def backends(store: Store, override: Backend | None = None) -> list[Backend]:
     """What the proxy serves: every service's live color and its registered instances, with one
     service replaced by override (the color being switched to)."""
-    out = {}
+    out: dict[str, Backend] = {}
     for entry in store.list(keys.ROOT):
         if not entry.key.endswith("/live"):
             continue
         name = keys.service_of(entry.key)
+        if name is None:  # 'cdlib/services//live' names no service
+            continue
         live = entry.json()
         spec = store.get_json(keys.spec(name)) or {}
         servers = tuple(sorted((i["address"], int(i["port"])) for i in store.registrations(name, live["color"])))
@@ -38,11 +44,11 @@ def backend_for(ctx: Ctx, instances: list[Instance]) -> Backend:
                    tuple(sorted((i.address, i.port) for i in instances)), ctx.spec.health.path)
 
 
-def instances_from(data: list[dict]) -> list[Instance]:
+def instances_from(data: list[dict[str, Any]]) -> list[Instance]:
     return [Instance.from_dict(d) for d in data]
 
 
-def raw_value(store, key: str) -> str | None:
+def raw_value(store: Store, key: str) -> str | None:
     entry = store.get(key)
     return None if entry is None else entry.value
 
@@ -69,7 +75,7 @@ def check_routes(ctx: Ctx) -> None:
                               f"service {other}; give {ctx.service} a path or host of its own", key="routes")
 
 
-def revert_target(store, service: str, to: str | None) -> dict:
+def revert_target(store: Store, service: str, to: str | None) -> dict[str, Any]:
     """The history entry a rollback returns to: release ``to``, or (None) the release before the
     live one (the newest released one with another image). NothingToRollBack when there is none."""
     live = live_record(store, service)

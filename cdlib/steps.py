@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import journal as jr
 from . import keys, plan
@@ -34,25 +35,25 @@ def _start_request(ctx: Ctx) -> StartRequest:
     )
 
 
-def do_set_aside(ctx: Ctx, data: dict) -> dict:
+def do_set_aside(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     names = ctx.ports.runtime.set_aside(ctx.service, ctx.rec.color, ctx.rec.id)
     return {"names": names}
 
 
-def undo_set_aside(ctx: Ctx, data: dict) -> None:
+def undo_set_aside(ctx: Ctx, data: dict[str, Any]) -> None:
     ctx.ports.runtime.restore_aside(ctx.service, ctx.rec.color, ctx.rec.id)
 
 
-def do_start(ctx: Ctx, data: dict) -> dict:
+def do_start(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     instances = ctx.ports.runtime.start(_start_request(ctx))
     return {"instances": [i.to_dict() for i in instances]}
 
 
-def undo_start(ctx: Ctx, data: dict) -> None:
+def undo_start(ctx: Ctx, data: dict[str, Any]) -> None:
     ctx.ports.runtime.remove(ctx.service, ctx.rec.color, release=ctx.rec.id)
 
 
-def do_resume(ctx: Ctx, data: dict) -> dict:
+def do_resume(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     instances = ctx.ports.runtime.resume(ctx.service, ctx.rec.color, release=data["release"])
     if not instances:
         raise ReleaseFailed(f"no stopped instances of {ctx.service} {ctx.rec.color} release "
@@ -60,38 +61,39 @@ def do_resume(ctx: Ctx, data: dict) -> dict:
     return {"instances": [i.to_dict() for i in instances]}
 
 
-def undo_resume(ctx: Ctx, data: dict) -> None:
+def undo_resume(ctx: Ctx, data: dict[str, Any]) -> None:
     ctx.ports.runtime.stop(ctx.service, ctx.rec.color, release=data["release"])
 
 
-def do_health(ctx: Ctx, data: dict) -> dict:
+def do_health(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     instances = instances_from(started_instances(ctx))
     h = ctx.spec.health
     seconds = ctx.ports.runtime.wait_healthy(instances, h.path, h.timeout, h.interval)
     return {"seconds": round(seconds, 3)}
 
 
-def started_instances(ctx: Ctx) -> list[dict]:
+def started_instances(ctx: Ctx) -> list[dict[str, Any]]:
     for name in (StepName.START, StepName.RESUME):
         step = ctx.journal.step(name) if ctx.journal else None
         if step is not None and step.state == jr.DONE:
-            return step.data["instances"]
+            instances: list[dict[str, Any]] = step.data["instances"]
+            return instances
     raise UsageError(f"{ctx.service}: the open release has no started instances; run 'cdlib rollback'")
 
 
-def registration_of(ctx: Ctx, inst: dict) -> dict:
+def registration_of(ctx: Ctx, inst: dict[str, Any]) -> dict[str, Any]:
     return {"name": inst["name"], "address": inst["address"], "port": inst["port"], "release": inst["release"],
             "image": inst["image"], "health_url": Instance.from_dict(inst).url + ctx.spec.health.path}
 
 
-def _prior_registrations(ctx: Ctx, color: str) -> dict:
+def _prior_registrations(ctx: Ctx, color: str) -> dict[str, Any]:
     """name -> the exact stored record of every registration of the color (to restore byte for byte)."""
     store = ctx.ports.store
     return {r["name"]: raw_value(store, keys.instance(ctx.service, color, r["name"]))
             for r in store.registrations(ctx.service, color)}
 
 
-def _restore_registrations(ctx: Ctx, color: str, prior: dict) -> None:
+def _restore_registrations(ctx: Ctx, color: str, prior: dict[str, Any]) -> None:
     store = ctx.ports.store
     for reg in store.registrations(ctx.service, color):
         if reg["name"] not in prior:
@@ -101,13 +103,13 @@ def _restore_registrations(ctx: Ctx, color: str, prior: dict) -> None:
             store.register(ctx.service, color, name, json.loads(raw))
 
 
-def intent_register(ctx: Ctx) -> dict:
+def intent_register(ctx: Ctx) -> dict[str, Any]:
     """Record the prior state of everything this step may write, so its undo restores it exactly."""
     return {"prior": _prior_registrations(ctx, ctx.rec.color), "prior_spec": raw_value(ctx.ports.store,
                                                                                     keys.spec(ctx.service))}
 
 
-def do_register(ctx: Ctx, data: dict) -> dict:
+def do_register(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     """Register the healthy new instances, with the release's TTL until the release closes: a
     deploy that dies and is never rolled back leaves no registration behind for longer."""
     store, s, color = ctx.ports.store, ctx.spec, ctx.rec.color
@@ -144,12 +146,12 @@ def stop_keeping_registrations(ctx: Ctx) -> None:
         ctx.heartbeat.drop(REFRESH_REGISTRATIONS)
 
 
-def undo_register(ctx: Ctx, data: dict) -> None:
+def undo_register(ctx: Ctx, data: dict[str, Any]) -> None:
     _restore_registrations(ctx, ctx.rec.color, data.get("prior") or {})
     undo_restore_keys(ctx, {"prior": {keys.spec(ctx.service): data.get("prior_spec")}})
 
 
-def do_persist(ctx: Ctx, data: dict) -> dict:
+def do_persist(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     """The release is done: the new color's registrations lose their TTL."""
     stop_keeping_registrations(ctx)
     for inst in started_instances(ctx):
@@ -157,7 +159,7 @@ def do_persist(ctx: Ctx, data: dict) -> dict:
     return {}
 
 
-def undo_restore_keys(ctx: Ctx, data: dict) -> None:
+def undo_restore_keys(ctx: Ctx, data: dict[str, Any]) -> None:
     store = ctx.ports.store
     for key, value in (data.get("prior") or {}).items():
         if value is None:
@@ -166,7 +168,7 @@ def undo_restore_keys(ctx: Ctx, data: dict) -> None:
             store.put(key, value)
 
 
-def intent_proxy(ctx: Ctx) -> dict:
+def intent_proxy(ctx: Ctx) -> dict[str, Any]:
     """The exact prior configuration and the exact text this step will apply (rendered under the
     proxy lock): the undo restores the prior bytes when the proxy still holds what we applied."""
     proxy = ctx.ports.proxy
@@ -176,7 +178,7 @@ def intent_proxy(ctx: Ctx) -> dict:
     return {"prior": None if prior is None else base64.b64encode(prior).decode("ascii"), "text": text}
 
 
-def do_proxy(ctx: Ctx, data: dict) -> dict:
+def do_proxy(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     proxy = ctx.ports.proxy
     timings = proxy.apply(data["text"])
     backend = backend_for(ctx, instances_from(started_instances(ctx)))
@@ -184,7 +186,7 @@ def do_proxy(ctx: Ctx, data: dict) -> dict:
     return {"timings": {k: round(v, 3) for k, v in (timings or {}).items()}, "probe": round(probe_seconds, 3)}
 
 
-def undo_proxy(ctx: Ctx, data: dict) -> None:
+def undo_proxy(ctx: Ctx, data: dict[str, Any]) -> None:
     """Put the prior bytes back; but when another service's switch changed the proxy since ours,
     the prior bytes would undo that switch too: render from the registry instead (our live color
     has been restored by then, since undos run newest first)."""
@@ -202,11 +204,11 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def intent_live(ctx: Ctx) -> dict:
+def intent_live(ctx: Ctx) -> dict[str, Any]:
     return {"prior": raw_value(ctx.ports.store, keys.live(ctx.service))}
 
 
-def do_live(ctx: Ctx, data: dict) -> dict:
+def do_live(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     store = ctx.ports.store
     current = store.get(keys.live(ctx.service))
     if (current.value if current else None) != ctx.rec.prior["live"]:
@@ -219,11 +221,11 @@ def do_live(ctx: Ctx, data: dict) -> dict:
     return {"live": live}
 
 
-def undo_live(ctx: Ctx, data: dict) -> None:
+def undo_live(ctx: Ctx, data: dict[str, Any]) -> None:
     undo_restore_keys(ctx, {"prior": {keys.live(ctx.service): data.get("prior")}})
 
 
-def intent_stop_old(ctx: Ctx) -> dict:
+def intent_stop_old(ctx: Ctx) -> dict[str, Any]:
     prev = ctx.rec.previous
     if not prev:
         return {"color": None}
@@ -231,7 +233,7 @@ def intent_stop_old(ctx: Ctx) -> dict:
             "prior": _prior_registrations(ctx, prev["color"])}
 
 
-def do_stop_old(ctx: Ctx, data: dict) -> dict:
+def do_stop_old(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     if not data.get("color"):
         return {"stopped": []}
     for name in data["prior"]:
@@ -240,7 +242,7 @@ def do_stop_old(ctx: Ctx, data: dict) -> dict:
     return {"stopped": stopped}
 
 
-def undo_stop_old(ctx: Ctx, data: dict) -> None:
+def undo_stop_old(ctx: Ctx, data: dict[str, Any]) -> None:
     if not data.get("color"):
         return
     ctx.ports.runtime.resume(ctx.service, data["color"], release=data.get("release"))
@@ -258,8 +260,8 @@ UNDO = {
 }
 
 
-def _names(key: str) -> Callable[[dict], str]:
-    def describe(data: dict) -> str:
+def _names(key: str) -> Callable[[dict[str, Any]], str]:
+    def describe(data: dict[str, Any]) -> str:
         items = data.get(key) or []
         return ", ".join(i["name"] + (f" ({i['address']}:{i['port']})" if "port" in i else "") if isinstance(i, dict)
                          else str(i) for i in items)

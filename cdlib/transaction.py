@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import journal as jr
 from . import keys, plan
@@ -64,7 +65,8 @@ def open_release(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert
     holder = holder_for(ctx, release=release_id, image=image)
     lock = store.acquire_lock(keys.lock(s.name), holder, lock_ttl, wait=lock_wait, poll=ctx.lock_policy.poll)
     ctx.lock_token = lock.token
-    heartbeat_of(ctx).hold_lock(store, keys.lock(s.name), lock.token, lock_ttl)
+    hb = heartbeat_of(ctx)
+    hb.hold_lock(store, keys.lock(s.name), lock.token, lock_ttl)
     try:
         abandoned = Journal.load(store, s.name)
         if lock.taken_over is not None and abandoned is None:
@@ -91,7 +93,7 @@ def open_release(ctx: Ctx, image: str, lock_wait: float, lock_ttl: float, revert
             prior={"live": live.value if live else None},
         ))
     except (Exception, plan.Interrupted, KeyboardInterrupt):
-        ctx.heartbeat.drop_lock(keys.lock(s.name), lock.token)
+        hb.drop_lock(keys.lock(s.name), lock.token)
         store.release_lock(keys.lock(s.name), lock.token)
         ctx.lock_token = None
         raise
@@ -119,11 +121,12 @@ def require_open(ctx: Ctx, phases: tuple[str, ...], verb: str) -> Journal:
 
 def run_steps(ctx: Ctx, steps: list[plan.Step]) -> None:
     """plan.run, with a check before every step that the verb still holds its locks."""
+    assert ctx.journal is not None, "run_steps needs an open release"
     plan.run(ctx, ctx.journal, [_checked(s) for s in steps], ctx.emit)
 
 
 def _checked(step: plan.Step) -> plan.Step:
-    def intent(c: Ctx, original=step.intent) -> dict:
+    def intent(c: Ctx, original: Callable[[Any], dict[str, Any]] | None = step.intent) -> dict[str, Any]:
         c.check()
         return original(c) if original else {}
     return plan.Step(step.name, step.do, intent=intent, describe=step.describe)
@@ -133,6 +136,7 @@ def rollback_open(ctx: Ctx, reason: str) -> ReleaseOutcome:
     """Undo the open release in ctx.journal; close it; release every lock it held; return the
     outcome (exit 1, or 4)."""
     j = ctx.journal
+    assert j is not None, "rollback_open needs an open release"
     stop_keeping_registrations(ctx)
     _claim(j)
     try:
@@ -240,13 +244,14 @@ def finish_leftovers(ctx: Ctx) -> list[str]:
 
 def close_success(ctx: Ctx) -> None:
     j = ctx.journal
+    assert j is not None, "close_success needs an open release"
     runtime = ctx.ports.runtime
     stop_keeping_registrations(ctx)
     j.close("released")
     ctx.closed = True
     if ctx.heartbeat is not None:
         ctx.heartbeat.drop_lock(keys.lock(ctx.service), j.record.lock_token)
-    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record.lock_token)
+    ctx.ports.store.release_lock(keys.lock(ctx.service), j.record.lock_token or "")  # "": no lock's token
     t0 = time.monotonic()
     try:
         removed = runtime.remove(ctx.service, j.record.color, aside=True)
@@ -257,7 +262,7 @@ def close_success(ctx: Ctx) -> None:
                         "release closed" + (f"; removed {', '.join(removed)}" if removed else "")))
 
 
-def make_outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data) -> ReleaseOutcome:
+def make_outcome(ctx: Ctx, verb: str, ok: bool, code: int, message: str, **data: Any) -> ReleaseOutcome:
     rec = ctx.journal.record if ctx.journal else None
     base = {"release": rec.id, "color": rec.color, "image": rec.image,
             "previous_color": (rec.previous or {}).get("color")} if rec is not None else {}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import journal as jr
 from . import keys, plan
@@ -22,11 +24,12 @@ from .errors import (
     UsageError,
 )
 from .journal import Journal
-from .locks import ALIVE, DEFAULT_LOCK_TTL, adopt, check_lock_times, proxy_lock, why_free, working
+from .locks import DEFAULT_LOCK_TTL, adopt, check_lock_times, proxy_lock, why_free, working
 from .model import TEST_TYPES, Instance, StepReport, other_color
 from .registry import live_record, revert_target
 from .results import ColorOutcome, HistoryOutcome, ReleaseOutcome, StatusOutcome
 from .steps import CLEANUP_STEPS, DEPLOY_STEPS, REVERT_STEPS, SWITCH_STEPS, started_instances
+from .store.base import ALIVE
 from .testrun.base import TestRun
 from .transaction import (
     close_success,
@@ -45,8 +48,8 @@ def deploy(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_T
     def body() -> ReleaseOutcome:
         open_release(ctx, ctx.spec.image.ref, lock_wait, lock_ttl)
         run_steps(ctx, DEPLOY_STEPS)
-        ctx.journal.phase = jr.DEPLOYED
-        ctx.journal.save()
+        ctx.open_journal.phase = jr.DEPLOYED
+        ctx.open_journal.save()
         return make_outcome(ctx, "deploy", True, 0, f"{ctx.service} {ctx.rec.color} is up and healthy beside the "
                         "live color; next: 'cdlib test pre-integration', then 'cdlib switch'",
                         instances=started_instances(ctx))
@@ -149,7 +152,7 @@ def _run_tests(ctx: Ctx, test_type: str, target_url: str | None, junit: Path | N
     return outcome
 
 
-def _test_target(ctx: Ctx, test_type: str) -> tuple[dict, str]:
+def _test_target(ctx: Ctx, test_type: str) -> tuple[dict[str, Any], str]:
     if test_type == "pre-deployment":
         return {}, ""
     if test_type == "pre-integration":
@@ -241,15 +244,17 @@ def _revert(ctx: Ctx, to: str | None, lock_wait: float, lock_ttl: float) -> Rele
         steps = DEPLOY_STEPS
         if stopped and len({i.release for i in stopped}) == 1:
             release = stopped[0].release
-            steps = [plan.Step(s.name, s.do, intent=(lambda c, r=release: {"release": r}) if s.name == "resume"
+            def resume_intent(c: Ctx, r: str = release) -> dict[str, Any]:
+                return {"release": r}
+            steps = [plan.Step(s.name, s.do, intent=resume_intent if s.name == "resume"
                                else s.intent, describe=s.describe) for s in REVERT_STEPS]
         run_steps(ctx, steps)
-        ctx.journal.phase = jr.DEPLOYED
-        with proxy_lock(ctx.ports.store, ctx.journal.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
+        ctx.open_journal.phase = jr.DEPLOYED
+        with proxy_lock(ctx.ports.store, ctx.open_journal.id, f"switch {ctx.service}", heartbeat=ctx.heartbeat,
                         service=ctx.service, policy=ctx.lock_policy):
             run_steps(ctx, SWITCH_STEPS)
-        ctx.journal.phase = jr.SWITCHED
-        ctx.journal.save()
+        ctx.open_journal.phase = jr.SWITCHED
+        ctx.open_journal.save()
         out = _cleanup(ctx)
         out.verb = "rollback"
         if out.ok:
@@ -263,12 +268,13 @@ def release(ctx: Ctx, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_
     """deploy -> pre-integration tests -> switch -> post-integration tests -> cleanup, in one process
     and under one heartbeat; any failure rolls everything back."""
     with working(ctx):
-        tests = []
-        for verb in (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
+        tests: list[Any] = []
+        verbs: tuple[Callable[[], ReleaseOutcome], ...] = (lambda: deploy(ctx, lock_wait=lock_wait, lock_ttl=lock_ttl),
                      lambda: run_tests(ctx, "pre-integration"),
                      lambda: switch(ctx, busy_proxy_fails=True),
                      lambda: run_tests(ctx, "post-integration"),
-                     lambda: cleanup(ctx)):
+                     lambda: cleanup(ctx))
+        for verb in verbs:
             out = verb()
             tests += out.data.get("tests", [])
             if not out.ok:
