@@ -14,9 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .clock import Clock, as_clock
 from .errors import CdlibError, LockHeld, ReleaseFailed
+
+if TYPE_CHECKING:
+    from .store.base import Store
 
 
 class LockLost(ReleaseFailed):
@@ -51,7 +55,7 @@ class Heartbeat:
         self.errors: list[str] = []  # refreshes that failed for another reason (retried)
 
     # -- what to refresh ------------------------------------------------------------------------------
-    def hold_lock(self, store, key: str, token: str, ttl: float) -> None:
+    def hold_lock(self, store: Store, key: str, token: str, ttl: float) -> None:
         """Refresh the lock key (token) every ttl x fraction (ttl/3) while held."""
         self.add(f"lock {key}", lambda: store.refresh_lock(key, token, ttl), ttl * self.fraction, lock=True,
                  token=token)
