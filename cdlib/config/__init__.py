@@ -16,6 +16,7 @@ one parse function per section and :func:`parse`. Everything is importable from 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -96,7 +97,7 @@ __all__ = [
 ]
 
 
-def load(path: str | os.PathLike | None = None, env: dict | None = None) -> ServiceSpec:
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> ServiceSpec:
     """Read and validate a descriptor file (default: ./cdlib.yml, or $CDLIB_FILE)."""
     env = os.environ if env is None else env
     if path is not None and not str(path):

@@ -12,9 +12,13 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..errors import ConfigError
 from ..model import ENV_NAME_RE
+
+if TYPE_CHECKING:
+    from yaml import SafeLoader
 
 MAX_FILE_BYTES = 1 << 20  # a descriptor, a catalog or a proxy template
 MAX_DEPTH = 50  # nesting of mappings and lists in a YAML file
@@ -32,12 +36,12 @@ def shown(value: object, limit: int = SHOWN) -> str:
     import reprlib
 
     class _Repr(reprlib.Repr):
-        def repr_int(self, x, level):
+        def repr_int(self, x: int, level: int) -> str:
             if x.bit_length() > 200:
                 return f"<an integer of about {int(x.bit_length() * 0.30103)} digits>"
             return int.__repr__(x)
 
-        def repr_instance(self, x, level):
+        def repr_instance(self, x: object, level: int) -> str:
             if isinstance(x, int) and not isinstance(x, bool):
                 return self.repr_int(int(x), level)
             if isinstance(x, float):
@@ -72,6 +76,10 @@ def as_text(value: object) -> object:
     return value
 
 
+YamlMap = dict[Any, Any]
+"""A mapping as read from a YAML file: its keys and values are whatever the file holds."""
+
+
 class Reader:
     """Walks parsed YAML, producing errors that name the file and the dotted key.
 
@@ -88,7 +96,7 @@ class Reader:
         tail = "" if got is ... else f", got {shown(got)}"
         return ConfigError(f"{self.source}: {key}: expected {expected}{tail}", file=self.source, key=key)
 
-    def section(self, data: dict, key: str, name: str, allowed: set[str]) -> dict:
+    def section(self, data: YamlMap, key: str, name: str, allowed: set[str]) -> YamlMap:
         value = data.get(name)
         full = f"{key}.{name}" if key else name
         if value is None:
@@ -98,7 +106,7 @@ class Reader:
         self.only(value, full, allowed)
         return value
 
-    def only(self, data: dict, key: str, allowed: set[str]) -> None:
+    def only(self, data: YamlMap, key: str, allowed: set[str]) -> None:
         for name in data:
             if name not in allowed:
                 keys = ", ".join(sorted(allowed))
@@ -108,8 +116,22 @@ class Reader:
                 raise self.fail(key or "(top level)", f"only the keys {keys}; found another key (not shown: it "
                                                       "does not look like a key name)")
 
-    def string(self, data: dict, key: str, name: str, pattern: re.Pattern | None = None,
+    @overload
+    def string(self, data: YamlMap, key: str, name: str, pattern: re.Pattern[str] | None = None, *,
+               default: str, required: bool = False, what: str = "a string") -> str: ...
+
+    @overload
+    def string(self, data: YamlMap, key: str, name: str, pattern: re.Pattern[str] | None = None,
+               default: None = None, *, required: Literal[True], what: str = "a string") -> str: ...
+
+    @overload
+    def string(self, data: YamlMap, key: str, name: str, pattern: re.Pattern[str] | None = None,
+               default: str | None = None, required: bool = False, what: str = "a string") -> str | None: ...
+
+    def string(self, data: YamlMap, key: str, name: str, pattern: re.Pattern[str] | None = None,
                default: str | None = None, required: bool = False, what: str = "a string") -> str | None:
+        """The string at ``name``: ``default`` when it is absent or null (a ConfigError instead when
+        ``required``); never None when ``required`` or when the default is a string."""
         full = f"{key}.{name}" if key else name
         if name not in data or data[name] is None:
             if required:
@@ -120,7 +142,7 @@ class Reader:
             raise self.fail(full, what, value)
         return value
 
-    def number(self, data: dict, key: str, name: str, default: float, low: float, high: float,
+    def number(self, data: YamlMap, key: str, name: str, default: float, low: float, high: float,
                integer: bool = False) -> float:
         full = f"{key}.{name}" if key else name
         value = data.get(name, default)
@@ -130,20 +152,20 @@ class Reader:
             raise self.fail(full, f"{what} from {low:g} to {high:g}", value)
         return value
 
-    def boolean(self, data: dict, key: str, name: str, default: bool) -> bool:
+    def boolean(self, data: YamlMap, key: str, name: str, default: bool) -> bool:
         value = data.get(name, default)
         if not isinstance(value, bool):
             raise self.fail(f"{key}.{name}" if key else name, "true or false", value)
         return value
 
-    def str_list(self, data: dict, key: str, name: str, pattern: re.Pattern, what: str) -> tuple[str, ...]:
+    def str_list(self, data: YamlMap, key: str, name: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
         full = f"{key}.{name}" if key else name
         value = data.get(name) or []
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
             raise self.fail(full, f"a list of {what}", value)
-        out = []
+        out: list[str] = []
         for i, item in enumerate(value):
             if not isinstance(item, str) or not pattern.fullmatch(item):
                 raise self.fail(f"{full}[{i}]", what, item)
@@ -153,12 +175,12 @@ class Reader:
             raise self.fail(full, f"a list of distinct {what}", dup)
         return tuple(out)
 
-    def env(self, data: dict, key: str, name: str) -> tuple[tuple[str, str], ...]:
+    def env(self, data: YamlMap, key: str, name: str) -> tuple[tuple[str, str], ...]:
         full = f"{key}.{name}" if key else name
         value = data.get(name) or {}
         if not isinstance(value, dict):
             raise self.fail(full, "a mapping of NAME: value", value)
-        out = []
+        out: list[tuple[str, str]] = []
         for k, v in value.items():
             if not isinstance(k, str) or not ENV_NAME_RE.fullmatch(k):
                 raise self.fail(f"{full}.{key_text(k)}", "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
@@ -172,7 +194,13 @@ class Reader:
             out.append((k, v))
         return tuple(sorted(out))
 
-    def path(self, data: dict, key: str, name: str, base: Path, default: Path | None = None) -> Path | None:
+    @overload
+    def path(self, data: YamlMap, key: str, name: str, base: Path, default: Path) -> Path: ...
+
+    @overload
+    def path(self, data: YamlMap, key: str, name: str, base: Path, default: None = None) -> Path | None: ...
+
+    def path(self, data: YamlMap, key: str, name: str, base: Path, default: Path | None = None) -> Path | None:
         value = self.string(data, key, name)
         if value is None:
             return default
@@ -207,7 +235,8 @@ def read_bounded(path: Path, limit: int) -> bytes:
             raise FileProblem("is not a regular file")
         if info.st_size > limit:
             raise FileProblem(f"is larger than {size_text(limit)}")
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while size <= limit:
             try:
                 chunk = os.read(fd, min(65536, limit + 1 - size))
@@ -234,17 +263,17 @@ def _dotted(segments: list[str]) -> str:
 class _LoaderLimits:
     """Counts kept while one YAML document is composed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.path: list[str] = []  # the dotted key being composed
         self.depth = 0
         self.aliases = 0
         self.weights: dict[int, int] = {}  # id(node) -> values below it once aliases are expanded
 
 
-_LOADER = None
+_LOADER: type[SafeLoader] | None = None
 
 
-def _loader():
+def _loader() -> type[SafeLoader]:
     """A SafeLoader that refuses what safe_load lets through: duplicate keys, alias bombs, deep
     nesting, giant integers, lone surrogates. Built on first use (yaml is imported lazily)."""
     global _LOADER
@@ -252,11 +281,17 @@ def _loader():
         return _LOADER
     import yaml
     from yaml.constructor import ConstructorError
-    from yaml.error import MarkedYAMLError
-    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+    from yaml.error import Mark, MarkedYAMLError
+    from yaml.nodes import Node, ScalarNode, SequenceNode
 
     class Refused(MarkedYAMLError):
-        pass
+        key = ""  # a duplicate key: its dotted key and the line of its first occurrence
+        first_line = 0
+
+    def start(event: object) -> Mark | None:
+        """Where a parser event starts (SafeLoader's pure-Python parser makes yaml.error.Mark ones)."""
+        mark = getattr(event, "start_mark", None)
+        return mark if isinstance(mark, Mark) else None
 
     class Int(int):
         text = ""
@@ -265,25 +300,27 @@ def _loader():
         text = ""
 
     class Loader(yaml.SafeLoader):
-        def __init__(self, stream):
+        def __init__(self, stream: str) -> None:
             super().__init__(stream)
             self.limits = _LoaderLimits()
 
-        def compose_node(self, parent, index):
+        # index: a position in a sequence or the key node of a mapping value (types-PyYAML says int, so
+        # the two super() calls below ignore arg-type)
+        def compose_node(self, parent: Node | None, index: int | Node) -> Node | None:
             lim = self.limits
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
             if isinstance(event, yaml.AliasEvent):
                 lim.aliases += 1
                 if lim.aliases > MAX_ALIASES:
-                    raise Refused(None, None, f"more than {MAX_ALIASES} aliases (*name)", event.start_mark)
-                node = super().compose_node(parent, index)
+                    raise Refused(None, None, f"more than {MAX_ALIASES} aliases (*name)", start(event))
+                node = super().compose_node(parent, index)  # type: ignore[arg-type]
                 if id(node) not in lim.weights:
                     raise Refused(None, None, "an alias inside the value it names (a recursive structure)",
-                                  event.start_mark)
+                                  start(event))
                 return node
             lim.depth += 1
             if lim.depth > MAX_DEPTH:
-                raise Refused(None, None, f"nesting deeper than {MAX_DEPTH} levels", event.start_mark)
+                raise Refused(None, None, f"nesting deeper than {MAX_DEPTH} levels", start(event))
             # the dotted key of this value (routes.paths, services[0].name), for messages
             segment = (f"[{index}]" if isinstance(index, int) else
                        key_text(index.value) if isinstance(index, ScalarNode) else None)
@@ -291,11 +328,12 @@ def _loader():
                 lim.path.append(segment)
             here = list(lim.path)
             try:
-                node = super().compose_node(parent, index)
+                node = super().compose_node(parent, index)  # type: ignore[arg-type]
             finally:
                 lim.depth -= 1
                 if segment is not None:
                     lim.path.pop()
+            assert node is not None  # the composer always returns a node (types-PyYAML: Node | None)
             if isinstance(node, ScalarNode):
                 if re.search("[\ud800-\udfff]", node.value):
                     raise Refused(None, None, "an unpaired surrogate escape (\\uD800-\\uDFFF) in a string",
@@ -305,7 +343,7 @@ def _loader():
                 weight = 1 + sum(lim.weights[id(n)] for n in node.value)
             else:
                 weight = 1
-                seen: dict = {}
+                seen: dict[tuple[str, Any], Node] = {}
                 for k, v in node.value:
                     weight += lim.weights[id(k)] + lim.weights[id(v)]
                     if isinstance(k, ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
@@ -322,7 +360,7 @@ def _loader():
             lim.weights[id(node)] = weight
             return node
 
-        def construct_yaml_int(self, node):
+        def construct_yaml_int(self, node: ScalarNode) -> Int:
             text = self.construct_scalar(node)
             if len(text) > MAX_NUMBER_TEXT:
                 raise Refused(None, None, f"an integer of more than {MAX_NUMBER_TEXT} characters", node.start_mark)
@@ -330,13 +368,13 @@ def _loader():
             value.text = text
             return value
 
-        def construct_yaml_timestamp(self, node, *args):
+        def construct_yaml_timestamp(self, node: ScalarNode, *args: Any) -> Any:
             try:
                 return super().construct_yaml_timestamp(node, *args)
             except (ValueError, OverflowError) as exc:  # 2024-13-45 looks like a date but is none
                 raise ConstructorError(None, None, f"not a valid date ({exc})", node.start_mark) from None
 
-        def construct_yaml_float(self, node):
+        def construct_yaml_float(self, node: ScalarNode) -> Float:
             value = Float(super().construct_yaml_float(node))
             value.text = self.construct_scalar(node)
             return value
@@ -344,12 +382,11 @@ def _loader():
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_yaml_float)
     Loader.add_constructor("tag:yaml.org,2002:timestamp", Loader.construct_yaml_timestamp)
-    assert MappingNode  # the node classes above are what compose_node returns
     _LOADER = Loader
     return Loader
 
 
-def read_yaml(path: Path, what: str, hint: str):
+def read_yaml(path: Path, what: str, hint: str) -> object:
     """Parse a YAML file; a missing, unreadable, oversized, invalid or hostile file is a one-line
     ConfigError (at most MAX_FILE_BYTES, MAX_DEPTH levels, MAX_ALIASES aliases, no duplicate keys)."""
     path = Path(path)
@@ -374,11 +411,13 @@ def read_yaml(path: Path, what: str, hint: str):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        if getattr(exc, "key", None):
+        key = getattr(exc, "key", None)
+        if isinstance(key, str) and key:
             line = mark.line + 1 if mark else "?"
-            raise ConfigError(f"{path}: {exc.key}: expected each key once (YAML forbids duplicates; the last one "
-                              f"would silently win), got it again at line {line} (first at line {exc.first_line})",
-                              file=str(path), key=exc.key) from None
+            first_line = getattr(exc, "first_line", None)
+            raise ConfigError(f"{path}: {key}: expected each key once (YAML forbids duplicates; the last one "
+                              f"would silently win), got it again at line {line} (first at line {first_line})",
+                              file=str(path), key=key) from None
         problem = getattr(exc, "problem", None) or str(exc)
         problem = " ".join(str(problem).split())
         if len(problem) > 160:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal, overload
 
 from ..errors import ConfigError
 from ..model import ENV_NAME_RE, HOST_RE, PATH_RE, SERVICE_RE, TEST_TYPES, Routes
 from ..netaddr import listen_problem
 from ..redact import redact_url
 from ..store import url as store_url
-from .schema import MAX_COMMAND, MAX_FILE_BYTES, FileProblem, Reader, read_bounded, shown, size_text
+from .schema import MAX_COMMAND, MAX_FILE_BYTES, FileProblem, Reader, YamlMap, read_bounded, shown, size_text
 from .spec import (
     ARG_RE,
     CFG_UNSAFE_RE,
@@ -51,7 +53,15 @@ TOP_LEVEL_KEYS = {"service", "image", "port", "health", "probe", "replicas", "en
 SUITE_KEYS = {"command", "image", "timeout", "unstable", "env", "workdir", "pass_env", "host_env"}
 
 
-def parse_image(r: Reader, data: dict, key: str, base: Path, required: bool = True) -> ImageSpec | None:
+@overload
+def parse_image(r: Reader, data: YamlMap, key: str, base: Path, required: Literal[True] = True) -> ImageSpec: ...
+
+
+@overload
+def parse_image(r: Reader, data: YamlMap, key: str, base: Path, required: bool) -> ImageSpec | None: ...
+
+
+def parse_image(r: Reader, data: YamlMap, key: str, base: Path, required: bool = True) -> ImageSpec | None:
     value = data.get(key.rsplit(".", 1)[-1])
     if value is None:
         if required:
@@ -104,7 +114,7 @@ def parse_command(r: Reader, key: str, command: object) -> tuple[str, ...] | str
     return tuple(command) if isinstance(command, list) else command
 
 
-def parse_template(r: Reader, px: dict, base: Path) -> Path | None:
+def parse_template(r: Reader, px: YamlMap, base: Path) -> Path | None:
     """proxy.template: a readable regular file of at most MAX_FILE_BYTES, UTF-8. Its content is never
     echoed (it may hold anything)."""
     path = r.path(px, "proxy", "template", base)
@@ -122,12 +132,12 @@ def parse_template(r: Reader, px: dict, base: Path) -> Path | None:
     return path
 
 
-def _env_value(env, name: str) -> str | None:
+def _env_value(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return None if value is None else str(value)
 
 
-def _host_env(r: Reader, suite: dict, key: str) -> tuple[str, ...]:
+def _host_env(r: Reader, suite: YamlMap, key: str) -> tuple[str, ...]:
     """Host variables a suite gets as they are: never one that holds a credential (those go in
     pass_env, whose values are masked), never one pass_env names too."""
     from ..secrets import is_secret_name
@@ -143,7 +153,7 @@ def _host_env(r: Reader, suite: dict, key: str) -> tuple[str, ...]:
     return names
 
 
-def parse_target_kind(r: Reader, tg: dict) -> str:
+def parse_target_kind(r: Reader, tg: YamlMap) -> str:
     """target.kind: a runtime cdlib can run (TARGET_KINDS); a planned one is refused here, before
     anything runs, with what to use instead."""
     kind = r.string(tg, "target", "kind", default="docker", what=" or ".join(TARGET_KINDS))
@@ -155,7 +165,7 @@ def parse_target_kind(r: Reader, tg: dict) -> str:
     return kind
 
 
-def parse_target(r: Reader, data: dict, env, replicas: int) -> TargetSpec:
+def parse_target(r: Reader, data: YamlMap, env: Mapping[str, str], replicas: int) -> TargetSpec:
     tg = r.section(data, "", "target", {"kind", "docker_host", "bind", "address", "init", "stop_timeout",
                                           "network", "host_ports"})
     ports_text = r.string(tg, "target", "host_ports", HOST_PORTS_RE, default="20000-29999",
@@ -201,7 +211,7 @@ def parse_target(r: Reader, data: dict, env, replicas: int) -> TargetSpec:
     )
 
 
-def parse_proxy(r: Reader, data: dict, env, base: Path) -> ProxySpec:
+def parse_proxy(r: Reader, data: YamlMap, env: Mapping[str, str], base: Path) -> ProxySpec:
     px = r.section(data, "", "proxy", {"kind", "listen", "dir", "template", "binary", "drain_timeout"})
     home_text = _env_value(env, "CDLIB_HOME") or ""
     if re.search("[\x00-\x1f\x7f\ud800-\udfff]", home_text) or len(home_text) > 4096:
@@ -211,7 +221,7 @@ def parse_proxy(r: Reader, data: dict, env, base: Path) -> ProxySpec:
     pkind = r.string(px, "proxy", "kind", re.compile(r"nginx|haproxy"), default="nginx", what="nginx or haproxy")
     listen_what = "PORT or ADDRESS:PORT"
     if px.get("listen") is not None:
-        listen = r.string(px, "proxy", "listen", default=None, what=listen_what)
+        listen = r.string(px, "proxy", "listen", required=True, what=listen_what)  # present: never None
         problem = listen_problem(listen)
         if problem:
             raise r.fail("proxy.listen", problem, listen)
@@ -272,7 +282,7 @@ def check_sqlite_file(url: str, field: str, key: str | None = None) -> None:
                           f"{shown(str(path), 120)} {problem}", key=key or field)
 
 
-def parse_store(r: Reader, data: dict, env) -> str:
+def parse_store(r: Reader, data: YamlMap, env: Mapping[str, str]) -> str:
     """CDLIB_STORE wins over the descriptor's store; both are checked (a bad descriptor value is not
     silently ignored because the environment overrides it)."""
     if data.get("store") is not None:
@@ -287,13 +297,15 @@ def parse_store(r: Reader, data: dict, env) -> str:
         return store
     if data.get("store") is not None:
         store_url.check(data["store"], "store", env)
-        check_sqlite_file(data["store"], f"{r.source}: store", "store")
-        return data["store"]
+        written = data["store"]
+        assert isinstance(written, str)  # store_url.check refused anything else
+        check_sqlite_file(written, f"{r.source}: store", "store")
+        return written
     default = f"sqlite:///{cdlib_home(env) / 'state.db'}"
     check_sqlite_file(default, "CDLIB_HOME")
     return default
 
-def parse_health(r: Reader, data: dict) -> HealthSpec:
+def parse_health(r: Reader, data: YamlMap) -> HealthSpec:
     h = r.section(data, "", "health", {"path", "timeout", "interval"})
     return HealthSpec(
         path=r.string(h, "health", "path", PATH_RE, default="/", what="an URL path starting with '/'"),
@@ -302,7 +314,7 @@ def parse_health(r: Reader, data: dict) -> HealthSpec:
     )
 
 
-def parse_probe(r: Reader, data: dict) -> ProbeSpec:
+def parse_probe(r: Reader, data: YamlMap) -> ProbeSpec:
     p = r.section(data, "", "probe", {"path", "timeout", "expect"})
     return ProbeSpec(
         path=r.string(p, "probe", "path", PATH_RE, default=None, what="an URL path starting with '/'"),
@@ -312,7 +324,7 @@ def parse_probe(r: Reader, data: dict) -> ProbeSpec:
     )
 
 
-def parse_routes(r: Reader, data: dict, service: str) -> Routes:
+def parse_routes(r: Reader, data: YamlMap, service: str) -> Routes:
     """routes.paths and routes.hosts; neither: the path /<service>/."""
     rt = r.section(data, "", "routes", {"paths", "hosts"})
     routes = Routes(
@@ -332,9 +344,9 @@ def parse_routes(r: Reader, data: dict, service: str) -> Routes:
     return routes
 
 
-def parse_tests(r: Reader, data: dict, base: Path) -> dict[str, SuiteSpec]:
+def parse_tests(r: Reader, data: YamlMap, base: Path) -> dict[str, SuiteSpec]:
     """tests.<type> for each of model.TEST_TYPES: a command, an image, or both (and their options)."""
-    tests = {}
+    tests: dict[str, SuiteSpec] = {}
     t = r.section(data, "", "tests", set(TEST_TYPES))
     for ttype in TEST_TYPES:
         if t.get(ttype) is not None:
@@ -370,7 +382,7 @@ def parse_suite(r: Reader, s: object, ttype: str, base: Path) -> SuiteSpec:
 
 
 def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
-          env: dict | None = None) -> ServiceSpec:
+          env: Mapping[str, str] | None = None) -> ServiceSpec:
     """Validate a parsed descriptor and the environment; raise ConfigError naming the first bad key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,7 +45,7 @@ PLANNED_TARGET_KINDS = ("swarm",)  # known, refused at parse time until a runtim
 DOCKER_SCHEMES = ("unix", "tcp", "ssh", "npipe", "http", "https")
 
 
-def cdlib_home(env=None) -> Path:
+def cdlib_home(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("CDLIB_HOME") or ".cdlib").absolute()
 
@@ -207,7 +208,7 @@ class ServiceSpec:
     replicas: int = 1
     env: tuple[tuple[str, str], ...] = ()
     routes: Routes = Routes()
-    tests: dict = field(default_factory=dict)  # test type -> SuiteSpec
+    tests: dict[str, SuiteSpec] = field(default_factory=dict)  # by test type
     target: TargetSpec = TargetSpec()
     proxy: ProxySpec = field(default_factory=ProxySpec)
     store: str = ""

@@ -210,17 +210,11 @@ def parse(data: object, source: str = DEFAULT_CATALOG) -> Catalog:
     return Catalog(source=source, jobs=tuple(jobs), ignore_properties=ignore, folders=tuple(folders))
 
 
-def _given(value: str | None) -> str:
-    """A string the reader returned for a required key or one with a default: never None."""
-    assert value is not None
-    return value
-
-
 def _fields(r: Reader, data: dict, key: str) -> dict:
     """The checked values of the job keys present in ``data`` (a service entry or the defaults)."""
     out: dict = {}
     if "name" in data:
-        name = _given(r.string(data, key, "name", required=True))
+        name = r.string(data, key, "name", required=True)
         problem = jenkins_name_problem(name)
         if problem or not SERVICE_RE.fullmatch(name):
             why = f"Jenkins: {problem}; " if problem else ""
@@ -231,7 +225,7 @@ def _fields(r: Reader, data: dict, key: str) -> dict:
         out["repository"] = r.string(data, key, "repository", REPOSITORY_RE, required=True,
                                      what="a Git URL (https://, ssh://, git://, file:// or user@host:path)")
     if "folder" in data:
-        folder = r.string(data, key, "folder", default="") or ""
+        folder = r.string(data, key, "folder", default="")
         for segment in folder.split("/") if folder else []:
             problem = jenkins_name_problem(segment)
             if problem or not FOLDER_SEGMENT_RE.fullmatch(segment):
@@ -252,7 +246,7 @@ def _fields(r: Reader, data: dict, key: str) -> dict:
         out["lightweight"] = r.boolean(data, key, "lightweight", True)
     if "description" in data:
         text = r.string(data, key, "description", TEXT_RE, default="",
-                        what="text without control characters") or ""
+                        what="text without control characters")
         if MARKER_TEXT in text:
             raise r.fail(f"{key}.description", f"text without '{MARKER_TEXT}' (cdlib adds that marker itself)")
         if len(text) > 4000:
@@ -285,7 +279,7 @@ def _triggers(r: Reader, data: dict, key: str) -> dict:
 
 def _cron(r: Reader, data: dict, key: str, name: str) -> str:
     what = "a Jenkins cron line like 'H/5 * * * *' (5 fields) or @daily"
-    value = " ".join(_given(r.string(data, key, name, required=True, what=what)).split())
+    value = " ".join(r.string(data, key, name, required=True, what=what).split())
     fields = value.split(" ")
     if value in CRON_ALIASES or (len(fields) == 5 and all(CRON_FIELD_RE.fullmatch(f) for f in fields)):
         return value
@@ -302,16 +296,16 @@ def _parameters(r: Reader, data: dict, key: str) -> tuple[Parameter, ...]:
         if not isinstance(p, dict):
             raise r.fail(pkey, "a mapping with name and type", p)
         r.only(p, pkey, {"name", "type", "description", "default", "choices", "trim"})
-        name = _given(r.string(p, pkey, "name", PARAM_NAME_RE, required=True,
-                               what="a parameter name ([A-Za-z_][A-Za-z0-9_]*)"))
-        ptype = _given(r.string(p, pkey, "type", re.compile(r"string|boolean|choice"), default="string",
-                                what="string, boolean or choice"))
-        description = _given(r.string(p, pkey, "description", TEXT_RE, default="",
-                                      what="text without control characters"))
+        name = r.string(p, pkey, "name", PARAM_NAME_RE, required=True,
+                        what="a parameter name ([A-Za-z_][A-Za-z0-9_]*)")
+        ptype = r.string(p, pkey, "type", re.compile(r"string|boolean|choice"), default="string",
+                         what="string, boolean or choice")
+        description = r.string(p, pkey, "description", TEXT_RE, default="",
+                               what="text without control characters")
         if ptype == "string":
             r.only(p, pkey, {"name", "type", "description", "default", "trim"})
-            param = Parameter(name, ptype, description, _given(r.string(p, pkey, "default", TEXT_RE, default="",
-                                                                        what="text without control characters")),
+            param = Parameter(name, ptype, description, r.string(p, pkey, "default", TEXT_RE, default="",
+                                                                 what="text without control characters"),
                               trim=r.boolean(p, pkey, "trim", False))
         elif ptype == "boolean":
             r.only(p, pkey, {"name", "type", "description", "default"})
