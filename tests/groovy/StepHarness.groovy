@@ -550,7 +550,7 @@ section('5. parameter checks') {
 
 // ---- 6. exit codes -------------------------------------------------------------------------------
 section('6. exit codes') {
-    Map lockHolder = [who: 'jenkins@ci', build: 'jenkins-demo-41', build_url: 'http://ci/job/demo/41/', since: 1.7e9]
+    Map lockHolder = [who: 'jenkins@ci', pid: 4242, build: 'jenkins-demo-41', build_url: 'http://ci/job/demo/41/', since: 1.7e9]
     List exitCases = [
         [name: 'exit 1', step: 'cdlibDeploy', params: [tag: 't'], code: 1,
          result: [service: 'demo', ok: false, exit_code: 1, message: 'demo-blue-0 did not become healthy in 30s'],
@@ -572,16 +572,21 @@ section('6. exit codes') {
         [name: 'exit 3 with a holder record', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
          result: [service: 'demo', ok: false, exit_code: 3, message: 'another release of demo is running: ...',
                   error: [type: 'LockHeld', holder: lockHolder]],
-         error: 'another release of demo is running: held by jenkins@ci, build jenkins-demo-41, http://ci/job/demo/41/'],
+         error: 'another release of demo is running: held by jenkins@ci, pid 4242, build jenkins-demo-41, http://ci/job/demo/41/'],
         [name: 'exit 3 of a busy proxy', step: 'cdlibSwitch', params: [:], code: 3,
          result: [service: 'demo', ok: false, exit_code: 3, message: 'the proxy is busy: another proxy change runs',
                   error: [type: 'ProxyBusy', holder: lockHolder + [release: 'r-7']]],
-         error: 'cdlib switch: the proxy is busy: another proxy change runs (held by jenkins@ci, build jenkins-demo-41, ' +
+         error: 'cdlib switch: the proxy is busy: another proxy change runs (held by jenkins@ci, pid 4242, build jenkins-demo-41, ' +
                 'http://ci/job/demo/41/, release r-7)'],
-        [name: 'exit 3 with the message only', step: 'cdlibDeploy', params: [tag: 't'], code: 3,
+        [name: 'exit 3 with the message only (no error record: the message as the CLI wrote it)', step: 'cdlibDeploy',
+         params: [tag: 't'], code: 3,
          result: [service: 'demo', ok: false, exit_code: 3,
                   message: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
-         error: 'another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
+         error: 'cdlib deploy: another release of demo is running: held by bob@host since 2024-05-01 10:00:00; build 7'],
+        [name: 'exit 3 of another process driving the release', step: 'cdlibSwitch', params: [:], code: 3,
+         result: [service: 'demo', ok: false, exit_code: 3, message: 'the journal of demo release r-7 was changed by another process',
+                  error: [type: 'JournalConflict']],
+         error: 'cdlib switch: the journal of demo release r-7 was changed by another process'],
         [name: 'exit 4', step: 'cdlibCleanup', params: [:], code: 4,
          result: [service: 'demo', ok: false, exit_code: 4, message: 'cleanup of demo failed: docker unreachable'],
          error: "cdlib cleanup failed for demo and the undo is incomplete: a person is needed (run 'cdlib status'): " +
@@ -971,7 +976,7 @@ section('10. results the real CLI wrote') {
         Map h = locked.error?.holder ?: [:]
         report.equal('CLI lock-held result: exit code 3', locked.exit_code, 3)
         report.equal('CLI lock-held result: the message names the holder from error.holder', r[1],
-                     "another release of shop is running: held by ${h.who}, build jenkins-shop-41, ".toString() +
+                     "another release of shop is running: held by ${h.who}, pid ${h.pid}, build jenkins-shop-41, ".toString() +
                      'http://ci.example/job/shop/41/, release r-9')
         report.check('CLI lock-held result: the holder is not a top-level key', !locked.containsKey('holder'), locked.keySet())
         report.equal('CLI lock-held result: no release of this build is open', ctx.env.CDLIB_RELEASE_OPEN, 'false')

@@ -12,7 +12,6 @@ class Verdict implements Serializable {
 
     private static final long serialVersionUID = 1L
     private static final String ERROR = 'error'
-    private static final String IS_RUNNING = ' is running: '
 
     @NonCPS
     static Map of(Map cmd, int code, Map result) {
@@ -64,14 +63,25 @@ class Verdict implements Serializable {
         }
     }
 
-    /** Exit 3: another release holds the service's lock, or the proxy lock is busy. */
+    /**
+     * Exit 3, told apart by the result's error.type: LockHeld (another release holds the service's
+     * lock: named from error.holder), ProxyBusy (another proxy change held the proxy lock too long) or
+     * JournalConflict (another process drives the release); the CLI's own message otherwise.
+     */
     @NonCPS
     static String lockHeld(String title, String service, String message, Map result) {
-        boolean recorded = holder(result) instanceof Map
-        if (message.startsWith('another release of ')) {
-            return recorded ? "another release of ${service} is running: ${holderText(result)}".toString() : message
+        Object h = holder(result)
+        if (errorType(result) == 'LockHeld' && h instanceof Map) {
+            return "another release of ${service} is running: ${holderText((Map) h)}".toString()
         }
-        return "cdlib ${title}: ${message}".toString() + (recorded ? " (${holderText(result)})".toString() : '')
+        String who = h instanceof Map ? " (${holderText((Map) h)})".toString() : ''
+        return "cdlib ${title}: ${message}${who}".toString()
+    }
+
+    /** The type of the error the CLI put in the result (error.type), or ''. */
+    @NonCPS
+    static String errorType(Map result) {
+        return result.error instanceof Map && result.error.type ? String.valueOf(result.error.type) : ''
     }
 
     /** The holder record the CLI puts in the result's error (error.holder), or null. */
@@ -80,26 +90,23 @@ class Verdict implements Serializable {
         return result.error instanceof Map ? result.error.holder : null
     }
 
-    /** Who holds the lock: the holder record the CLI puts in the result's error, else its message. */
+    /** Who holds the lock, from the holder record. */
     @NonCPS
-    static String holderText(Map result) {
-        Object h = holder(result)
-        if (h instanceof Map) {
-            List parts = ["held by ${h.who ?: '?'}".toString()]
-            if (h.build) {
-                parts << "build ${h.build}".toString()
-            }
-            if (h.build_url) {
-                parts << String.valueOf(h.build_url)
-            }
-            if (h.release) {
-                parts << "release ${h.release}".toString()
-            }
-            return parts.join(', ')
+    static String holderText(Map h) {
+        List parts = ["held by ${h.who ?: '?'}".toString()]
+        if (h.pid) {
+            parts << "pid ${h.pid}".toString()
         }
-        String message = result.message ? String.valueOf(result.message) : 'see the log above'
-        int at = message.indexOf(IS_RUNNING)
-        return at >= 0 ? message.substring(at + IS_RUNNING.length()) : message
+        if (h.build) {
+            parts << "build ${h.build}".toString()
+        }
+        if (h.build_url) {
+            parts << String.valueOf(h.build_url)
+        }
+        if (h.release) {
+            parts << "release ${h.release}".toString()
+        }
+        return parts.join(', ')
     }
 
     /** The failed suites of a result when every one of them is allowed to mark the build UNSTABLE. */
