@@ -447,16 +447,9 @@ def _result(results: list[dict], key: str) -> dict:
 def _address(url: str, env) -> tuple[str, int, str]:
     """consul://host:port, consuls://host:port, or CONSUL_HTTP_ADDR when the URL names no host
     (127.0.0.1:8500 when that is unset too). A bad URL or variable is a StoreURLError (exit code 2)."""
-    from .url import StoreURLError, parse, redact, registry_hosts
+    from .url import registry_address
 
-    parsed = parse(url or "consul://", "store")
-    if parsed.kind != "consul":
-        raise StoreURLError(f"consul store: unsupported URL {redact(url)!r}; use consul://host:port or "
-                            "consuls://host:port", key="store", store="consul")
-    hosts, tls = parsed.hosts, parsed.tls
-    if not hosts:
-        hosts, env_tls = registry_hosts("consul", env)
-        tls = tls or env_tls
+    parsed, hosts, tls = registry_address(url, "consul", env, "consul://host:port or consuls://host:port")
     if parsed.scheme == "consul" and _parse_bool(env.get("CONSUL_HTTP_SSL", "")):
         tls = True
     host, port = hosts[0]

@@ -435,16 +435,9 @@ def _endpoints(url: str, env) -> tuple[str, list[str]]:
     """etcd://h:p[,h:p], etcds://..., or ETCDCTL_ENDPOINTS when the URL names no host (127.0.0.1:2379
     when that is unset too). A bad URL or variable is a StoreURLError (exit code 2)."""
     from ..netaddr import format_hostport
-    from .url import StoreURLError, parse, redact, registry_hosts
+    from .url import registry_address
 
-    parsed = parse(url or "etcd://", "store")
-    if parsed.kind != "etcd":
-        raise StoreURLError(f"etcd store: unsupported URL {redact(url)!r}; use etcd://host:port[,host:port] or "
-                            "etcds://...", key="store", store="etcd")
-    hosts, tls = parsed.hosts, parsed.tls
-    if not hosts:
-        hosts, env_tls = registry_hosts("etcd", env)
-        tls = tls or env_tls
+    _, hosts, tls = registry_address(url, "etcd", env, "etcd://host:port[,host:port] or etcds://...")
     return ("https" if tls else "http"), [format_hostport(h, p) for h, p in hosts]
 
 

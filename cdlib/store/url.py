@@ -120,6 +120,19 @@ def parse(url: object, field: str = "store") -> StoreURL:
     return StoreURL(scheme, tuple(hosts))
 
 
+def registry_address(url: str, kind: str, env, usage: str) -> tuple[StoreURL, tuple[tuple[str, int], ...], bool]:
+    """The hosts an etcd or Consul store URL names, or those of the registry's own environment when it
+    names none (registry_hosts), and whether TLS was asked for: (the parsed URL, hosts, tls). A URL of
+    another kind is a StoreURLError naming the forms this store takes (``usage``)."""
+    parsed = parse(url or f"{kind}://", "store")
+    if parsed.kind != kind:
+        raise StoreURLError(f"{kind} store: unsupported URL {redact(url)!r}; use {usage}", key="store", store=kind)
+    if parsed.hosts:
+        return parsed, parsed.hosts, parsed.tls
+    hosts, env_tls = registry_hosts(kind, env)
+    return parsed, hosts, parsed.tls or env_tls
+
+
 def registry_hosts(kind: str, env) -> tuple[tuple[tuple[str, int], ...], bool]:
     """The addresses an etcd:// or consul:// URL without a host uses: ETCDCTL_ENDPOINTS or
     CONSUL_HTTP_ADDR (127.0.0.1:2379 / 127.0.0.1:8500 when unset). Returns (hosts, tls) where tls
