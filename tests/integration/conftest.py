@@ -171,6 +171,19 @@ class Service:
 
 
 @pytest.fixture
+def two_services(tmp_path, docker_client, web_images):
+    """Two test services sharing one nginx and one store, each with its own route."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Service(tmp_path / "a", docker_client), Service(tmp_path / "b", docker_client)
+    b.port, b.proxy_dir, b.db = a.port, a.proxy_dir, a.db
+    b.write()
+    yield a, b
+    b.teardown()
+    a.teardown()
+
+
+@pytest.fixture
 def service(tmp_path, docker_client, web_images):
     svc = Service(tmp_path, docker_client)
     yield svc

@@ -54,25 +54,16 @@ def test_two_releases_of_one_service_at_once_exactly_one_runs(service):
     assert len(running) == 2 and {c[3] for c in running} == {f"cdlibt-flow-web:{winner}"}
 
 
-def test_two_services_sharing_one_proxy_release_at_once_without_dropping_a_request(
-        tmp_path, docker_client, web_images):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, b = Service(tmp_path / "a", docker_client), Service(tmp_path / "b", docker_client)
-    try:
-        b.port, b.proxy_dir, b.db = a.port, a.proxy_dir, a.db  # one nginx, one store
-        b.write()
-        a.cli("release", "--tag", "v1", check=True)
-        b.cli("release", "--tag", "v1", check=True)
-        with Load(a.url + "version", threads=2) as load_a, Load(b.url + "version", threads=2) as load_b:
-            procs = [_start(a, "release", "--tag", "v2"), _start(b, "release", "--tag", "v3")]
-            results = [_finish(p) for p in procs]
-        assert [code for code, _, _ in results] == [0, 0], results
-        assert load_a.failed == [] and load_b.failed == []
-        assert a.get() == (200, "v2") and b.get() == (200, "v3")
-        conf = a.nginx_conf().decode()
-        assert a.name in conf and b.name in conf  # one switch did not undo the other
-        assert a.journal() is None and b.journal() is None
-    finally:
-        b.teardown()
-        a.teardown()
+def test_two_services_sharing_one_proxy_release_at_once_without_dropping_a_request(two_services):
+    a, b = two_services
+    a.cli("release", "--tag", "v1", check=True)
+    b.cli("release", "--tag", "v1", check=True)
+    with Load(a.url + "version", threads=2) as load_a, Load(b.url + "version", threads=2) as load_b:
+        procs = [_start(a, "release", "--tag", "v2"), _start(b, "release", "--tag", "v3")]
+        results = [_finish(p) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert load_a.failed == [] and load_b.failed == []
+    assert a.get() == (200, "v2") and b.get() == (200, "v3")
+    conf = a.nginx_conf().decode()
+    assert a.name in conf and b.name in conf  # one switch did not undo the other
+    assert a.journal() is None and b.journal() is None

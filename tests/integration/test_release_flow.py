@@ -122,22 +122,12 @@ def test_failed_first_release_leaves_nothing_behind(service):
     assert not (service.proxy_dir / "nginx.pid").exists() or service.get()[0] != 200
 
 
-def test_two_services_share_one_proxy_and_store(tmp_path, docker_client, web_images):
-    from tests.integration.conftest import Service
-
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, b = Service(tmp_path / "a", docker_client), Service(tmp_path / "b", docker_client)
-    try:
-        b.port, b.proxy_dir, b.db = a.port, a.proxy_dir, a.db  # one nginx, one store
-        b.write()
-        a.cli("release", "--tag", "v1", check=True)
-        b.cli("release", "--tag", "v2", check=True)
-        assert a.get() == (200, "v1") and b.get() == (200, "v2")
-        with Load(a.url + "version", threads=2) as load:
-            b.cli("release", "--tag", "v3", check=True)  # releasing b leaves a's traffic alone
-        assert load.failed == [] and set(load.bodies) == {"v1"}
-        assert a.get() == (200, "v1") and b.get() == (200, "v3")
-    finally:
-        b.teardown()
-        a.teardown()
+def test_two_services_share_one_proxy_and_store(two_services):
+    a, b = two_services
+    a.cli("release", "--tag", "v1", check=True)
+    b.cli("release", "--tag", "v2", check=True)
+    assert a.get() == (200, "v1") and b.get() == (200, "v2")
+    with Load(a.url + "version", threads=2) as load:
+        b.cli("release", "--tag", "v3", check=True)  # releasing b leaves a's traffic alone
+    assert load.failed == [] and set(load.bodies) == {"v1"}
+    assert a.get() == (200, "v1") and b.get() == (200, "v3")
