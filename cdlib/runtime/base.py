@@ -52,6 +52,10 @@ class StartRequest:
     # started again (quick rollback, undo of a cleanup) comes back on the same port and the proxy
     # configuration that pointed at it is right again, byte for byte
     host_ports: tuple[int, int] = (20000, 29999)
+    # instance name -> the host port it had (from its registration): an instance that is created
+    # again (heal, scale back up) gets its old port, so the proxy configuration stays byte-identical
+    pinned_ports: tuple[tuple[str, int], ...] = ()
+    health_path: str = "/"
 
 
 class Runtime(ABC):
@@ -89,6 +93,25 @@ class Runtime(ABC):
     @abstractmethod
     def restore_aside(self, service: str, color: str, release: str) -> list[str]:
         """Undo set_aside: give the set-aside instances their names back."""
+
+    # -- healing and scaling (the live color, outside a release) ---------------------------------
+    def scale(self, req: StartRequest, replicas: int) -> list[Instance]:
+        """Make req's color run exactly ``replicas`` instances (req.replicas is not used) and
+        return the running ones, sorted by name. Instances 1..replicas run: a stopped or dead one
+        is started again, a missing one is created (with its port from req.pinned_ports when it
+        has one); those above are stopped and kept (the caller drains them first: doomed() names
+        them; discard() removes them once the change is final). With replicas equal to the
+        count that should run, this is the repair of ``heal``. Idempotent."""
+        raise NotImplementedError(f"{self.kind} runtime cannot scale")
+
+    def doomed(self, service: str, color: str, replicas: int) -> list[str]:
+        """The names of the running instances that scale(..., replicas) would stop."""
+        raise NotImplementedError(f"{self.kind} runtime cannot scale")
+
+    def discard(self, service: str, color: str, names: Sequence[str]) -> list[str]:
+        """Remove these stopped instances of the color (a scale down that closed); return the
+        names removed. Idempotent: a name already gone is skipped."""
+        raise NotImplementedError(f"{self.kind} runtime cannot scale")
 
     # -- images (build and push belong to the host that runs them) --------------------------------
     def build_image(self, context: str, dockerfile: str, tags: Sequence[str],
