@@ -48,6 +48,16 @@ class Proxy(ABC):
         """Put exactly these bytes back as the active configuration and reload (None: the empty
         configuration the proxy starts with). Idempotent."""
 
+    def plan_apply(self, text: str) -> tuple[str, str]:
+        """How apply(text) would change the running proxy, and why: ("none", why) when text is
+        the active configuration already, ("runtime", why) when the proxy can take it without a
+        reload (only the servers of existing backends change), ("reload", why) otherwise. Pure
+        apart from reading the active configuration; ``status`` and ``proxy render`` show it."""
+        current = self.read_config()
+        if current is not None and current == text.encode():
+            return "none", "the configuration is unchanged"
+        return "reload", f"{self.kind} applies every change with a reload"
+
     def request(self, path: str, headers: dict | None = None, timeout: float = 3.0) -> tuple[int, dict, bytes]:
         """One GET through the proxy: (status, headers, first 64 KiB of the body). Status 0 means no
         answer at all. The switch's probe uses it; memory adapters answer from their own state."""
