@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import ProxyError
 from .netaddr import format_hostport
 
 COLORS = ("blue", "green")
@@ -46,19 +47,75 @@ def instance_name(service: str, color: str, index: int) -> str:
     return f"{service}-{color}-{index}"
 
 
+# the edge settings of a route (Routes' fields after paths and hosts), their types and defaults
+ROUTE_TIMEOUT_DEFAULTS = {"connect_timeout": 3.0, "read_timeout": 60.0, "send_timeout": 60.0}  # seconds
+DEFAULT_MAX_BODY = 1048576  # bytes (nginx's own default of client_max_body_size, 1m)
+
+
 @dataclass(frozen=True)
 class Routes:
-    """Where the proxy sends traffic for one service: path prefixes and/or host names."""
+    """Where the proxy sends traffic for one service, and how: path prefixes and/or host names, then
+    the edge settings of those routes (the descriptor's ``routes.timeouts``, ``routes.max_body`` and
+    ``routes.tls``).
+
+    The timeouts are seconds (connecting to a server; between two reads of its answer; between two
+    writes of the request to it); ``max_body`` is the largest request body in bytes; ``tls_cert`` and
+    ``tls_key`` are absolute paths of a PEM certificate (chain) and its key, both or neither: with
+    them the routes are also served over HTTPS on ``proxy.tls_listen``, and ``https_redirect`` sends
+    plain-HTTP requests there (301). The whole value travels through the store in the service's spec
+    key, so every service's settings reach the shared proxy's configuration.
+    """
 
     paths: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
+    connect_timeout: float = ROUTE_TIMEOUT_DEFAULTS["connect_timeout"]
+    read_timeout: float = ROUTE_TIMEOUT_DEFAULTS["read_timeout"]
+    send_timeout: float = ROUTE_TIMEOUT_DEFAULTS["send_timeout"]
+    max_body: int = DEFAULT_MAX_BODY
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    https_redirect: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """Whether these routes are served over HTTPS too."""
+        return self.tls_cert is not None and self.tls_key is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"paths": list(self.paths), "hosts": list(self.hosts)}
+        return {"paths": list(self.paths), "hosts": list(self.hosts),
+                "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
+                "send_timeout": self.send_timeout, "max_body": self.max_body,
+                "tls_cert": self.tls_cert, "tls_key": self.tls_key, "https_redirect": self.https_redirect}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Routes:
-        return cls(tuple(data.get("paths", ())), tuple(data.get("hosts", ())))
+        """The value :meth:`to_dict` wrote. A spec key written before the edge settings existed (only
+        paths and hosts) gets their defaults. A value of the wrong type (a spec key edited in the
+        store) raises ProxyError naming it, as the renderers do for an unsafe value: it never reaches a
+        configuration file."""
+        out: dict[str, Any] = {}
+        for name, default in ROUTE_TIMEOUT_DEFAULTS.items():
+            value = data.get(name)
+            if value is None:
+                out[name] = default
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+                raise ProxyError(f"routes.{name} in the store is {value!r}: expected seconds, a positive number")
+            else:
+                out[name] = float(value)
+        body = data.get("max_body")
+        if body is None:
+            body = DEFAULT_MAX_BODY
+        elif isinstance(body, bool) or not isinstance(body, int) or body < 0:
+            raise ProxyError(f"routes.max_body in the store is {body!r}: expected a number of bytes")
+        cert, key = data.get("tls_cert"), data.get("tls_key")
+        for name, value in (("tls_cert", cert), ("tls_key", key)):
+            if value is not None and not isinstance(value, str):
+                raise ProxyError(f"routes.{name} in the store is {value!r}: expected a file path")
+        redirect = data.get("https_redirect", False)
+        if not isinstance(redirect, bool):
+            raise ProxyError(f"routes.https_redirect in the store is {redirect!r}: expected true or false")
+        return cls(tuple(data.get("paths", ())), tuple(data.get("hosts", ())), max_body=body, tls_cert=cert,
+                   tls_key=key, https_redirect=redirect, **out)
 
 
 @dataclass(frozen=True)
