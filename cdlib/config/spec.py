@@ -176,6 +176,7 @@ class ProxySpec:
     template: Path | None = None
     binary: str = "nginx"
     drain_timeout: float = 15.0
+    tls_listen: str | None = None  # the HTTPS listen address; required when a route has TLS (None: no HTTPS)
 
     @property
     def listen_host(self) -> str:
