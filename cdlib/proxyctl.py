@@ -124,8 +124,8 @@ def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_second
         raise ConfigError(f"proxy watch --max-seconds: expected a number of seconds from 0, got {max_seconds!r}",
                           key="--max-seconds")
     ctx.ports.proxy.preflight()
-    store = ctx.ports.store
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    store, clock = ctx.ports.store, ctx.clock
+    deadline = None if max_seconds is None else clock.monotonic() + max_seconds
     since, applied, failures = 0, 0, 0
     while True:
         try:
@@ -142,7 +142,7 @@ def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_second
             log(f"not applied: {exc}")
         if once:
             break
-        remaining = None if deadline is None else deadline - time.monotonic()
+        remaining = None if deadline is None else deadline - clock.monotonic()
         if remaining is not None and remaining <= 0:
             break
         wait = interval if remaining is None else min(interval, remaining)
@@ -151,14 +151,14 @@ def watch(ctx: Ctx, *, debounce: float = 1.0, interval: float = 10.0, max_second
         except CdlibError as exc:
             failures += 1
             log(f"registry unavailable: {exc}")
-            time.sleep(min(wait, 2.0))
+            clock.sleep(min(wait, 2.0))
             continue
         if changed is not None:
             since = changed
-            settle = time.monotonic() + debounce  # a burst of changes makes one reload
-            while time.monotonic() < settle:
+            settle = clock.monotonic() + debounce  # a burst of changes makes one reload
+            while clock.monotonic() < settle:
                 try:
-                    more = store.watch(keys.ROOT, since, max(0.0, settle - time.monotonic()))
+                    more = store.watch(keys.ROOT, since, max(0.0, settle - clock.monotonic()))
                 except CdlibError as exc:  # a registry blip must not end the watch: apply what we have
                     failures += 1
                     log(f"registry unavailable: {exc}")

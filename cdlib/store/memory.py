@@ -1,7 +1,9 @@
 """In-memory store: the reference implementation of the store contract, for unit tests.
 
 TTLs, lock expiry and the lock wait follow ``clock`` (``cdlib.clock``; a manual clock in tests),
-so expiry is rehearsed by moving the clock instead of waiting; a watch waits on real time for another
+so expiry is rehearsed by moving the clock instead of waiting. A watch on a manual clock moves the
+clock to the next change scheduled on it (``ManualClock.schedule``) or to its timeout, so a test of
+a watch loop runs in no time and ends the same way every run; on the real clock it waits for another
 thread's write. ``inject`` makes a primitive fail (before or after it acts) so tests rehearse a store
 that breaks in the middle of a release without replacing its methods."""
 
@@ -160,19 +162,46 @@ class MemoryStore(Store):
         return changed
 
     def _watch(self, prefix, since_version, timeout):
+        manual = getattr(self.clock, "next_due", None)
+        if manual is not None:
+            return self._watch_manual(prefix, since_version, timeout, manual)
         deadline = time.monotonic() + max(0.0, timeout)
         with self._changed:
             self.ops += 1
             while True:
-                newer = [rev for rev, key in self._log if rev > since_version and key.startswith(prefix)]
-                if newer:
-                    return max(newer)
-                if self._log and since_version < self._log[0][0] - 1:
-                    return self._rev  # changes after since_version were trimmed from the log: re-read
+                found = self._newer(prefix, since_version)
+                if found is not None:
+                    return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._changed.wait(remaining)
+
+    def _watch_manual(self, prefix, since_version, timeout, next_due):
+        """The watch on a manual clock: move it to the next scheduled call (which may write) or to the
+        timeout, whichever comes first; the store's lock is not held while the clock moves."""
+        clock = self.clock
+        deadline = clock.monotonic() + max(0.0, timeout)
+        with self._mutex:
+            self.ops += 1
+        while True:
+            with self._mutex:
+                found = self._newer(prefix, since_version)
+            if found is not None:
+                return found
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                return None
+            due = next_due()
+            clock.sleep(remaining if due is None else min(due, remaining))
+
+    def _newer(self, prefix, since_version):
+        newer = [rev for rev, key in self._log if rev > since_version and key.startswith(prefix)]
+        if newer:
+            return max(newer)
+        if self._log and since_version < self._log[0][0] - 1:
+            return self._rev  # changes after since_version were trimmed from the log: re-read
+        return None
 
     def snapshot(self) -> dict[str, str]:
         """Every live key and value: what tests compare before and after a failed release."""

@@ -166,3 +166,33 @@ def test_every_primitive_can_fail(method, call):
 def test_only_a_primitive_can_fail():
     with pytest.raises(ValueError, match="register"):
         MemoryStore().inject("register", StoreError("x"))
+
+
+def test_scheduled_calls_run_in_time_order_when_the_clock_passes_them():
+    clock = ManualClock(start=1000.0)
+    seen = []
+    clock.schedule(0.5, lambda: seen.append(("b", clock.monotonic())))
+    clock.schedule(0.2, lambda: (seen.append(("a", clock.monotonic())),
+                                 clock.schedule(0.1, lambda: seen.append(("a2", clock.monotonic())))))
+    assert clock.next_due() == pytest.approx(0.2)
+    clock.advance(0.25)
+    assert seen == [("a", pytest.approx(0.2))] and clock.monotonic() == pytest.approx(0.25)
+    clock.sleep(1.0)
+    assert [name for name, _ in seen] == ["a", "a2", "b"]
+    assert [t for _, t in seen][1:] == [pytest.approx(0.3), pytest.approx(0.5)]
+    assert clock.now() == pytest.approx(1001.25) and clock.next_due() is None
+    with pytest.raises(ValueError):
+        clock.schedule(-1, lambda: None)
+
+
+def test_a_memory_store_watch_on_a_manual_clock_ends_at_the_scheduled_write():
+    from cdlib.store.memory import MemoryStore
+
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    rev = store.put("cdlib/a", "1")
+    clock.schedule(4.0, lambda: store.put("cdlib/b", "2"))
+    assert store.watch("cdlib/", rev, 10.0) == rev + 1
+    assert clock.monotonic() == pytest.approx(4.0)
+    assert store.watch("cdlib/", rev + 1, 10.0) is None  # nothing more: the whole timeout passes
+    assert clock.monotonic() == pytest.approx(14.0)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from cdlib import keys, proxyctl
@@ -57,28 +54,44 @@ def test_apply_refuses_when_a_live_service_has_no_healthy_backend(world):
     assert world.proxy.read_config() == before
 
 
+def watch_log(world, lines):
+    """A log that stamps each line with the world's (manual) clock."""
+    return lambda line: lines.append((round(world.clock.monotonic(), 6), line))
+
+
 def test_watch_heals_routing_when_an_instance_dies_and_debounces_bursts(world):
+    """On the world's manual clock: the death and the burst are scheduled at exact times, the watch's
+    waits move the clock, and every reload happens at a time that can be asserted."""
     release(world, "v1")
-    lines = []
-    result = {}
-
-    def run():
-        result["out"] = proxyctl.watch(world.ctx(), debounce=0.3, interval=0.2, max_seconds=3.0, log=lines.append)
-
-    t = threading.Thread(target=run)
-    t.start()
-    time.sleep(0.3)
-    world.runtime.healthy["shop-blue-1"] = False  # dies: no registry change, found by the health timer
-    time.sleep(0.8)
-    assert len(world.proxy.backends[0]["servers"]) == 1
     applies = len(world.proxy.applies)
-    # a burst of registry changes: one reload
-    for i in range(5):
-        world.store.put_json(keys.instance("shop", "blue", f"extra-{i}"), {"address": "127.0.0.1", "port": 1,
-                                                                         "name": f"extra-{i}"})
-    t.join(10)
-    assert result["out"].data["failures"] == 0
-    assert len(world.proxy.applies) - applies <= 2  # the burst (+ at most one timer pass)
+    clock = world.clock
+
+    def dies():  # no registry change: found by the health timer
+        world.runtime.healthy["shop-blue-1"] = False
+
+    def registers(i):  # shop-blue-1 comes back and is registered again, five times in a row
+        def put():
+            world.runtime.healthy.pop("shop-blue-1", None)
+            key = keys.instance("shop", "blue", "shop-blue-1")
+            world.store.put_json(key, dict(world.store.get_json(key), attempt=i))
+        return put
+
+    clock.schedule(1.05, dies)
+    for i in range(5):  # a burst of registry changes, 50 ms apart, all inside one debounce window
+        clock.schedule(2.0 + i * 0.05, registers(i))
+    lines = []
+    out = proxyctl.watch(world.ctx(), debounce=0.3, interval=0.2, max_seconds=3.0, log=watch_log(world, lines))
+
+    assert out.data == {"applied": 2, "failures": 0}
+    assert clock.monotonic() == pytest.approx(3.0)
+    assert len(world.proxy.applies) - applies == 2
+    when = [t for t, line in lines if line.startswith("applied")]
+    # the death is seen by the first timer pass after it (passes every 0.2 s from 0.3 s: 1.1 s)
+    assert when[0] == pytest.approx(1.1)
+    assert "shop: left out" in lines[0][1]
+    # the burst (2.0 s to 2.2 s) makes one reload, when the debounce that began at 2.0 s ends
+    assert when[1] == pytest.approx(2.3)
+    assert len(world.proxy.backends[0]["servers"]) == 2  # healed both ways
 
 
 def test_watch_leaves_a_switching_release_alone(world):
@@ -107,9 +120,13 @@ def test_watch_survives_a_registry_failure_while_it_debounces(world):
 
     world.store.inject("watch", StoreError("etcd store: watch failed: connection reset"), when=second_call)
     lines = []
-    out = proxyctl.watch(world.ctx(), debounce=0.2, interval=0.1, max_seconds=0.6, log=lines.append)
-    assert out.exit_code == 0 and out.data["failures"] == 1
-    assert any("registry unavailable" in line for line in lines)
+    out = proxyctl.watch(world.ctx(), debounce=0.2, interval=0.1, max_seconds=0.6, log=watch_log(world, lines))
+    assert out.exit_code == 0 and out.data == {"applied": 0, "failures": 1}
+    # the failure came inside the debounce (the first watch returned the release's writes at once)
+    # and the watch went on to apply what it had, then kept watching until its end
+    assert [line for _, line in lines] == ["registry unavailable: etcd store: watch failed: connection reset"]
+    assert lines[0][0] == 0.0 and world.clock.monotonic() == pytest.approx(0.6)
+    assert len(calls) == 2  # the failure was injected once, then removed
 
 
 @pytest.mark.parametrize("over", [{"interval": 0}, {"interval": -1}, {"debounce": -1}, {"interval": float("nan")}])
