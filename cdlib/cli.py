@@ -276,6 +276,15 @@ def _print_status(out: Outcome) -> None:
     for kind, names in drift.items():
         if names:
             print(f"drift     {kind.replace('_', ' ')}: {', '.join(names)}")
+    px = d.get("proxy") or {}
+    if px.get("error"):
+        print(f"proxy     {px.get('kind')}: {px['error']}")
+    elif px:
+        nxt = px.get("next_change") or {}
+        print(f"proxy     {px.get('kind')} {px.get('url', '')}  next change ({nxt.get('for', '-')}): "
+              f"{nxt.get('mode', '-')}, {nxt.get('why', '')}")
+        for replica in px.get("replicas") or []:
+            print(f"  {replica.get('name', '?'):<32} config {str(replica.get('digest', '-'))[:19]}")
 
 
 def _dispatch(args, printer: _Printer) -> Outcome:
@@ -534,6 +543,9 @@ def _print_human(args, outcome: Outcome) -> None:
                   + (f"  (rollback to {h['revert_of']})" if h.get("revert_of") else ""))
     elif args.verb == "proxy" and args.proxy_verb == "render":
         sys.stdout.write(outcome.data["config"])
+        how = outcome.data.get("apply") or {}
+        if how and not args.quiet:  # on stderr: stdout stays exactly the configuration
+            print(f"cdlib: applying this would go by {how.get('mode')}: {how.get('why')}", file=sys.stderr)
     elif not args.quiet:
         print(_redact(outcome.message))
     sys.stdout.flush()

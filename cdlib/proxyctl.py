@@ -21,7 +21,7 @@ from . import keys
 from .context import Ctx
 from .errors import CdlibError, ConfigError, ProxyError
 from .locks import proxy_lock
-from .model import Backend, Instance, StepReport
+from .model import Backend, Instance, Routes, StepReport
 from .registry import backends
 from .results import ProxyOutcome
 
@@ -58,7 +58,26 @@ def render(ctx: Ctx) -> ProxyOutcome:
     # input: refused before a byte of what it renders is printed
     ctx.ports.proxy.preflight()
     text = ctx.ports.proxy.render(backends(ctx.ports.store))
-    return ProxyOutcome("proxy", ctx.service, True, 0, text, [], {"config": text})
+    mode, why = ctx.ports.proxy.plan_apply(text)
+    return ProxyOutcome("proxy", ctx.service, True, 0, text, [], {"config": text, "apply": {"mode": mode, "why": why}})
+
+
+def switch_plan(ctx: Ctx) -> dict[str, str]:
+    """How the proxy would take the next change for this service, and why: the switch of the open
+    release to its registered color when it has one, else an apply of the registry as it is."""
+    store, proxy = ctx.ports.store, ctx.ports.proxy
+    record = store.get_json(keys.release(ctx.service)) or {}
+    override = None
+    color = record.get("color")
+    if color and record.get("phase") not in (jr.SWITCHING, jr.ROLLING_BACK):
+        regs = store.registrations(ctx.service, color)
+        if regs:
+            spec = store.get_json(keys.spec(ctx.service)) or {}
+            override = Backend(ctx.service, color, str(record.get("id", "")), Routes.from_dict(spec.get("routes", {})),
+                               tuple(sorted((r["address"], int(r["port"])) for r in regs)),
+                               spec.get("health_path", "/"))
+    mode, why = proxy.plan_apply(proxy.render(backends(store, override)))
+    return {"mode": mode, "why": why, "for": "the switch of the open release" if override else "an apply"}
 
 
 def apply(ctx: Ctx, *, force: bool = False) -> ProxyOutcome:

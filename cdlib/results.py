@@ -43,12 +43,14 @@ class StatusResult:
     registry_health: dict[str, Any] | None = None  # the registry's own checks (Consul), else None
     instances: list[dict[str, Any]] = field(default_factory=list)
     drift: dict[str, Any] = field(default_factory=dict)
+    # the proxy's view (kind, url, replicas with their config digests) and next_change: mode, why
+    proxy: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StatusResult:
         return cls(data.get("live"), data.get("next_color"), data.get("open_release"), data.get("lock"),
                    list(data.get("registered") or []), data.get("registry_health"),
-                   list(data.get("instances") or []), dict(data.get("drift") or {}))
+                   list(data.get("instances") or []), dict(data.get("drift") or {}), dict(data.get("proxy") or {}))
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,12 @@ class ProxyResult:
     timings: dict[str, Any] | None = None
     applied: int | None = None
     failures: int | None = None
+    apply: dict[str, Any] | None = None  # render: which way applying it would go (mode, why)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProxyResult:
         return cls(data.get("config"), data.get("changed"), dict(data.get("dropped") or {}), data.get("timings"),
-                   data.get("applied"), data.get("failures"))
+                   data.get("applied"), data.get("failures"), data.get("apply"))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from . import keys, plan
 from .context import Ctx
 from .errors import (
     EXIT_UNDO_INCOMPLETE,
+    CdlibError,
     ConfigError,
     LockHeld,
     StoreError,
@@ -316,10 +317,25 @@ def status(ctx: Ctx, *, check_health: bool = True) -> StatusOutcome:
         "running_not_registered": sorted(f"{c}/{n}" for c, n in running - reg_names
                                          if live and c == live["color"]),
     }
+    data["proxy"] = _proxy_status(ctx)
     msg = (f"{s.name}: live {live['color']} ({live.get('image')})" if live else f"{s.name}: nothing live yet")
     if j is not None:
         msg += f"; open release {j.id} ({j.phase})"
     return StatusOutcome("status", s.name, True, 0, msg, [], data)
+
+
+def _proxy_status(ctx: Ctx) -> dict[str, Any]:
+    """The proxy's own view (kind, URL, each replica's configuration digest where it has replicas)
+    and which way its next change would go (runtime or reload) and why. A proxy that cannot be read
+    is reported, not raised (a registration without an address included): status still shows the rest."""
+    from .proxyctl import switch_plan
+
+    try:
+        return dict(ctx.ports.proxy.status(), next_change=switch_plan(ctx))
+    except CdlibError as exc:
+        return {"kind": ctx.spec.proxy.kind, "error": str(exc)}
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed registration: drift shows which
+        return {"kind": ctx.spec.proxy.kind, "error": f"cannot render from the registry: {type(exc).__name__} {exc}"}
 
 
 def color(ctx: Ctx, *, next_color: bool = False) -> ColorOutcome:

@@ -432,3 +432,24 @@ def test_help_lists_every_exit_code():
     text = " ".join(cli.build_parser().format_help().split())
     assert "5 failed and the state is unknown (run 'cdlib status', then 'cdlib rollback')" in text
     assert "4 undo incomplete" in text and "3 lock held" in text
+
+
+def test_status_and_render_say_which_way_the_next_proxy_change_goes(capsys):
+    from cdlib.model import Outcome
+
+    status = Outcome("status", "shop", data={
+        "live": None, "next_color": "blue", "open_release": None, "lock": None, "instances": [], "drift": {},
+        "proxy": {"kind": "haproxy", "url": "http://127.0.0.1:8880",
+                  "next_change": {"mode": "runtime", "why": "only the servers of shop change", "for": "an apply"},
+                  "replicas": [{"name": "edge-1", "digest": "sha256:" + "ab" * 32}]}})
+    cli._print_status(status)
+    out = capsys.readouterr().out
+    assert ("proxy     haproxy http://127.0.0.1:8880  next change (an apply): runtime, only the servers of shop "
+            "change") in out
+    assert "  edge-1                           config sha256:abababababab\n" in out
+    args = cli.build_parser().parse_args(["proxy", "render"])
+    cli._print_human(args, Outcome("proxy", "shop", data={"config": "global\n",
+                                                         "apply": {"mode": "reload", "why": "a new route"}}))
+    printed = capsys.readouterr()
+    assert printed.out == "global\n"
+    assert printed.err == "cdlib: applying this would go by reload: a new route\n"

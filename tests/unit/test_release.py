@@ -316,6 +316,17 @@ def test_status_reports_live_open_release_lock_and_drift(world):
     assert "blue/shop-blue-9" in st["drift"]["registered_not_running"]
     assert {i["name"] for i in st["instances"] if i["healthy"]} == {"shop-blue-1", "shop-blue-2",
                                                                    "shop-green-1", "shop-green-2"}
+    # the registration without an address cannot be routed: status says so and still answers
+    assert st["proxy"]["error"] == "cannot render from the registry: KeyError 'address'"
+
+
+def test_status_says_how_the_open_release_would_switch(world):
+    released(world, "v1")
+    assert rel.deploy(world.ctx("v2")).ok
+    st = rel.status(world.ctx()).data
+    assert st["proxy"]["kind"] == "memory"
+    assert st["proxy"]["next_change"] == {"mode": "reload", "why": "memory applies every change with a reload",
+                                          "for": "the switch of the open release"}
 
 
 def test_color_verb(world):

@@ -54,12 +54,16 @@ def test_status_color_history_and_proxy_have_their_own_result_types(world):
     assert status.result.open_release is None and len(status.result.instances) == 2
     assert set(status.to_dict()) == {"verb", "service", "ok", "exit_code", "message", "steps", "live",
                                      "next_color", "open_release", "lock", "registered", "registry_health",
-                                     "instances", "drift"}
+                                     "instances", "drift", "proxy"}
+    # the memory proxy takes every change by reload; the registry as it is renders what it serves
+    assert status.result.proxy["next_change"] == {"mode": "none", "why": "the configuration is unchanged",
+                                                  "for": "an apply"}
     assert rel.color(world.ctx(), next_color=True).result == ColorResult("green", "blue")
     history = rel.history(world.ctx()).result
     assert isinstance(history, HistoryResult) and history.history[0]["outcome"] == "released"
     rendered = proxyctl.render(world.ctx()).result
     assert isinstance(rendered, ProxyResult) and "shop" in rendered.config
+    assert rendered.apply == {"mode": "none", "why": "the configuration is unchanged"}
 
 
 def test_rollback_without_an_open_release_says_what_it_finished(world):
