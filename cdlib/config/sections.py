@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, overload
 
@@ -212,7 +213,8 @@ def parse_target(r: Reader, data: YamlMap, env: Mapping[str, str], replicas: int
 
 
 def parse_proxy(r: Reader, data: YamlMap, env: Mapping[str, str], base: Path) -> ProxySpec:
-    px = r.section(data, "", "proxy", {"kind", "listen", "dir", "template", "binary", "drain_timeout"})
+    px = r.section(data, "", "proxy", {"kind", "listen", "dir", "template", "binary", "drain_timeout",
+                                       "tls_listen"})
     home_text = _env_value(env, "CDLIB_HOME") or ""
     if re.search("[\x00-\x1f\x7f\ud800-\udfff]", home_text) or len(home_text) > 4096:
         raise ConfigError(f"CDLIB_HOME: expected a directory path without control characters, got "
@@ -248,7 +250,38 @@ def parse_proxy(r: Reader, data: YamlMap, env: Mapping[str, str], base: Path) ->
         binary=r.string(px, "proxy", "binary", ARG_RE, default=pkind,
                         what="a program name or path (no control characters)"),
         drain_timeout=float(r.number(px, "proxy", "drain_timeout", 15, 0, 600)),
+        tls_listen=parse_tls_listen(r, px, data, listen),
     )
+
+
+def parse_tls_listen(r: Reader, px: YamlMap, data: YamlMap, listen: str) -> str | None:
+    """proxy.tls_listen: the HTTPS listen address (PORT or ADDRESS:PORT, as proxy.listen), required
+    when routes.tls is set, and not the address proxy.listen takes."""
+    routes = data.get("routes")
+    wants_tls = isinstance(routes, dict) and routes.get("tls") is not None
+    if px.get("tls_listen") is None:
+        if wants_tls:
+            raise r.fail("proxy.tls_listen", "the HTTPS listen address, PORT or ADDRESS:PORT, e.g. "
+                                             "127.0.0.1:8443 (required with routes.tls)")
+        return None
+    tls_listen = r.string(px, "proxy", "tls_listen", required=True, what="PORT or ADDRESS:PORT")
+    problem = listen_problem(tls_listen)
+    if problem:
+        raise r.fail("proxy.tls_listen", problem, tls_listen)
+    if _same_socket(tls_listen, listen):
+        raise r.fail("proxy.tls_listen", f"an address other than proxy.listen ({listen})", tls_listen)
+    return tls_listen
+
+
+def _same_socket(a: str, b: str) -> bool:
+    """Whether two valid listen addresses would take the same port (the same host, or either one
+    every address of the machine)."""
+    wildcards = {"", "0.0.0.0", "[::]"}
+    (host_a, _, port_a), (host_b, _, port_b) = (x.rpartition(":") if ":" in x else ("", "", x) for x in (a, b))
+    if int(port_a) != int(port_b):
+        return False
+    same = {"localhost": "127.0.0.1"}
+    return same.get(host_a, host_a) == same.get(host_b, host_b) or host_a in wildcards or host_b in wildcards
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -324,9 +357,59 @@ def parse_probe(r: Reader, data: YamlMap) -> ProbeSpec:
     )
 
 
-def parse_routes(r: Reader, data: YamlMap, service: str) -> Routes:
-    """routes.paths and routes.hosts; neither: the path /<service>/."""
-    rt = r.section(data, "", "routes", {"paths", "hosts"})
+ROUTE_KEYS = {"paths", "hosts", "timeouts", "max_body", "tls"}
+SIZE_RE = re.compile(r"([0-9]{1,12})([kKmMgG]?)\Z", re.ASCII)
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MAX_BODY_LIMIT = 64 << 30  # routes.max_body: at most 64g
+TIMEOUT_LIMITS = {"connect": 75.0, "read": 86400.0, "send": 86400.0}  # seconds (nginx: connect at most 75 s)
+
+
+def parse_size(r: Reader, value: object, key: str, low: int, high: int) -> int:
+    """A byte count written as an integer or as nginx writes sizes: '512k', '10m', '1g' (1024-based)."""
+    what = f"a size in bytes from {low} to {high >> 30}g: an integer or a number with k, m or g (e.g. 512k, 10m)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = SIZE_RE.match(value) if isinstance(value, str) else None
+        if m is None:
+            raise r.fail(key, what, value)
+        size = int(m.group(1)) * SIZE_UNITS[m.group(2).lower()]
+    if not low <= size <= high:
+        raise r.fail(key, what, value)
+    return int(size)
+
+
+def parse_route_tls(r: Reader, rt: YamlMap, base: Path) -> tuple[str | None, str | None, bool]:
+    """routes.tls: cert and key (files, relative to the descriptor) and redirect; both files are checked
+    here, before anything changes (cdlib.tls.pair_problem), and never quoted."""
+    if rt.get("tls") is None:
+        return None, None, False
+    tls = r.section(rt, "routes", "tls", {"cert", "key", "redirect"})
+    paths: dict[str, Path] = {}
+    for name, what in (("cert", "a PEM certificate file"), ("key", "a PEM private key file")):
+        if tls.get(name) is None:
+            raise r.fail(f"routes.tls.{name}", f"{what} (required with routes.tls)")
+        path = r.path(tls, "routes.tls", name, base)
+        assert path is not None
+        if CFG_UNSAFE_RE.search(str(path)):
+            # nginx.conf and haproxy.cfg name the file as one bare token
+            raise r.fail(f"routes.tls.{name}", f"{what} path without spaces, quotes or any of ; {{ }} # $ ` \\",
+                         str(path))
+        paths[name] = path.absolute()
+    redirect = r.boolean(tls, "routes.tls", "redirect", False)
+    from ..tls import pair_problem  # imported here: ssl is not the CLI's start-up cost
+
+    problem = pair_problem(paths["cert"], paths["key"])
+    if problem is not None:
+        field, text = problem
+        raise ConfigError(f"{r.source}: routes.tls.{field}: expected {text}", file=r.source, key=f"routes.tls.{field}")
+    return str(paths["cert"]), str(paths["key"]), redirect
+
+
+def parse_routes(r: Reader, data: YamlMap, service: str, base: Path | None = None) -> Routes:
+    """routes.paths and routes.hosts (neither: the path /<service>/), then the edge settings of those
+    routes: routes.timeouts.connect|read|send (seconds), routes.max_body (bytes) and routes.tls."""
+    rt = r.section(data, "", "routes", ROUTE_KEYS)
     routes = Routes(
         paths=r.str_list(rt, "routes", "paths", PATH_RE,
                          "URL path prefixes starting with '/' (letters, digits, . _ ~ - /)"),
@@ -341,7 +424,15 @@ def parse_routes(r: Reader, data: YamlMap, service: str) -> Routes:
             raise r.fail(f"routes.hosts[{i}]", "a host name of at most 253 characters", host)
     if not routes.paths and not routes.hosts:
         routes = Routes(paths=(f"/{service}/",))
-    return routes
+    tm = r.section(rt, "routes", "timeouts", set(TIMEOUT_LIMITS))
+    connect, read, send = (float(r.number(tm, "routes.timeouts", name, getattr(Routes, f"{name}_timeout"), 0.001,
+                                          high)) for name, high in TIMEOUT_LIMITS.items())
+    max_body = Routes.max_body
+    if rt.get("max_body") is not None:
+        max_body = parse_size(r, rt["max_body"], "routes.max_body", 1, MAX_BODY_LIMIT)
+    cert, key, redirect = parse_route_tls(r, rt, base or Path.cwd())
+    return replace(routes, connect_timeout=connect, read_timeout=read, send_timeout=send, max_body=max_body,
+                   tls_cert=cert, tls_key=key, https_redirect=redirect)
 
 
 def parse_tests(r: Reader, data: YamlMap, base: Path) -> dict[str, SuiteSpec]:
@@ -399,7 +490,7 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
     health = parse_health(r, data)
     probe = parse_probe(r, data)
     replicas = int(r.number(data, "", "replicas", 1, 1, 100, integer=True))
-    routes = parse_routes(r, data, name)
+    routes = parse_routes(r, data, name, base)
     tests = parse_tests(r, data, base)
     target = parse_target(r, data, env, replicas)
     proxy = parse_proxy(r, data, env, base)
