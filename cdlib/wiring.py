@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ServiceSpec, SuiteSpec
 from .errors import ConfigError
@@ -15,6 +16,9 @@ from .proxy.base import Proxy
 from .runtime.base import Runtime
 from .store.base import Store
 from .testrun.base import TestRunner
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .proxy.managed import ManagedProxy
 
 
 def open_store(url: str) -> Store:
@@ -56,17 +60,22 @@ def open_runtime(spec: ServiceSpec) -> Runtime:
 
 def open_proxy(spec: ServiceSpec) -> Proxy:
     p = spec.proxy
+    proxy: ManagedProxy
     if p.kind == "nginx":
         from .proxy.nginx import NginxProxy
 
-        return NginxProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
-                          drain_timeout=p.drain_timeout)
-    if p.kind == "haproxy":
+        proxy = NginxProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
+                           drain_timeout=p.drain_timeout)
+    elif p.kind == "haproxy":
         from .proxy.haproxy import HaproxyProxy
 
-        return HaproxyProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
-                            drain_timeout=p.drain_timeout)
-    raise ConfigError(f"proxy.kind: unknown proxy {p.kind!r}", key="proxy.kind")
+        proxy = HaproxyProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
+                             drain_timeout=p.drain_timeout)
+    else:
+        raise ConfigError(f"proxy.kind: unknown proxy {p.kind!r}", key="proxy.kind")
+    # the HTTPS listen address (checked by config), which the templates see as tls_listen
+    proxy.tls_listen = p.tls_listen
+    return proxy
 
 
 def open_runner(spec: ServiceSpec, suite: SuiteSpec, on_output=None) -> TestRunner:

@@ -237,10 +237,15 @@ class ManagedProxy(Proxy):
 
     def __init__(self, directory: str | os.PathLike, listen: str, binary: str,
                  template: str | os.PathLike | None, drain_timeout: float, *,
-                 reload_timeout: float, start_timeout: float):
+                 reload_timeout: float, start_timeout: float, tls_listen: str | None = None):
         self.dir = Path(directory).absolute()
         self.listen = str(listen)
         self.host, self.port = parse_listen(self.listen)
+        # the HTTPS listen address (proxy.tls_listen), None: no HTTPS; the templates see it as tls_listen
+        self.tls_listen = None if tls_listen is None else str(tls_listen)
+        if self.tls_listen is not None and netaddr.listen_problem(self.tls_listen):
+            raise ConfigError(f"proxy.tls_listen: expected {netaddr.listen_problem(self.tls_listen)}, got "
+                              f"{self.tls_listen!r}", key="proxy.tls_listen")
         self.binary = binary
         self.template = Path(template) if template is not None else None
         self.drain_timeout = float(drain_timeout)
@@ -318,9 +323,31 @@ class ManagedProxy(Proxy):
             raise ProxyError(f"cannot read {self.config_path}: {exc.strerror}") from exc
 
     def render(self, backends: Sequence[Backend]) -> str:
+        """The configuration for these backends. When a route has TLS, the text ends with a comment
+        holding the digest of the certificate and key files (:func:`cdlib.tls.digest_line`): the
+        proxy reads them only when it loads its configuration, so a certificate renewed in place
+        changes the text, and applying it validates, swaps and reloads like any change."""
         from ..render import render_template
+        from ..tls import digest_line
 
-        return render_template(self.template_name, self._context(backends), self.template)
+        text = render_template(self.template_name, self._template_context(backends), self.template)
+        tail = digest_line(backends)
+        return text + ("\n" if tail and not text.endswith("\n") else "") + tail
+
+    def _template_context(self, backends: Sequence[Backend]) -> dict:
+        """The adapter's context plus what every managed proxy's template sees: ``tls_listen``.
+        A route with TLS and no HTTPS listen address is refused: the proxy is shared, and rendering
+        it without HTTPS would silently drop another service's HTTPS routes."""
+        context = self._context(backends)
+        context.setdefault("tls_listen", self.tls_listen)
+        if context["tls_listen"] is None:
+            for b in backends:
+                if b.routes.tls_cert is not None:
+                    raise ConfigError(f"proxy.tls_listen: expected the HTTPS listen address (e.g. 127.0.0.1:8443): "
+                                      f"service {b.service} routes HTTPS through this {self.kind} (routes.tls), and "
+                                      "every service sharing the proxy needs the same proxy settings",
+                                      key="proxy.tls_listen")
+        return context
 
     def _forced_stop_after(self) -> int:
         """Seconds after which the proxy itself closes what an old worker still holds: a little
@@ -446,7 +473,7 @@ class ManagedProxy(Proxy):
         if self.template is not None:
             from ..render import render_template
 
-            if self._check_elsewhere(render_template(self.template_name, self._context([]))) is None:
+            if self._check_elsewhere(render_template(self.template_name, self._template_context([]))) is None:
                 return ConfigError(f"proxy.template: {cmd} refused the configuration rendered from "
                                    f"{self.template}{': ' + reason if reason else ''}{where}",
                                    key="proxy.template", line=number)
