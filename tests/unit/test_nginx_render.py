@@ -35,7 +35,41 @@ OVERRIDE = """\
 
 
 def proxy(tmp_path: Path, template: Path | None = None) -> NginxProxy:
-    return NginxProxy(tmp_path / "nginx", listen=LISTEN, template=template)
+    # static upstreams whatever is installed; the dynamic ones have goldens of their own below
+    return NginxProxy(tmp_path / "nginx", listen=LISTEN, template=template, dynamic=False)
+
+
+# a fixed directory: the admin socket's path is written into the file (nothing is created there)
+DYNAMIC_DIR = "/var/lib/cdlib/nginx"
+TLS_LISTEN = "127.0.0.1:8443"
+
+
+def edge_backends() -> list[Backend]:
+    """A host-routed service with its own certificate, the redirect to HTTPS, long reads and large
+    bodies; a path-routed one with a certificate and short timeouts; a plain one."""
+    shop = Backend("shop", "green", "r-0007", Routes(
+        paths=(), hosts=("shop.example.com",), read_timeout=3600.0, send_timeout=120.0, max_body=50 * 1048576,
+        tls_cert="/etc/cdlib/tls/shop.pem", tls_key="/etc/cdlib/tls/shop.key", https_redirect=True),
+        (("127.0.0.1", 32011),))
+    reports = Backend("reports", "blue", "r-0003", Routes(
+        paths=("/reports",), connect_timeout=0.5, read_timeout=2.5, max_body=0,
+        tls_cert="/etc/cdlib/tls/reports.pem", tls_key="/etc/cdlib/tls/reports.key"), (("127.0.0.1", 32021),))
+    return [shop, reports, demo()]
+
+
+# nginx-only scenarios: (what the golden shows, how it is rendered); the template's own output
+# (managed.render adds a digest line of the certificate files, which must then exist)
+NGINX_SCENARIOS = {
+    "dynamic-two-services": lambda: render_template("nginx.conf.j2", nginx_context(
+        [demo(), api()], listen=LISTEN, dynamic=True, admin_socket=f"{DYNAMIC_DIR}/admin/nginx.sock")),
+    "dynamic-no-backends": lambda: render_template("nginx.conf.j2", nginx_context(
+        [], listen=LISTEN, dynamic=True, admin_socket=f"{DYNAMIC_DIR}/admin/nginx.sock")),
+    "edge-tls-redirect": lambda: render_template("nginx.conf.j2", nginx_context(
+        edge_backends(), listen=LISTEN, tls_listen=TLS_LISTEN)),
+    "dynamic-edge-tls": lambda: render_template("nginx.conf.j2", nginx_context(
+        edge_backends(), listen=LISTEN, tls_listen="443", dynamic=True,
+        admin_socket=f"{DYNAMIC_DIR}/admin/nginx.sock")),
+}
 
 
 # -- golden files ---------------------------------------------------------------------------------
@@ -45,6 +79,84 @@ def test_golden(tmp_path, name):
     override.write_text(OVERRIDE)
     text = cases.golden_text(name, lambda template: proxy(tmp_path, template), override)
     cases.check_golden(GOLDEN / f"{name}.conf", text)
+
+
+@pytest.mark.parametrize("name", sorted(NGINX_SCENARIOS))
+def test_nginx_only_golden(name):
+    cases.check_golden(GOLDEN / f"{name}.conf", NGINX_SCENARIOS[name]())
+
+
+def test_dynamic_routes_through_one_upstream_per_service():
+    text = NGINX_SCENARIOS["dynamic-two-services"]()
+    assert "load_module /usr/lib/nginx/modules/ndk_http_module.so;" in text
+    assert text.index("ndk_http_module") < text.index("ngx_http_lua_module")  # the Lua module needs NDK
+    assert "upstream cdlib_demo {" in text and "upstream demo_blue" not in text
+    assert 'cdlib_upstreams.balance("demo")' in text and "proxy_pass http://cdlib_demo/;" in text
+    assert '["demo"] = "blue r-0001 127.0.0.1:32001 127.0.0.1:32002",' in text
+    assert f"listen unix:{DYNAMIC_DIR}/admin/nginx.sock;" in text
+    # the color a probe learns comes from the shared dictionary, not from the file
+    assert "set $cdlib_color blue;" not in text and 'cdlib_upstreams.color("demo")' in text
+    assert text.index("balancer_by_lua_block") < text.index("keepalive 16;")  # keepalive wraps the balancer
+
+
+def test_a_color_switch_changes_only_the_servers_table_in_dynamic_mode():
+    def render(color, ports):
+        return render_template("nginx.conf.j2", nginx_context(
+            [demo(color, servers=tuple(("127.0.0.1", p) for p in ports))], listen=LISTEN, dynamic=True,
+            admin_socket=f"{DYNAMIC_DIR}/admin/nginx.sock"))
+    blue, green = render("blue", (32001, 32002)), render("green", (32003,)).splitlines()
+    changed = [(a, b) for a, b in zip(blue.splitlines(), green, strict=True) if a != b]
+    assert changed == [("#   demo blue release r-0001", "#   demo green release r-0001"),
+                       ('            ["demo"] = "blue r-0001 127.0.0.1:32001 127.0.0.1:32002",',
+                        '            ["demo"] = "green r-0001 127.0.0.1:32003",')]
+
+
+def test_a_server_named_by_host_name_keeps_static_upstreams():
+    ctx = nginx_context([demo(servers=(("app.internal", 8080),))], listen=LISTEN, dynamic=True,
+                        admin_socket=f"{DYNAMIC_DIR}/admin/nginx.sock")
+    assert ctx["dynamic"] is False and ctx["lua_modules"] == [] and ctx["backends"][0]["upstream"] == "demo_blue"
+
+
+def test_edge_settings_per_location():
+    text = NGINX_SCENARIOS["edge-tls-redirect"]()
+    reports = text[text.index("location /reports/ {"):]
+    assert reports.index("proxy_connect_timeout 500ms;") < reports.index("}")
+    assert "proxy_read_timeout 2500ms;" in reports and "client_max_body_size 0;" in reports
+    shop_tls = text[text.index("listen 127.0.0.1:8443 ssl;"):]
+    assert "ssl_certificate /etc/cdlib/tls/shop.pem;" in shop_tls and "ssl_certificate_key /etc/cdlib/tls/shop.key;" in shop_tls
+    assert "proxy_read_timeout 3600s;" in shop_tls and "client_max_body_size 52428800;" in shop_tls
+    assert "proxy_request_buffering off;" in shop_tls  # larger than the in-memory buffer: streamed
+    # plain HTTP for shop redirects, the HTTPS port named; reports stays on plain HTTP too
+    shop_http = text[text.index("server_name shop.example.com;"):]
+    assert "return 301 https://$host:8443$request_uri;" in shop_http.split("}")[0]
+    assert "location /reports/ {\n            set $cdlib_color blue;" in text
+    assert "listen 127.0.0.1:8443 ssl default_server;" in text  # the path routes with a certificate
+
+
+def test_websocket_upgrades_pass_and_other_requests_keep_upstream_keepalive():
+    text = NginxProxy(DYNAMIC_DIR, listen=LISTEN, dynamic=False).render([demo()])
+    assert "proxy_set_header Upgrade $http_upgrade;" in text
+    assert "proxy_set_header Connection $cdlib_connection;" in text
+    assert 'map $http_upgrade $cdlib_connection {\n        default upgrade;\n        "" "";\n    }' in text
+    assert 'proxy_set_header Connection "";' not in text
+
+
+def test_https_port_443_is_not_written_in_the_redirect():
+    text = NGINX_SCENARIOS["dynamic-edge-tls"]()
+    assert "return 301 https://$host$request_uri;" in text and "listen 443 ssl;" in text
+
+
+@pytest.mark.parametrize("routes, words", [
+    ({"connect_timeout": 0}, "routes.connect_timeout 0 must be"),
+    ({"read_timeout": -1.0}, "routes.read_timeout"),
+    ({"send_timeout": True}, "routes.send_timeout"),
+    ({"max_body": -1}, "routes.max_body"),
+    ({"tls_cert": "/etc/x.pem"}, "both a certificate and a key"),
+])
+def test_bad_edge_values_are_refused_with_the_service_named(routes, words):
+    b = Backend("demo", "blue", "r", Routes(paths=("/d/",), **routes), (("127.0.0.1", 1),))
+    with pytest.raises(ProxyError, match=words):
+        nginx_context([b], listen=LISTEN, tls_listen=TLS_LISTEN)
 
 
 def test_no_backends_answers_503_but_health(tmp_path):
@@ -111,7 +223,7 @@ def test_probe_headers_only_through_maps(tmp_path):
 
 
 def test_drain_timeout_bounds_worker_shutdown(tmp_path):
-    text = NginxProxy(tmp_path, listen=LISTEN, drain_timeout=5).render([])
+    text = NginxProxy(tmp_path, listen=LISTEN, drain_timeout=5, dynamic=False).render([])
     assert "worker_shutdown_timeout 4s;" in text
 
 
