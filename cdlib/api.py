@@ -198,5 +198,30 @@ def proxy_watch(file: PathLike = None, *, debounce: float = 1.0, interval: float
                                          once=once, log=log), file, report, ports, store=store)
 
 
+def proxy_image(file: PathLike = None, *, kind: str | None = None, docker_host: str | None = None) -> ProxyOutcome:
+    """Build the proxy image of ``kind`` (nginx, haproxy) from this machine's Debian binaries on
+    the Docker engine, unless it is there already (cdlib.proxy.image). Without ``kind``: the
+    descriptor's proxy.kind and target.docker_host. Result data: {"images": [{kind, tag, id, built}]}."""
+    from .errors import ConfigError
+    from .proxy.container import DockerEngine
+    from .proxy.image import KINDS
+
+    service = ""
+    if kind is None:
+        spec = load_spec(file)
+        kind, service = spec.proxy.kind, spec.name
+        docker_host = docker_host or spec.target.docker_host
+    if kind not in KINDS:
+        raise ConfigError(f"--kind: expected {' or '.join(KINDS)}, got {kind!r}", key="--kind")
+    engine = DockerEngine(docker_host)
+    try:
+        built = engine.ensure_image(kind)
+    finally:
+        engine.close()
+    verb = "built" if built["built"] else "already there:"
+    return ProxyOutcome("proxy", service, True, 0, f"{verb} {built['tag']} ({built['id'][7:19]})", [],
+                        {"images": [built]})
+
+
 VERBS = ("status", "color", "history", "build", "push", "test", "deploy", "switch", "cleanup", "rollback",
          "release")

@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-check instance health at least this often (default 10)")
     pw.add_argument("--max-seconds", type=float, default=None, metavar="SECONDS", help="stop after SECONDS")
     pw.add_argument("--once", action="store_true", help="one pass, then exit")
+    pi = psub.add_parser("image", parents=[common], help="build the proxy image (nginx or HAProxy from this "
+                                                         "machine's binaries) unless it exists; for proxy.run "
+                                                         "container or service")
+    pi.add_argument("--kind", choices=("nginx", "haproxy"), default=None,
+                    help="which proxy (default: the descriptor's proxy.kind)")
     from .jobs import cli as jobs_cli  # light: builds its parser only
 
     jobs_cli.add_parser(sub, [common])
@@ -336,6 +341,8 @@ def _proxy(args, printer: _Printer) -> Outcome:
         return api.proxy_render(args.file, store=args.store)
     if args.proxy_verb == "apply":
         return api.proxy_apply(args.file, force=args.force, store=args.store, report=printer.step)
+    if args.proxy_verb == "image":
+        return api.proxy_image(args.file, kind=args.kind)
     log = (lambda line: None) if printer.quiet else (lambda line: print(_redact(line), flush=True))
     try:
         return api.proxy_watch(args.file, debounce=args.debounce, interval=args.interval,

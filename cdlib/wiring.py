@@ -60,6 +60,8 @@ def open_runtime(spec: ServiceSpec) -> Runtime:
 
 def open_proxy(spec: ServiceSpec) -> Proxy:
     p = spec.proxy
+    if getattr(p, "run", "process") != "process":
+        return _docker_proxy(spec)
     proxy: ManagedProxy
     if p.kind == "nginx":
         from .proxy.nginx import NginxProxy
@@ -76,6 +78,19 @@ def open_proxy(spec: ServiceSpec) -> Proxy:
     # the HTTPS listen address (checked by config), which the templates see as tls_listen
     proxy.tls_listen = p.tls_listen
     return proxy
+
+
+def _docker_proxy(spec: ServiceSpec) -> Proxy:
+    """proxy.run container or service: the proxy in a container on the target engine, or a Swarm
+    service (docs/proxy-placement.md)."""
+    from .proxy.container import ContainerProxy, ServiceProxy
+
+    p = spec.proxy
+    common = dict(name=p.name, listen=p.listen, template=p.template, drain_timeout=p.drain_timeout,
+                  image=p.image, docker_host=spec.target.docker_host, tls_listen=p.tls_listen)
+    if p.run == "service":
+        return ServiceProxy(p.kind, replicas=p.replicas, mode=p.mode, engines=dict(p.engines), **common)
+    return ContainerProxy(p.kind, **common)
 
 
 def open_runner(spec: ServiceSpec, suite: SuiteSpec, on_output=None) -> TestRunner:
@@ -127,7 +142,7 @@ class Ports:
         return self.runners[suite.type]
 
     def close(self) -> None:
-        for port in (self._store, self._runtime, *self.runners.values()):
+        for port in (self._store, self._runtime, self._proxy, *self.runners.values()):
             close = getattr(port, "close", None)
             if close is not None:
                 close()
@@ -157,6 +172,8 @@ def check_clients(spec: ServiceSpec, store_url: str | None = None, *, store: Sto
         extras.check("docker")
     if proxy is None and spec.proxy.kind in ("nginx", "haproxy"):
         extras.check("jinja2")
+    if proxy is None and getattr(spec.proxy, "run", "process") != "process":
+        extras.check("docker")
 
 
 def ports_for(spec: ServiceSpec, store: Store | None = None, runtime: Runtime | None = None,

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from ..errors import ConfigError
 from ..model import ENV_NAME_RE, HOST_RE, PATH_RE, SERVICE_RE, TEST_TYPES, Routes
@@ -212,9 +212,54 @@ def parse_target(r: Reader, data: YamlMap, env: Mapping[str, str], replicas: int
     )
 
 
+SWARM_KEYS = {"endpoint_mode", "published_port", "constraints", "restart_delay", "limits", "reservations"}
+CONSTRAINT_RE = re.compile(r"(?:node|engine)\.[A-Za-z0-9_.-]{1,200} ?(?:==|!=) ?[A-Za-z0-9_.:/-]{1,200}\Z", re.ASCII)
+MEMORY_RE = re.compile(r"([0-9]{1,15})([KMG]?)\Z", re.ASCII)
+
+
+def parse_swarm(r: Reader, tg: YamlMap, kind: str) -> SwarmSpec:
+    """target.swarm: only with target.kind swarm."""
+    if tg.get("swarm") is None:
+        return SwarmSpec()
+    if kind != "swarm":
+        raise r.fail("target.swarm", "no swarm section unless target.kind is swarm")
+    sw = r.section(tg, "target", "swarm", SWARM_KEYS)
+    mode = r.string(sw, "target.swarm", "endpoint_mode", re.compile("|".join(ENDPOINT_MODES)), default="dnsrr",
+                    what=" or ".join(ENDPOINT_MODES))
+    published = int(r.number(sw, "target.swarm", "published_port", 0, 0, 65535, integer=True))
+    if published and mode != "vip":
+        raise r.fail("target.swarm.published_port", "no published port with endpoint_mode dnsrr (each task "
+                                                    "gets its own host port)", published)
+    if published and not 1024 <= published <= 65535:
+        raise r.fail("target.swarm.published_port", "a port from 1024 to 65535", published)
+    limits = _swarm_resources(r, sw, "limits")
+    reservations = _swarm_resources(r, sw, "reservations")
+    return SwarmSpec(
+        endpoint_mode=mode, published_port=published,
+        constraints=r.str_list(sw, "target.swarm", "constraints", CONSTRAINT_RE,
+                               "placement constraints like node.role==worker"),
+        restart_delay=float(r.number(sw, "target.swarm", "restart_delay", 1.0, 0, 600)),
+        limit_cpus=limits[0], limit_memory=limits[1], reserve_cpus=reservations[0], reserve_memory=reservations[1],
+    )
+
+
+def _swarm_resources(r: Reader, sw: YamlMap, name: str) -> tuple[float, int]:
+    """target.swarm.limits / reservations: {cpus: 0.5, memory: 64M} -> (cpus, bytes)."""
+    key = f"target.swarm.{name}"
+    res = r.section(sw, "target.swarm", name, {"cpus", "memory"})
+    cpus = float(r.number(res, key, "cpus", 0, 0, 1024))
+    text = r.string(res, key, "memory", MEMORY_RE, default="0", what="a size in bytes, or with K, M or G (64M)")
+    match = MEMORY_RE.fullmatch(text)
+    assert match is not None  # the pattern was checked above
+    memory = int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)]
+    if memory and memory < 4 << 20:
+        raise r.fail(f"{key}.memory", "at least 4M (Docker's minimum)", text)
+    return cpus, memory
+
+
 def parse_proxy(r: Reader, data: YamlMap, env: Mapping[str, str], base: Path) -> ProxySpec:
     px = r.section(data, "", "proxy", {"kind", "listen", "dir", "template", "binary", "drain_timeout",
-                                       "tls_listen"})
+                                       "tls_listen"} | PLACEMENT_KEYS)
     home_text = _env_value(env, "CDLIB_HOME") or ""
     if re.search("[\x00-\x1f\x7f\ud800-\udfff]", home_text) or len(home_text) > 4096:
         raise ConfigError(f"CDLIB_HOME: expected a directory path without control characters, got "
@@ -251,7 +296,52 @@ def parse_proxy(r: Reader, data: YamlMap, env: Mapping[str, str], base: Path) ->
                         what="a program name or path (no control characters)"),
         drain_timeout=float(r.number(px, "proxy", "drain_timeout", 15, 0, 600)),
         tls_listen=parse_tls_listen(r, px, data, listen),
+        **parse_placement(r, px),
     )
+
+
+PLACEMENT_KEYS = {"run", "name", "image", "replicas", "mode", "engines"}
+PROXY_NAME_RE = re.compile(r"cdlibpx[A-Za-z0-9_.-]{0,56}\Z", re.ASCII)
+PROXY_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}\Z", re.ASCII)
+NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z", re.ASCII)
+
+
+def parse_placement(r: Reader, px: YamlMap) -> dict[str, Any]:
+    """proxy.run (process, container, service) and what a container or a service takes: name,
+    image; replicas, mode and engines for a service only (docs/proxy-placement.md)."""
+    run = r.string(px, "proxy", "run", re.compile(r"process|container|service\Z"), default="process",
+                   what="process, container or service")
+    for key in ("name", "image") if run == "process" else ():
+        if px.get(key) is not None:
+            raise r.fail(f"proxy.{key}", "no value with proxy.run process (it names a proxy container or service)",
+                         px.get(key))
+    for key in ("replicas", "mode", "engines") if run != "service" else ():
+        if px.get(key) is not None:
+            raise r.fail(f"proxy.{key}", "no value unless proxy.run is service", px.get(key))
+    mode = r.string(px, "proxy", "mode", re.compile(r"replicated|global\Z"), default="replicated",
+                    what="replicated or global")
+    replicas = int(r.number(px, "proxy", "replicas", 1, 1, 64, integer=True))
+    if mode == "global" and px.get("replicas") is not None:
+        raise r.fail("proxy.replicas", "no value with proxy.mode global (one replica per node)", px.get("replicas"))
+    engines = px.get("engines") or {}
+    if not isinstance(engines, dict):
+        raise r.fail("proxy.engines", "a mapping of node hostname to Docker host (tcp://..., ssh://...)", engines)
+    pairs = []
+    for node, host in engines.items():
+        if not isinstance(node, str) or not NODE_RE.match(node):
+            raise r.fail("proxy.engines", "node hostnames as keys", node)
+        if not isinstance(host, str) or not re.match(r"(?:tcp|ssh|unix|https?)://[^\s]{1,4000}\Z", host):
+            raise r.fail(f"proxy.engines.{node}", "a Docker host URL (tcp://, ssh://, unix://)", host)
+        pairs.append((node, host))
+    return {
+        "run": run,
+        "name": r.string(px, "proxy", "name", PROXY_NAME_RE, default=None,
+                         what="a container or service name starting with cdlibpx ([A-Za-z0-9_.-], at most 63)"),
+        "image": r.string(px, "proxy", "image", PROXY_IMAGE_RE, default=None, what="an image reference"),
+        "replicas": replicas,
+        "mode": mode,
+        "engines": tuple(sorted(pairs)),
+    }
 
 
 def parse_tls_listen(r: Reader, px: YamlMap, data: YamlMap, listen: str) -> str | None:

@@ -177,6 +177,14 @@ class ProxySpec:
     binary: str = "nginx"
     drain_timeout: float = 15.0
     tls_listen: str | None = None  # the HTTPS listen address; required when a route has TLS (None: no HTTPS)
+    # where the proxy runs: a process on this machine, a container or a Swarm service on the target
+    # engine (docs/proxy-placement.md); the rest is for container and service only
+    run: str = "process"  # process | container | service
+    name: str | None = None  # the container or service, cdlibpx...; None: cdlibpx-<kind>-<listen port>
+    image: str | None = None  # None: the image 'cdlib proxy image' builds for the kind
+    replicas: int = 1  # service, mode replicated: replica n listens on the listen port + n - 1
+    mode: str = "replicated"  # service: replicated | global (one replica per node)
+    engines: tuple[tuple[str, str], ...] = ()  # service: node hostname -> Docker host of that node
 
     @property
     def listen_host(self) -> str:

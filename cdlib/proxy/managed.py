@@ -354,6 +354,69 @@ class ManagedProxy(Proxy):
         before the drain gives up waiting for it (80 % of drain_timeout, at least 1 s)."""
         return max(1, int(self.drain_timeout * 0.8))
 
+    # -- changes without a reload (an adapter that can says so in _live_plan) -----------------------
+    def plan_apply(self, text: str) -> tuple[str, str]:
+        current, data = self.read_config(), text.encode("utf-8")
+        if current is not None and current == data:
+            return "none", "the configuration is unchanged"
+        if current is None or self.master_pid() is None:
+            return "reload", f"{self.kind} is not running: apply starts it"
+        if not self._runs(current):
+            return "reload", f"the running {self.kind} has not loaded {self.config_path} as it is now"
+        ok, why = self._live_plan(current, data)
+        return ("runtime" if ok else "reload"), why
+
+    def _live_plan(self, old: bytes, new: bytes) -> tuple[bool, str]:
+        """Whether the running proxy, which runs ``old``, can take ``new`` without a reload, and
+        why (the words plan_apply shows). Pure. The default: every change is a reload."""
+        return False, f"{self.kind} applies every change with a reload"
+
+    def _apply_live(self, old: bytes, new: bytes) -> dict:
+        """Make the running proxy run ``new`` without a reload; called only when ``_live_plan``
+        allowed it. The proxy runs ``old`` or, after a failed attempt, something between the two:
+        converge to ``new`` from either. ProxyError on a failure, wherever it stopped. Returns the
+        timings (seconds)."""
+        raise ProxyError(f"{self.kind} cannot change its configuration without a reload")
+
+    def _change_live(self, prior: bytes | None, data: bytes) -> dict | None:
+        """Under the lock, once ``data`` was validated: apply it without a reload when the running
+        master runs ``prior`` (the marker says so) and the adapter takes the change live; None when
+        a reload is needed. The marker goes first (a crash between the live change and the rename
+        leaves no marker, so restore() reloads), then the live change, the rename and the marker.
+        A failure puts the previous state back live (by a reload of the previous file when that
+        fails too), leaves the previous bytes in the file and raises ProxyError."""
+        if prior is None or prior == data or not self._runs(prior) or not self._live_plan(prior, data)[0]:
+            return None
+        self.loaded_path.unlink(missing_ok=True)
+        try:
+            timings = self._apply_live(prior, data)
+            self._swap_in()
+        except (ProxyError, OSError) as exc:
+            cause = exc if isinstance(exc, ProxyError) else ProxyError(f"{self.kind} in {self.dir}: {exc}")
+            self._undo_live(prior, data, cause)
+            raise ProxyError(f"{cause}; the previous {self.kind} configuration was put back",
+                             **cause.data) from exc
+        self._mark_loaded()
+        return timings
+
+    def _undo_live(self, prior: bytes, data: bytes, cause: ProxyError) -> None:
+        try:
+            if self.read_config() != prior:
+                write_synced(self.staged_path, prior)
+                self._swap_in()
+            self.staged_path.unlink(missing_ok=True)
+            try:
+                self._apply_live(data, prior)
+            except (ProxyError, OSError):
+                pid = self.master_pid()
+                if pid is None:
+                    raise
+                self._reload_and_drain(pid)
+            self._mark_loaded()
+        except (ProxyError, OSError) as exc:
+            raise ProxyError(f"{cause}; putting the previous {self.kind} configuration back failed too: "
+                             f"{exc}", **cause.data) from exc
+
     def apply(self, text: str) -> dict:
         data = text.encode("utf-8")
         with self._locked():
@@ -361,6 +424,10 @@ class ManagedProxy(Proxy):
             self._stage_and_validate(data)
             t_validate = time.monotonic() - t0
             prior = self.read_config()
+            live = self._change_live(prior, data)
+            if live is not None:
+                self._keep_last_good(prior)
+                return {"validate": round(t_validate, 4), **live}
             was_running = self.master_pid() is not None
             self._swap_in()
             try:
@@ -401,6 +468,8 @@ class ManagedProxy(Proxy):
                 self.staged_path.unlink(missing_ok=True)  # a refused candidate, if any
                 return
             self._stage_and_validate(prior)
+            if self._change_live(self.read_config(), prior) is not None:
+                return
             self._swap_in()
             try:
                 self._activate()

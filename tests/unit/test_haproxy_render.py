@@ -90,10 +90,10 @@ def test_path_route_strips_prefix_and_redirects_bare_prefix():
             "{ path /demo } { query -m found }") in front
     assert ("http-request redirect code 301 location /demo/ if !{ var(txn.route) -m found } { path /demo }"
             in front)
-    assert "use_backend demo_blue if { var(txn.route) -m str path:/demo/ }" in front
-    back = section(text, "backend demo_blue")
-    assert "server s1 127.0.0.1:32001 check inter 1s fall 2 rise 2" in back
-    assert "server s2 127.0.0.1:32002 check inter 1s fall 2 rise 2" in back
+    assert "use_backend demo if { var(txn.route) -m str path:/demo/ }" in front
+    back = section(text, "backend demo")
+    assert "server blue_1 127.0.0.1:32001 check inter 1s fall 2 rise 2\n" in back
+    assert "server blue_2 127.0.0.1:32002 check inter 1s fall 2 rise 2\n" in back
 
 
 def test_redirect_comes_before_any_shorter_prefix_claims_the_request():
@@ -124,7 +124,7 @@ def test_host_route_keeps_the_path_and_comes_first():
     assert front.index("str(host:api)") < front.index("/_cdlib/health") < front.index("str(path:/api/)")
     strips = [line.strip() for line in front.splitlines() if "replace-path" in line]
     assert strips == ["http-request replace-path ^/api/(.*) /\\1 if { var(txn.route) -m str path:/api/ }"]
-    assert "use_backend api_green if { var(txn.route) -m str host:api path:/api/ }" in front
+    assert "use_backend api if { var(txn.route) -m str host:api path:/api/ }" in front
     assert "http-request set-var(txn.host) req.hdr(host),field(1,:),lower" in front  # port dropped
 
 
@@ -138,11 +138,11 @@ def test_root_path_replaces_the_404_rule():
 
 def test_backend_without_servers_answers_503():
     text = proxy().render([demo(servers=())])
-    back = section(text, "backend demo_blue")
-    assert ('http-request return status 503 content-type text/plain string "no running instance of demo\\n"'
-            in back)
-    assert "    server " not in back
-    assert "(no servers)" in text
+    back = section(text, "backend demo")
+    assert ('http-request return status 503 content-type text/plain string "no running instance of demo\\n" '
+            "if { nbsrv eq 0 }" in back)
+    # the slots are there (disabled), so the first instances are a change of servers, not a reload
+    assert back.count(" disabled\n") == 8 and "(no servers)" in text
 
 
 def test_header_lists_services_colors_and_releases():
@@ -154,7 +154,7 @@ def test_header_lists_services_colors_and_releases():
 
 def test_ipv6_server_is_bracketed():
     text = proxy().render([demo(servers=(("::1", 9000),))])
-    assert "server s1 [::1]:9000 check" in text
+    assert "server blue_1 [::1]:9000 check" in text
 
 
 def test_render_is_deterministic_whatever_the_order():
@@ -162,19 +162,20 @@ def test_render_is_deterministic_whatever_the_order():
     a = p.render([demo(servers=(("127.0.0.1", 2), ("127.0.0.1", 1))), api()])
     b = p.render([api(), demo(servers=(("127.0.0.1", 1), ("127.0.0.1", 2)))])
     assert a == b
-    assert a.index("backend api_green") < a.index("backend demo_blue")
+    assert a.index("backend api\n") < a.index("backend demo\n")
 
 
 def test_probe_headers_only_when_the_request_asked():
     text = proxy().render([demo()])
     front = section(text, "frontend cdlib")
     assert "http-request set-var(txn.probe) req.fhdr(x-cdlib-probe)" in front
-    back = section(text, "backend demo_blue")
+    back = section(text, "backend demo")
     # the backend's own headers go first (forgeries), then the proxy's, only for a probe
     assert back.index("http-response del-header X-Cdlib-Upstream") < back.index("set-header X-Cdlib-Upstream")
     assert "http-response del-header X-Cdlib-Color" in back
     assert f"http-response set-header X-Cdlib-Upstream %si:%sp {PROBED}" in back
-    assert f"http-response set-header X-Cdlib-Color blue {PROBED}" in back
+    # the color is the first part of the name of the server that answered (blue_1, green_3, ...)
+    assert f"http-response set-header X-Cdlib-Color %[srv_name,field(1,_)] {PROBED}" in back
     assert text.count("set-header X-Cdlib-") == 2
 
 
@@ -255,7 +256,7 @@ def test_a_server_address_haproxy_reads_as_another_socket_family_is_refused(addr
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1", "fd00::7", "::ffff:10.0.0.1", "web-1", "web.svc.local"])
 def test_ip_addresses_and_host_names_are_servers(address):
-    assert " s1 " in proxy().render([Backend("demo", "blue", "r", Routes(paths=("/d/",)), ((address, 80),))])
+    assert " blue_1 " in proxy().render([Backend("demo", "blue", "r", Routes(paths=("/d/",)), ((address, 80),))])
 
 
 def test_host_wildcard_is_allowed_only_as_a_prefix():
@@ -321,9 +322,9 @@ def test_override_standalone_sees_the_documented_variables(tmp_path):
                         "{{ r.service }}>{{ r.upstream }}{% endfor %}")
     text = proxy(override).render([api()])
     assert text == (f"127.0.0.1:8880 127.0.0.1:8880 {DIR} /_cdlib/health 12 False\n"
-                    "api green r-0042 api_green 10.0.0.7:8080 /api api.example.com,*.api.test /health "
+                    "api green r-0042 api 10.0.0.7:8080 /api api.example.com,*.api.test /health "
                     "host:api,path:/api/\n"
-                    "/api>/api/>/api>path:/api/>api>api_green")
+                    "/api>/api/>/api>path:/api/>api>api")
 
 
 def test_missing_override_file_is_a_proxy_error(tmp_path):
