@@ -16,6 +16,7 @@ from typing import Any
 
 from . import journal as jr
 from . import keys, plan
+from .config.spec import SwarmSpec
 from .context import Ctx
 from .errors import ReleaseFailed, UsageError
 from .locks import DEFAULT_LOCK_TTL
@@ -32,7 +33,15 @@ def _start_request(ctx: Ctx) -> StartRequest:
         service=s.name, color=ctx.rec.color, release=ctx.rec.id, image=ctx.rec.image, port=s.port,
         replicas=s.replicas, env=s.env, bind=s.target.bind, address=s.target.reach_address, init=s.target.init,
         stop_timeout=s.target.stop_timeout, network=s.target.network, host_ports=s.target.host_ports,
+        health_path=s.health.path, **swarm_options(s.target.swarm),
     )
+
+
+def swarm_options(sw: SwarmSpec) -> dict[str, Any]:
+    """The StartRequest fields of target.swarm (the Swarm runtime reads them; the others ignore them)."""
+    return {"endpoint_mode": sw.endpoint_mode, "published_port": sw.published_port, "constraints": sw.constraints,
+            "restart_delay": sw.restart_delay, "limit_cpus": sw.limit_cpus, "limit_memory": sw.limit_memory,
+            "reserve_cpus": sw.reserve_cpus, "reserve_memory": sw.reserve_memory}
 
 
 def do_set_aside(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:

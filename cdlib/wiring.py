@@ -55,6 +55,10 @@ def open_runtime(spec: ServiceSpec) -> Runtime:
         from .runtime.docker import DockerRuntime
 
         return DockerRuntime(spec.target.docker_host)
+    if spec.target.kind == "swarm":
+        from .runtime.swarm import SwarmRuntime
+
+        return SwarmRuntime(spec.target.docker_host)
     raise ConfigError(f"target.kind: {spec.target.kind!r} is not supported yet; use docker", key="target.kind")
 
 
@@ -168,7 +172,7 @@ def check_clients(spec: ServiceSpec, store_url: str | None = None, *, store: Sto
             kind = ""  # refused with its own message where the store is opened
         if kind in STORE_CLIENTS:
             extras.check(*STORE_CLIENTS[kind])
-    if runtime is None and spec.target.kind == "docker":
+    if runtime is None and spec.target.kind in ("docker", "swarm"):
         extras.check("docker")
     if proxy is None and spec.proxy.kind in ("nginx", "haproxy"):
         extras.check("jinja2")

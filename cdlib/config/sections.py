@@ -27,6 +27,7 @@ from .spec import (
     ARG_RE,
     CFG_UNSAFE_RE,
     DEFAULT_FILE,
+    ENDPOINT_MODES,
     EXPECT_RE,
     HOST_PORTS_RE,
     HOSTNAME_RE,
@@ -41,6 +42,7 @@ from .spec import (
     ProxySpec,
     ServiceSpec,
     SuiteSpec,
+    SwarmSpec,
     TargetSpec,
     cdlib_home,
     docker_host_problem,
@@ -168,7 +170,7 @@ def parse_target_kind(r: Reader, tg: YamlMap) -> str:
 
 def parse_target(r: Reader, data: YamlMap, env: Mapping[str, str], replicas: int) -> TargetSpec:
     tg = r.section(data, "", "target", {"kind", "docker_host", "bind", "address", "init", "stop_timeout",
-                                          "network", "host_ports"})
+                                          "network", "host_ports", "swarm"})
     ports_text = r.string(tg, "target", "host_ports", HOST_PORTS_RE, default="20000-29999",
                           what="a port range LOW-HIGH, e.g. 20000-29999")
     low, high = (int(x) for x in ports_text.split("-"))
@@ -209,6 +211,7 @@ def parse_target(r: Reader, data: YamlMap, env: Mapping[str, str], replicas: int
         network=r.string(tg, "target", "network", NETWORK_RE, default=None,
                          what="a Docker network name ([A-Za-z0-9][A-Za-z0-9_.-]*, at most 64)"),
         host_ports=(low, high),
+        swarm=parse_swarm(r, tg, kind),
     )
 
 

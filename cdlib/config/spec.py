@@ -40,8 +40,9 @@ EXPECT_RE = re.compile(f"[^{_CONTROL}]{{1,200}}\\Z")
 ARG_RE = re.compile(f"[^{_CONTROL}]{{1,4096}}\\Z")  # a file name or a program (proxy.binary, dockerfile)
 # characters nginx and HAProxy read as the end of a token, a comment, a quote or a variable (render.cfg_token)
 CFG_UNSAFE_RE = re.compile(r"[\s;{}'\"`#$\\\x00-\x1f\x7f-\x9f]")
-TARGET_KINDS = ("docker",)  # the runtimes cdlib can run (wiring.open_runtime opens each)
-PLANNED_TARGET_KINDS = ("swarm",)  # known, refused at parse time until a runtime runs them
+TARGET_KINDS = ("docker", "swarm")  # the runtimes cdlib can run (wiring.open_runtime opens each)
+PLANNED_TARGET_KINDS: tuple[str, ...] = ()  # known, refused at parse time until a runtime runs them
+ENDPOINT_MODES = ("dnsrr", "vip")  # target.swarm.endpoint_mode
 DOCKER_SCHEMES = ("unix", "tcp", "ssh", "npipe", "http", "https")
 
 
@@ -151,6 +152,20 @@ class SuiteSpec:
 
 
 @dataclass(frozen=True)
+class SwarmSpec:
+    """target.swarm: how a color's Swarm service runs and is reached (target.kind swarm)."""
+
+    endpoint_mode: str = "dnsrr"  # dnsrr: each task's host-mode port; vip: one ingress port (routing mesh)
+    published_port: int = 0  # vip: the ingress port; 0: picked from target.host_ports
+    constraints: tuple[str, ...] = ()  # placement constraints, e.g. node.role==worker
+    restart_delay: float = 1.0  # seconds before Swarm replaces a dead task
+    limit_cpus: float = 0.0  # 0: none
+    limit_memory: int = 0  # bytes; 0: none
+    reserve_cpus: float = 0.0
+    reserve_memory: int = 0
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     kind: str = "docker"
     docker_host: str | None = None  # None: DOCKER_HOST or the local engine
@@ -160,6 +175,7 @@ class TargetSpec:
     stop_timeout: int = 10
     network: str | None = None
     host_ports: tuple[int, int] = (20000, 29999)  # instances are published on ports of this range
+    swarm: SwarmSpec = SwarmSpec()
 
     @property
     def reach_address(self) -> str:

@@ -56,6 +56,17 @@ class StartRequest:
     # again (heal, scale back up) gets its old port, so the proxy configuration stays byte-identical
     pinned_ports: tuple[tuple[str, int], ...] = ()
     health_path: str = "/"
+    # Swarm only (target.swarm): how a color's service is reached (dnsrr: each task's host-mode
+    # port; vip: one ingress port, published_port, 0 = picked from host_ports), where its tasks may
+    # run, what they get, how soon a dead task is replaced
+    endpoint_mode: str = "dnsrr"
+    published_port: int = 0
+    constraints: tuple[str, ...] = ()
+    restart_delay: float = 1.0
+    limit_cpus: float = 0.0  # 0: no limit / no reservation
+    limit_memory: int = 0  # bytes
+    reserve_cpus: float = 0.0
+    reserve_memory: int = 0
 
 
 class Runtime(ABC):

@@ -1,8 +1,10 @@
 """One behavioural suite for every runtime adapter, so the in-memory fake stays honest.
 
-Each test runs against MemoryRuntime and DockerRuntime (the Docker run needs dockerd and is marked
-integration). A test works on its own service name (``cdlibt-rt-<random>``) and removes every
-container of it afterwards, through the Docker SDK directly rather than through the code under test.
+Each test runs against MemoryRuntime, DockerRuntime and SwarmRuntime (the Docker and Swarm runs need
+dockerd and are marked integration; the Swarm one runs on a single-node swarm on loopback that
+tests.support.swarm starts when the engine is not in one). A test works on its own service name
+(``cdlibt-rt-<random>``, ``cdlibsw-rt-<random>`` on Swarm) and removes every container (service,
+set-aside spec) of it afterwards, through the Docker SDK directly rather than through the code under test.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from cdlib.errors import RuntimeBackendError, Unhealthy
 from cdlib.runtime.base import LABEL_COLOR, LABEL_INDEX, LABEL_RELEASE, LABEL_SERVICE, StartRequest, is_aside
 from cdlib.runtime.docker import DockerRuntime, _auth_config, _SdkEngine, redact_host
 from cdlib.runtime.memory import MemoryRuntime
+from cdlib.runtime.swarm import SwarmRuntime
 from tests.support.churn import TEST_LABEL, Churn
 from tests.support.images import PORT, build_busybox_web_image, write_context
 from tests.support.registry import free_port, private_registry
+from tests.support.swarm import remove_swarm_objects, swarm_manager  # noqa: F401 - a fixture
 
 
 @dataclass
@@ -39,6 +43,9 @@ class Harness:
     runtime: object
     image: str
     service: str
+    # a stopped instance that is started again comes back on the same port (Swarm in dnsrr mode:
+    # a new task, a new host port)
+    stable_ports: bool = True
 
     def request(self, color: str = "blue", release: str = "r1", replicas: int = 2, **kw) -> StartRequest:
         return StartRequest(service=self.service, color=color, release=release, image=self.image, port=PORT,
@@ -90,11 +97,23 @@ class SdkDockerRuntime(DockerRuntime):
 
 
 @pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.integration),
-                        pytest.param("docker-sdk", marks=pytest.mark.integration)])
+                        pytest.param("docker-sdk", marks=pytest.mark.integration),
+                        pytest.param("swarm", marks=pytest.mark.integration)])
 def harness(request):
     service = f"cdlibt-rt-{secrets.token_hex(3)}"
     if request.param == "memory":
         yield Harness("memory", MemoryRuntime(), "cdlibt-web:memory", service)
+        return
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+        image = request.getfixturevalue("docker_web_image")
+        service = f"cdlibsw-rt-{secrets.token_hex(3)}"
+        swarm = SwarmRuntime()
+        try:
+            yield Harness("swarm", swarm, image, service, stable_ports=swarm.stable_ports)
+        finally:
+            swarm.close()
+            remove_swarm_objects(service)
         return
     image = request.getfixturevalue("docker_web_image")
     runtime = DockerRuntime() if request.param == "docker" else SdkDockerRuntime()
@@ -165,8 +184,11 @@ def test_stop_and_resume(harness):
     assert [i.name for i in resumed] == [i.name for i in started]
     assert all(i.running and i.port > 0 for i in resumed)
     assert [i.id for i in resumed] == [i.id for i in started]
-    # the same ports as before the stop: a proxy config restored byte for byte still reaches them
-    assert [i.port for i in resumed] == [i.port for i in started]
+    if harness.stable_ports:
+        # the same ports as before the stop: a proxy config restored byte for byte still reaches them
+        assert [i.port for i in resumed] == [i.port for i in started]
+    else:  # each resumed instance on a port of its own, known when resume returns
+        assert len({i.port for i in resumed}) == len(resumed)
     rt.wait_healthy(resumed, "/health", timeout=10)
 
 

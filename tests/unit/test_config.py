@@ -139,13 +139,14 @@ def test_host_env_is_kept_apart_from_pass_env():
     assert suite.host_env == ("BUILD_NUMBER",) and suite.pass_env == ("DB_PASS",)
 
 
-def test_a_target_kind_without_a_runtime_is_refused_at_parse_time():
-    msg = error_of(target={"kind": "swarm"})
-    assert msg == "svc/cdlib.yml: target.kind: swarm is not supported yet; use docker"
-    with pytest.raises(ConfigError) as info:
-        parse(target={"kind": "swarm"})
-    assert info.value.key == "target.kind"
+def test_the_target_kinds_are_docker_and_swarm():
+    assert parse(target={"kind": "swarm"}).target.kind == "swarm"
     assert parse(target={"kind": "docker"}).target.kind == "docker"
+    msg = error_of(target={"kind": "kubernetes"})
+    assert msg == "svc/cdlib.yml: target.kind: expected docker or swarm, got 'kubernetes'"
+    with pytest.raises(ConfigError) as info:
+        parse(target={"kind": "kubernetes"})
+    assert info.value.key == "target.kind"
 
 
 @pytest.mark.parametrize("listen, host, port, url", [
