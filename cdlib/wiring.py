@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import ServiceSpec, SuiteSpec
 from .errors import ConfigError
@@ -16,9 +15,6 @@ from .proxy.base import Proxy
 from .runtime.base import Runtime
 from .store.base import Store
 from .testrun.base import TestRunner
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .proxy.managed import ManagedProxy
 
 
 def open_store(url: str) -> Store:
@@ -66,22 +62,18 @@ def open_proxy(spec: ServiceSpec) -> Proxy:
     p = spec.proxy
     if getattr(p, "run", "process") != "process":
         return _docker_proxy(spec)
-    proxy: ManagedProxy
+    # tls_listen: the HTTPS listen address (checked by config), which the templates see as tls_listen
     if p.kind == "nginx":
         from .proxy.nginx import NginxProxy
 
-        proxy = NginxProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
-                           drain_timeout=p.drain_timeout)
-    elif p.kind == "haproxy":
+        return NginxProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
+                          drain_timeout=p.drain_timeout, tls_listen=p.tls_listen)
+    if p.kind == "haproxy":
         from .proxy.haproxy import HaproxyProxy
 
-        proxy = HaproxyProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
-                             drain_timeout=p.drain_timeout)
-    else:
-        raise ConfigError(f"proxy.kind: unknown proxy {p.kind!r}", key="proxy.kind")
-    # the HTTPS listen address (checked by config), which the templates see as tls_listen
-    proxy.tls_listen = p.tls_listen
-    return proxy
+        return HaproxyProxy(p.dir, listen=p.listen, binary=p.binary, template=p.template,
+                            drain_timeout=p.drain_timeout, tls_listen=p.tls_listen)
+    raise ConfigError(f"proxy.kind: unknown proxy {p.kind!r}", key="proxy.kind")
 
 
 def _docker_proxy(spec: ServiceSpec) -> Proxy:

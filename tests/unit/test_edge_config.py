@@ -222,8 +222,7 @@ def test_rendered_configuration_changes_when_only_the_certificate_changes(tmp_pa
     cert, key = tmp_path / "c.pem", tmp_path / "k.key"
     cert.write_text(FAKE_CERT)
     key.write_text(FAKE_KEY)
-    proxy = NginxProxy(tmp_path / "nginx", listen="127.0.0.1:8880")
-    proxy.tls_listen = "127.0.0.1:8443"
+    proxy = NginxProxy(tmp_path / "nginx", listen="127.0.0.1:8880", tls_listen="127.0.0.1:8443")
     backends = [_backend("a", cert, key)]
     before = proxy.render(backends)
     assert proxy.render(backends) == before
