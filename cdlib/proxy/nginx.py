@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -341,6 +342,15 @@ class NginxProxy(ManagedProxy):
 
     def status(self) -> dict:
         return {**super().status(), "dynamic": self.dynamic}
+
+    def _check_elsewhere(self, text: str) -> tuple[str, int | None, bool] | None:
+        """As the base class, with the admin socket moved to a temporary directory: nginx -t binds
+        (and removes) a unix socket, and the proxy directory may not exist yet."""
+        listen = f"listen unix:{self.admin_socket};"
+        if listen not in text:
+            return super()._check_elsewhere(text)
+        with tempfile.TemporaryDirectory(prefix="cdlib-nx-") as tmp:
+            return super()._check_elsewhere(text.replace(listen, f"listen unix:{tmp}/nginx.sock;"))
 
     # -- a change without a reload: the Lua balancer's servers --------------------------------------
     def _live_plan(self, old: bytes, new: bytes) -> tuple[bool, str]:
