@@ -24,7 +24,16 @@ from . import verbs as rel
 from .context import Ctx, Reporter
 from .locks import DEFAULT_LOCK_TTL
 from .model import Outcome
-from .results import ColorOutcome, HistoryOutcome, PlanOutcome, ProxyOutcome, ReleaseOutcome, StatusOutcome
+from .results import (
+    ColorOutcome,
+    HealOutcome,
+    HistoryOutcome,
+    PlanOutcome,
+    ProxyOutcome,
+    ReleaseOutcome,
+    ScaleOutcome,
+    StatusOutcome,
+)
 from .wiring import Ports, ports_for
 
 
@@ -164,6 +173,28 @@ def release(file: PathLike = None, *, tag: str | None = None, image: str | None 
     verb = dryrun.release if dry_run else rel.release
     return _run(lambda c: verb(c, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
                 junit_dir=junit_dir, output=output, dry_run=dry_run, tag=tag, image=image, store=store)
+
+
+def heal(file: PathLike = None, *, watch: bool = False, interval: float = 30.0, max_rounds: int | None = None,
+         max_seconds: float | None = None, store: str | None = None, log: Output | None = None,
+         report: Reporter | None = None, ports: Ports | None = None) -> HealOutcome:
+    """Bring the live color back to its replica count (dead instances started again on their pinned
+    ports, registrations and the proxy repaired). One round, or with ``watch`` a round every
+    ``interval`` seconds until stopped, ``max_rounds`` or ``max_seconds``. An open release is left
+    alone (exit 0, ``result.skipped`` says why); a lock held by a live process raises LockHeld (exit 3)
+    for one round, and waits for the next round with ``watch``."""
+    return _run(lambda c: rel.heal(c, watch=watch, interval=interval, max_rounds=max_rounds,
+                                   max_seconds=max_seconds, log=log), file, report, ports, store=store)
+
+
+def scale(replicas: int | str, file: PathLike = None, *, store: str | None = None, lock_wait: float = 0.0,
+          lock_ttl: float = DEFAULT_LOCK_TTL, report: Reporter | None = None,
+          ports: Ports | None = None) -> ScaleOutcome:
+    """Run ``replicas`` instances of the live color: N, or "+N" / "-N" relative to its count (1 to 100).
+    The count is stored; the next release inherits it when its descriptor sets no replicas. A
+    failure rolls the change back (exit 1); a process killed half way is undone by ``rollback``."""
+    return _run(lambda c: rel.scale(c, replicas, lock_wait=lock_wait, lock_ttl=lock_ttl), file, report, ports,
+                store=store)
 
 
 def build(file: PathLike = None, *, tag: str | None = None, only: str | None = None,

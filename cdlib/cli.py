@@ -80,6 +80,13 @@ def _limit(text: str) -> int:
     return int(digits)
 
 
+def _positive(text: str) -> int:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(digits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cdlib", parents=[_common(False)],
                      description="Blue-green releases of containerized microservices, driven from Jenkins.",
@@ -136,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     _dry_run_opt(p)
     p.add_argument("--junit-dir", metavar="DIR", default=os.environ.get("CDLIB_JUNIT_DIR", "cdlib-reports"),
                    help="write JUnit XML reports into DIR (default: cdlib-reports)")
+    p = verb("heal", "bring the live color back to its replica count: dead instances started again on their "
+                     "ports, registrations and the proxy repaired; an open release is left alone")
+    p.add_argument("--watch", action="store_true", help="keep healing, a round every --interval seconds, until stopped")
+    p.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
+                   help="with --watch: seconds between rounds (default 30)")
+    p.add_argument("--max-rounds", type=_positive, default=None, metavar="N", help="with --watch: stop after N rounds")
+    p.add_argument("--max-seconds", type=float, default=None, metavar="SECONDS",
+                   help="with --watch: stop after SECONDS")
+    p = verb("scale", "run N instances of the live color (or +N / -N more or fewer); the count is stored and "
+                      "inherited by the next release")
+    p.add_argument("replicas", metavar="REPLICAS", help="N (1 to 100), +N or -N")
+    _lock_opts(p)
     p = verb("proxy", "the proxy configuration from the registry: render it, apply it, or keep it in line")
     psub = p.add_subparsers(dest="proxy_verb", metavar="ACTION", parser_class=_Parser)
     psub.required = True
@@ -259,6 +278,9 @@ def _print_status(out: Outcome) -> None:
     print(f"service   {out.service}")
     print("live      " + (f"{live['color']}  {live.get('image')}  release {live.get('release')}" if live else "none"))
     print(f"next      {d.get('next_color')}")
+    reps = d.get("replicas")
+    if reps:
+        print(f"replicas  {reps.get('count')} ({reps.get('source')})")
     rel = d.get("open_release")
     print("release   " + (f"{rel['id']} {rel['phase']} -> {rel['color']} {rel['image']}" if rel else "none open"))
     lock = d.get("lock")
@@ -326,11 +348,30 @@ def _dispatch(args, printer: _Printer) -> Outcome:
     if v == "rollback":
         return api.rollback(file, to=args.to, previous=args.previous, store=store, lock_wait=args.lock_wait,
                             lock_ttl=args.lock_ttl, report=report, dry_run=args.dry_run)
+    if v == "heal":
+        return _heal(args, printer)
+    if v == "scale":
+        return api.scale(args.replicas, file, store=store, lock_wait=args.lock_wait, lock_ttl=args.lock_ttl,
+                         report=report)
     if v == "release":
         return api.release(file, tag=args.tag, image=args.image, store=store, lock_wait=args.lock_wait,
                            lock_ttl=args.lock_ttl, junit_dir=args.junit_dir, report=report, output=printer.output,
                            dry_run=args.dry_run)
     raise AssertionError(v)
+
+
+def _heal(args, printer: _Printer) -> Outcome:
+    from . import api
+    from .plan import Interrupted
+
+    log = (lambda line: None) if printer.quiet else (lambda line: print(_redact(line), flush=True))
+    try:
+        return api.heal(args.file, watch=args.watch, interval=args.interval, max_rounds=args.max_rounds,
+                        max_seconds=args.max_seconds, store=args.store, log=log, report=printer.step)
+    except (Interrupted, KeyboardInterrupt):
+        if not args.watch:
+            raise
+        return Outcome("heal", _service_name(args), True, 0, "heal watch stopped")
 
 
 def _proxy(args, printer: _Printer) -> Outcome:
@@ -376,7 +417,7 @@ def _json_safe(data: dict) -> dict:
 
 # verbs that open, drive or undo a release: a failure they did not roll back themselves leaves the
 # release in a state this process cannot vouch for
-RELEASE_VERBS = ("deploy", "switch", "cleanup", "test", "rollback", "release")
+RELEASE_VERBS = ("deploy", "switch", "cleanup", "test", "rollback", "release", "scale")
 SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _received: list[int] = []  # signals this process got, newest last
 

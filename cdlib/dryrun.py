@@ -100,7 +100,9 @@ def _new_instances(ctx: Ctx, color: str, image: str) -> tuple[list[dict[str, Any
     low, high = s.target.host_ports
     address = s.target.reach_address
     planned, servers, sentinels = [], [], {}
-    for index in range(1, s.replicas + 1):
+    from .healing import inherited_replicas  # the descriptor's replicas, else the live color's count
+
+    for index in range(1, inherited_replicas(ctx) + 1):
         name = f"{s.name}-{color}-{index}"
         planned.append({"name": name, "image": image, "container_port": s.port, "address": address,
                         "host_port": f"{CHOSEN_AT_START} from {low}-{high}", "bind": s.target.bind})

@@ -2,6 +2,7 @@
 
     cdlib/services/<service>/live                    {"color", "release", "image", "since"}
     cdlib/services/<service>/spec                    routes, port, health path: what the proxy renders
+    cdlib/services/<service>/replicas                {"replicas", "color", "since", "via"}: how many run live
         cdlib/services/<service>/lock                    the release lock and its holder record
     cdlib/services/<service>/release                 the open release journal
     cdlib/services/<service>/history/<release-id>    closed releases, oldest first by id
@@ -27,6 +28,12 @@ def live(name: str) -> str:
 
 def spec(name: str) -> str:
     return f"{ROOT}{name}/spec"
+
+
+def replicas(name: str) -> str:
+    """How many instances of the live color should run (set by the release that made it live and by
+    'scale'; read by 'heal' and inherited by a release whose descriptor sets no replicas)."""
+    return f"{ROOT}{name}/replicas"
 
 
 def lock(name: str) -> str:

@@ -41,6 +41,8 @@ class StepName(StrEnum):
     LIVE = "live"
     PERSIST = "persist"
     STOP_OLD = "stop-old"
+    SCALE = "scale"  # 'scale': the live color's instances started or stopped (cdlib.healing)
+    REPLICAS = "replicas"  # 'scale': the stored replica count written
 
 
 # step states

@@ -45,12 +45,15 @@ class StatusResult:
     drift: dict[str, Any] = field(default_factory=dict)
     # the proxy's view (kind, url, replicas with their config digests) and next_change: mode, why
     proxy: dict[str, Any] = field(default_factory=dict)
+    # how many instances of the live color should run: {"count", "source": stored | registered | default}
+    replicas: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StatusResult:
         return cls(data.get("live"), data.get("next_color"), data.get("open_release"), data.get("lock"),
                    list(data.get("registered") or []), data.get("registry_health"),
-                   list(data.get("instances") or []), dict(data.get("drift") or {}), dict(data.get("proxy") or {}))
+                   list(data.get("instances") or []), dict(data.get("drift") or {}), dict(data.get("proxy") or {}),
+                   data.get("replicas"))
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,51 @@ class ProxyResult:
 
 
 @dataclass(frozen=True)
+class HealResult:
+    """heal: the live color against its replica count; what was repaired (watch: over every round)."""
+
+    color: str | None = None
+    wanted: int | None = None  # the count that should run
+    replicas_source: str | None = None  # stored | registered | default
+    running: int | None = None
+    replaced: list[str] = field(default_factory=list)  # dead instances started again (same name and port)
+    registered: list[str] = field(default_factory=list)  # registrations written again
+    discarded: list[str] = field(default_factory=list)  # stopped instances above the count, removed
+    proxy_changed: bool = False  # the proxy was applied (its rendered text had changed)
+    skipped: str | None = None  # why nothing was checked (an open release, nothing live)
+    note: str | None = None
+    rounds: int = 1
+    failures: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HealResult:
+        return cls(data.get("color"), data.get("wanted"), data.get("replicas_source"), data.get("running"),
+                   list(data.get("replaced") or []), list(data.get("registered") or []),
+                   list(data.get("discarded") or []), bool(data.get("proxy_changed")), data.get("skipped"),
+                   data.get("note"), int(data.get("rounds") or 1), int(data.get("failures") or 0))
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """scale: the live color's count before and after (after a rollback: as before)."""
+
+    color: str | None = None
+    release: str | None = None  # the live release (unchanged by a scale)
+    image: str | None = None
+    previous: int | None = None  # the count before
+    replicas: int | None = None  # the count now
+    scale: str | None = None  # the scale's journal id (in history)
+    instances: list[dict[str, Any]] = field(default_factory=list)  # the running instances after a scale up
+    discarded: list[str] = field(default_factory=list)  # removed after a scale down
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScaleResult:
+        return cls(data.get("color"), data.get("release"), data.get("image"), data.get("previous"),
+                   data.get("replicas"), data.get("scale"), list(data.get("instances") or []),
+                   list(data.get("discarded") or []))
+
+
+@dataclass(frozen=True)
 class PlanResult:
     """A dry run: what the verb would do; nothing was changed."""
 
@@ -107,6 +155,20 @@ class ReleaseOutcome(Outcome):
     @property
     def result(self) -> ReleaseResult:
         return ReleaseResult.from_dict(self.data)
+
+
+@dataclass
+class HealOutcome(Outcome):
+    @property
+    def result(self) -> HealResult:
+        return HealResult.from_dict(self.data)
+
+
+@dataclass
+class ScaleOutcome(Outcome):
+    @property
+    def result(self) -> ScaleResult:
+        return ScaleResult.from_dict(self.data)
 
 
 @dataclass

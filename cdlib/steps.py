@@ -31,7 +31,7 @@ def _start_request(ctx: Ctx) -> StartRequest:
     s = ctx.spec
     return StartRequest(
         service=s.name, color=ctx.rec.color, release=ctx.rec.id, image=ctx.rec.image, port=s.port,
-        replicas=s.replicas, env=s.env, bind=s.target.bind, address=s.target.reach_address, init=s.target.init,
+        replicas=_replicas(ctx), env=s.env, bind=s.target.bind, address=s.target.reach_address, init=s.target.init,
         stop_timeout=s.target.stop_timeout, network=s.target.network, host_ports=s.target.host_ports,
         health_path=s.health.path, **swarm_options(s.target.swarm),
     )
@@ -42,6 +42,13 @@ def swarm_options(sw: SwarmSpec) -> dict[str, Any]:
     return {"endpoint_mode": sw.endpoint_mode, "published_port": sw.published_port, "constraints": sw.constraints,
             "restart_delay": sw.restart_delay, "limit_cpus": sw.limit_cpus, "limit_memory": sw.limit_memory,
             "reserve_cpus": sw.reserve_cpus, "reserve_memory": sw.reserve_memory}
+
+
+def _replicas(ctx: Ctx) -> int:
+    """The descriptor's replicas, else the live color's count (kept by 'scale'), else 1."""
+    from .healing import inherited_replicas  # healing builds on this module
+
+    return inherited_replicas(ctx)
 
 
 def do_set_aside(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +221,9 @@ def _digest(data: bytes) -> str:
 
 
 def intent_live(ctx: Ctx) -> dict[str, Any]:
-    return {"prior": raw_value(ctx.ports.store, keys.live(ctx.service))}
+    store = ctx.ports.store
+    return {"prior": raw_value(store, keys.live(ctx.service)),
+            "prior_replicas": raw_value(store, keys.replicas(ctx.service))}
 
 
 def do_live(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
@@ -227,11 +236,18 @@ def do_live(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
     live = {"color": ctx.rec.color, "release": started[0]["release"] if started else ctx.rec.id,
             "image": ctx.rec.image, "since": time.time(), "via": ctx.rec.id}
     store.put_json(keys.live(ctx.service), live, expect=current.version if current else 0)
+    # the count the new live color runs: what 'heal' keeps running and the next release inherits
+    if started:
+        store.put_json(keys.replicas(ctx.service), {"replicas": len(started), "color": ctx.rec.color,
+                                                    "since": live["since"], "via": ctx.rec.id})
     return {"live": live}
 
 
 def undo_live(ctx: Ctx, data: dict[str, Any]) -> None:
-    undo_restore_keys(ctx, {"prior": {keys.live(ctx.service): data.get("prior")}})
+    prior = {keys.live(ctx.service): data.get("prior")}
+    if "prior_replicas" in data:  # recorded since the replica count is stored
+        prior[keys.replicas(ctx.service)] = data["prior_replicas"]
+    undo_restore_keys(ctx, {"prior": prior})
 
 
 def intent_stop_old(ctx: Ctx) -> dict[str, Any]:
@@ -266,7 +282,16 @@ UNDO = {
     StepName.PROXY: undo_proxy,
     StepName.LIVE: undo_live,
     StepName.STOP_OLD: undo_stop_old,
+    StepName.SCALE: lambda ctx, data: _healing().undo_scale(ctx, data),
+    StepName.REPLICAS: lambda ctx, data: _healing().undo_replicas(ctx, data),
 }
+
+
+def _healing() -> Any:
+    """The scale verb's steps (cdlib.healing, which builds on this module)."""
+    from . import healing
+
+    return healing
 
 
 def _names(key: str) -> Callable[[dict[str, Any]], str]:

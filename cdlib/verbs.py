@@ -28,7 +28,7 @@ from .journal import Journal
 from .locks import DEFAULT_LOCK_TTL, adopt, check_lock_times, proxy_lock, why_free, working
 from .model import TEST_TYPES, Instance, StepReport, other_color
 from .registry import live_record, revert_target
-from .results import ColorOutcome, HistoryOutcome, ReleaseOutcome, StatusOutcome
+from .results import ColorOutcome, HealOutcome, HistoryOutcome, ReleaseOutcome, ScaleOutcome, StatusOutcome
 from .steps import CLEANUP_STEPS, DEPLOY_STEPS, REVERT_STEPS, SWITCH_STEPS, started_instances
 from .store.base import ALIVE
 from .testrun.base import TestRun
@@ -318,6 +318,11 @@ def status(ctx: Ctx, *, check_health: bool = True) -> StatusOutcome:
                                          if live and c == live["color"]),
     }
     data["proxy"] = _proxy_status(ctx)
+    if live:
+        from .healing import live_replicas
+
+        count, source = live_replicas(store, s.name, live)
+        data["replicas"] = {"count": count, "source": source}
     msg = (f"{s.name}: live {live['color']} ({live.get('image')})" if live else f"{s.name}: nothing live yet")
     if j is not None:
         msg += f"; open release {j.id} ({j.phase})"
@@ -348,3 +353,20 @@ def color(ctx: Ctx, *, next_color: bool = False) -> ColorOutcome:
 def history(ctx: Ctx, *, limit: int | None = 20) -> HistoryOutcome:
     entries = jr.history(ctx.ports.store, ctx.service, limit)
     return HistoryOutcome("history", ctx.service, True, 0, f"{len(entries)} release(s)", [], {"history": entries})
+
+
+def heal(ctx: Ctx, *, watch: bool = False, interval: float = 30.0, max_rounds: int | None = None,
+         max_seconds: float | None = None, log: Callable[[str], None] | None = None) -> HealOutcome:
+    """Bring the live color back to its replica count: dead instances started again on their
+    pinned ports, registrations and the proxy repaired (cdlib.healing)."""
+    from . import healing
+
+    return healing.heal(ctx, watch=watch, interval=interval, max_rounds=max_rounds, max_seconds=max_seconds,
+                        log=log)
+
+
+def scale(ctx: Ctx, replicas: object, *, lock_wait: float = 0.0, lock_ttl: float = DEFAULT_LOCK_TTL) -> ScaleOutcome:
+    """Run N, +N or -N instances of the live color, journaled like a release (cdlib.healing)."""
+    from . import healing
+
+    return healing.scale(ctx, replicas, lock_wait=lock_wait, lock_ttl=lock_ttl)

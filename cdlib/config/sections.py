@@ -582,10 +582,10 @@ def parse(data: object, source: str = DEFAULT_FILE, base: Path | None = None,
     port = int(r.number(data, "", "port", 0, 1, 65535, integer=True))
     health = parse_health(r, data)
     probe = parse_probe(r, data)
-    replicas = int(r.number(data, "", "replicas", 1, 1, 100, integer=True))
+    replicas = int(r.number(data, "", "replicas", 1, 1, 100, integer=True)) if "replicas" in data else None
     routes = parse_routes(r, data, name, base)
     tests = parse_tests(r, data, base)
-    target = parse_target(r, data, env, replicas)
+    target = parse_target(r, data, env, replicas or 1)
     proxy = parse_proxy(r, data, env, base)
     store = parse_store(r, data, env)
 

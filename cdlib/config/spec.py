@@ -230,7 +230,7 @@ class ServiceSpec:
     port: int
     health: HealthSpec = HealthSpec()
     probe: ProbeSpec = ProbeSpec()
-    replicas: int = 1
+    replicas: int | None = None  # None: not in the descriptor (a release runs the live color's count, else 1)
     env: tuple[tuple[str, str], ...] = ()
     routes: Routes = Routes()
     tests: dict[str, SuiteSpec] = field(default_factory=dict)  # by test type

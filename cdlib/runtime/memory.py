@@ -7,7 +7,9 @@ fake addresses (127.0.0.1 and increasing ports) and no network at all. Tests ste
 - ``fail_next``: method name -> exception, raised (once) the next time that method is called,
   to rehearse a runtime that breaks in the middle of a release;
 - ``calls``: every port call made, in order, as (method, args) tuples;
-- ``clock``: what the wait for health follows (a manual clock: an unhealthy instance times out at once).
+- ``clock``: what the wait for health follows (a manual clock: an unhealthy instance times out at once);
+- ``kill(name)``: the instance dies as with SIGKILL (it exits and keeps its port binding); deleting
+  it from ``containers`` is an instance that vanished (removed by hand).
 """
 
 from __future__ import annotations
@@ -89,14 +91,15 @@ class MemoryRuntime(Runtime):
             out.append(self._view(c))
         return out
 
-    def _create(self, req: StartRequest, name: str, index: int) -> _Container:
+    def _create(self, req: StartRequest, name: str, index: int, port: int | None = None) -> _Container:
         labels = dict(req.labels)
         labels.update({"cdlib.service": req.service, "cdlib.color": req.color,
                        "cdlib.release": req.release, "cdlib.index": str(index)})
         env = dict(req.env)
         env.update({"CDLIB_SERVICE": req.service, "CDLIB_COLOR": req.color, "CDLIB_RELEASE": req.release})
-        port = self._next_port
-        self._next_port += 1
+        if port is None:
+            port = self._next_port
+            self._next_port += 1
         instance = Instance(name=name, service=req.service, color=req.color, release=req.release,
                             image=req.image, address=req.address, port=port, state="created",
                             id=hashlib.sha256(f"{name}/{port}".encode()).hexdigest()[:12])
@@ -170,6 +173,47 @@ class MemoryRuntime(Runtime):
             self._rename(c, plain)
             restored.append(plain)
         return restored
+
+    # -- healing and scaling ---------------------------------------------------------------------
+    def scale(self, req: StartRequest, replicas: int) -> list[Instance]:
+        self._enter("scale", req, replicas)
+        pinned = dict(req.pinned_ports)
+        for index in range(1, replicas + 1):
+            name = instance_name(req.service, req.color, index)
+            c = self.containers.get(name)
+            if c is None:
+                c = self._create(req, name, index, pinned.get(name))
+            elif c.instance.release != req.release or c.instance.service != req.service:
+                raise RuntimeBackendError(f"memory runtime: container {name} belongs to release "
+                                          f"{c.instance.release}, not {req.release}; remove it first", name=name)
+            self._set_state(c, "running")
+        for c in self._above(req.service, req.color, replicas):
+            if c.instance.running:
+                self._set_state(c, "exited")
+        return [self._view(c) for c in self._find(req.service, req.color)
+                if not is_aside(c.instance.name) and c.instance.running]
+
+    def _above(self, service: str, color: str, replicas: int) -> list[_Container]:
+        return [c for c in self._find(service, color) if not is_aside(c.instance.name) and c.index > replicas]
+
+    def doomed(self, service: str, color: str, replicas: int) -> list[str]:
+        self._enter("doomed", service, color, replicas)
+        return [c.instance.name for c in self._above(service, color, replicas) if c.instance.running]
+
+    def discard(self, service: str, color: str, names: Sequence[str]) -> list[str]:
+        self._enter("discard", service, color, tuple(names))
+        removed = []
+        for name in names:
+            c = self.containers.get(name)
+            if c is None or c.instance.service != service or c.instance.color != color or c.instance.running:
+                continue
+            del self.containers[name]
+            removed.append(name)
+        return removed
+
+    def kill(self, name: str) -> None:
+        """The instance dies (SIGKILL): it exits, keeping its port binding; nothing restarts it."""
+        self._set_state(self.containers[name], "exited")
 
     # -- images ---------------------------------------------------------------------------------
     def build_image(self, context: str, dockerfile: str, tags: Sequence[str],

@@ -28,7 +28,7 @@ def test_minimal_descriptor_gets_defaults():
     spec = parse()
     assert spec.name == "shop"
     assert spec.image.ref == "127.0.0.1:5000/shop:v1"
-    assert spec.replicas == 1
+    assert spec.replicas is None  # not set: a release runs the live color's count, else 1
     assert spec.routes.paths == ("/shop/",)
     assert spec.proxy.kind == "nginx" and spec.proxy.listen_port == 8880
     assert spec.store.startswith("sqlite:///") and spec.store.endswith("state.db")

@@ -131,7 +131,7 @@ def _accepted(data) -> config.ServiceSpec:
 
 
 def _backend(spec: config.ServiceSpec) -> Backend:
-    servers = tuple((spec.target.reach_address, 20001 + i) for i in range(spec.replicas))
+    servers = tuple((spec.target.reach_address, 20001 + i) for i in range(spec.replicas or 1))
     return Backend(spec.name, "blue", "r-0001", spec.routes, servers, spec.health.path)
 
 

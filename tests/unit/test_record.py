@@ -117,10 +117,10 @@ def test_a_format_no_cdlib_writes_is_refused(fmt):
 
 
 def test_an_unknown_step_is_refused():
-    steps = [*BEFORE_FORMATS["steps"], {"name": "scale", "state": "intent", "data": {}, "started": 5.0}]
+    steps = [*BEFORE_FORMATS["steps"], {"name": "migrate", "state": "intent", "data": {}, "started": 5.0}]
     with pytest.raises(RecordFormatError) as err:
         ReleaseRecord.from_dict(stored(steps=steps, format=1, written_by="0.2.0"))
-    assert "has a step 'scale' this cdlib does not know (written by cdlib 0.2.0)" in str(err.value)
+    assert "has a step 'migrate' this cdlib does not know (written by cdlib 0.2.0)" in str(err.value)
     assert f"version {__version__}" in str(err.value) and err.value.exit_code == EXIT_USAGE
 
 
@@ -156,7 +156,7 @@ def test_every_step_name_is_a_failpoint_and_plans_take_only_step_names():
     assert plan.FAILPOINT_STEPS == {s.value for s in StepName}
     assert plan.Step("proxy", lambda c, d: None).name is StepName.PROXY
     with pytest.raises(ValueError, match="StepName"):
-        plan.Step("scale", lambda c, d: None)
+        plan.Step("migrate", lambda c, d: None)
 
 
 def test_a_release_refuses_to_take_over_a_record_of_a_newer_format(tmp_path):

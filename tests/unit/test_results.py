@@ -54,7 +54,7 @@ def test_status_color_history_and_proxy_have_their_own_result_types(world):
     assert status.result.open_release is None and len(status.result.instances) == 2
     assert set(status.to_dict()) == {"verb", "service", "ok", "exit_code", "message", "steps", "live",
                                      "next_color", "open_release", "lock", "registered", "registry_health",
-                                     "instances", "drift", "proxy"}
+                                     "instances", "drift", "proxy", "replicas"}
     # the memory proxy takes every change by reload; the registry as it is renders what it serves
     assert status.result.proxy["next_change"] == {"mode": "none", "why": "the configuration is unchanged",
                                                   "for": "an apply"}
