@@ -119,6 +119,25 @@ def tls_link(directory: str | os.PathLike, cert: str, key: str) -> str:
     return f"{directory}/{TLS_DIR}/{name}.pem"
 
 
+def _check_edge(b: Backend) -> None:
+    """Refuse edge settings no configuration can hold (a Backend built by hand or a spec key
+    edited in the store; the descriptor parser refuses them first)."""
+    r = b.routes
+    for what in ("connect_timeout", "read_timeout", "send_timeout"):
+        value = getattr(r, what)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+            raise ProxyError(f"service {b.service}: routes.{what} {value!r} must be a number of seconds above 0")
+    max_body = r.max_body
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
+        raise ProxyError(f"service {b.service}: routes.max_body {max_body!r} must be a number of bytes (0: no limit)")
+    cert, key = r.tls_cert, r.tls_key
+    if (cert is None) != (key is None):
+        raise ProxyError(f"service {b.service}: routes.tls needs both a certificate and a key")
+    for path in (cert, key):
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise ProxyError(f"service {b.service}: routes.tls file {path!r} must be an absolute path")
+
+
 def haproxy_context(backends: Sequence[Backend], *, listen: str, directory: str | os.PathLike,
                     hard_stop_after: int = 12, tls_listen: str | None = None) -> dict:
     """The variables haproxy.cfg.j2 (and a user's override template) sees. Pure.
@@ -159,21 +178,21 @@ def haproxy_context(backends: Sequence[Backend], *, listen: str, directory: str 
                 slots.append({"name": f"{color}_{i + 1}", "color": color,
                               "address": servers[i] if live else PLACEHOLDER, "enabled": live})
         r = b.routes
-        tls = bool(getattr(r, "tls_cert", None) and getattr(r, "tls_key", None))
-        if tls:
-            tls_certs.append({"service": b.service, "cert": r.tls_cert, "key": r.tls_key,  # type: ignore[attr-defined]
-                              "link": tls_link(directory, r.tls_cert, r.tls_key)})  # type: ignore[attr-defined]
+        _check_edge(b)
+        if r.tls_cert and r.tls_key:
+            tls_certs.append({"service": b.service, "cert": r.tls_cert, "key": r.tls_key,
+                              "link": tls_link(directory, r.tls_cert, r.tls_key)})
             tls_route_ids += route_ids
         out.append({
             "service": b.service, "name": b.service, "color": b.color, "release": b.release or "-",
             "upstream": b.service, "servers": servers, "slots": slots, "slots_per_color": per_color,
             "paths": list(b.routes.paths), "hosts": list(b.routes.hosts), "route_ids": route_ids,
             "health_path": b.health_path,
-            "connect_timeout": duration(getattr(r, "connect_timeout", 3.0)),
+            "connect_timeout": duration(r.connect_timeout),
             # HAProxy has one inactivity timeout for both directions of the server side
-            "server_timeout": duration(max(getattr(r, "read_timeout", 60.0), getattr(r, "send_timeout", 60.0))),
-            "max_body": int(getattr(r, "max_body", 0) or 0),
-            "tls": tls, "https_redirect": bool(tls and getattr(r, "https_redirect", False)),
+            "server_timeout": duration(max(r.read_timeout, r.send_timeout)),
+            "max_body": r.max_body,
+            "tls": r.tls, "https_redirect": r.tls and r.https_redirect,
         })
     routes.sort(key=lambda r: (-len(r["prefix"]), r["prefix"]))
     tls_bind = tls_port = None
@@ -503,7 +522,7 @@ class HaproxyProxy(ManagedProxy):
             words = line.split()
             if not names or len(words) < len(names):
                 continue
-            row = dict(zip(names, words))
+            row = dict(zip(names, words, strict=False))
             try:
                 out[(row["be_name"], row["srv_name"])] = {
                     "address": row["srv_addr"], "port": int(row["srv_port"]),
@@ -523,7 +542,7 @@ class HaproxyProxy(ManagedProxy):
             if line.startswith("# "):
                 header = line[2:].split(",")
                 continue
-            row = dict(zip(header, line.split(",")))
+            row = dict(zip(header, line.split(","), strict=False))
             if (row.get("pxname"), row.get("svname")) in wanted:
                 total += int(row.get("scur") or 0)
         return total
@@ -554,15 +573,16 @@ class HaproxyProxy(ManagedProxy):
         if missing:
             raise ProxyError(f"the running haproxy has no server {missing[0]}: it did not load the active "
                              "configuration")
-        retire: list[tuple[str, str]] = []
         for (be, srv), (address, port, enabled) in sorted(target.items()):
             st = states[(be, srv)]
-            if enabled:
+            if enabled:  # first: every server of the new state takes requests
                 if (st["address"], st["port"]) != (address, port):
                     self._set_server(be, srv, f"addr {address} port {port}")
                 if st["admin"] & (MAINT_BITS | DRAIN_BITS):
                     self._set_server(be, srv, "state ready")
-            elif not st["admin"] & MAINT_BITS:
+        retire: list[tuple[str, str]] = []
+        for (be, srv), (_address, _port, enabled) in sorted(target.items()):
+            if not enabled and not states[(be, srv)]["admin"] & MAINT_BITS:  # then: the others stop
                 self._set_server(be, srv, "state drain")
                 retire.append((be, srv))
         t1 = time.monotonic()
@@ -581,10 +601,10 @@ class HaproxyProxy(ManagedProxy):
                 self._set_server(be, srv, f"addr {PLACEHOLDER_ADDR} port {PLACEHOLDER_PORT}")
         now = self.server_states()
         for (be, srv), (address, port, enabled) in sorted(target.items()):
-            st = now.get((be, srv))
-            good = st is not None and (
-                ((st["address"], st["port"]) == (address, port) and not st["admin"] & (MAINT_BITS | DRAIN_BITS))
-                if enabled else bool(st["admin"] & MAINT_BITS))
+            got = now.get((be, srv))
+            good = got is not None and (
+                ((got["address"], got["port"]) == (address, port) and not got["admin"] & (MAINT_BITS | DRAIN_BITS))
+                if enabled else bool(got["admin"] & MAINT_BITS))
             if not good:
                 raise ProxyError(f"the haproxy runtime API did not set server {be}/{srv} as asked "
                                  f"({'serving at ' + hostport(address, port) if enabled else 'in maintenance'})")

@@ -32,6 +32,23 @@ def api() -> Backend:
                    (("10.0.0.7", 8080),), health_path="/health")
 
 
+TLS_LISTEN = "127.0.0.1:8443"
+
+
+def edge_backends() -> list[Backend]:
+    """The edge scenario: a host-routed service with its own certificate, the redirect to HTTPS,
+    long reads and large bodies; a path-routed one with a certificate and short timeouts; a plain
+    one (the certificate files are only named: a golden renders the template's own output)."""
+    shop = Backend("shop", "green", "r-0007", Routes(
+        paths=(), hosts=("shop.example.com",), read_timeout=3600.0, send_timeout=120.0, max_body=50 * 1048576,
+        tls_cert="/etc/cdlib/tls/shop.pem", tls_key="/etc/cdlib/tls/shop.key", https_redirect=True),
+        (("127.0.0.1", 32011),))
+    reports = Backend("reports", "blue", "r-0003", Routes(
+        paths=("/reports",), connect_timeout=0.5, read_timeout=2.5, max_body=0,
+        tls_cert="/etc/cdlib/tls/reports.pem", tls_key="/etc/cdlib/tls/reports.key"), (("127.0.0.1", 32021),))
+    return [shop, reports, demo()]
+
+
 def golden_text(name: str, make: Callable[[Path | None], Proxy], override: Path) -> str:
     """The configuration of one scenario; ``make(template)`` builds the adapter, ``override`` is
     the user's template the last scenario extends the packaged one with."""

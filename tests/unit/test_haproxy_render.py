@@ -20,10 +20,14 @@ from cdlib.proxy.haproxy import (
     HaproxyProxy,
     _first_error_line,
     bind_address,
+    duration,
     haproxy_context,
+    slots_per_color,
+    tls_link,
 )
+from cdlib.render import render_template
 from tests.unit import _render_cases as cases
-from tests.unit._render_cases import LISTEN, api, demo
+from tests.unit._render_cases import LISTEN, TLS_LISTEN, api, demo, edge_backends
 
 GOLDEN = cases.GOLDEN_ROOT / "haproxy"
 DIR = Path("/srv/cdlib/haproxy")  # only written into the text: render() does no I/O
@@ -53,12 +57,146 @@ def section(text: str, header: str) -> str:
     return text[start:end.start() if end else len(text)]
 
 
+def five() -> Backend:
+    return demo("green", servers=tuple(("127.0.0.1", 32100 + i) for i in range(5)))
+
+
+# HAProxy-only scenarios: the template's own output (managed.render adds a digest line of the
+# certificate files, which must then exist)
+HAPROXY_SCENARIOS = {
+    "edge-tls-redirect": lambda: render_template("haproxy.cfg.j2", haproxy_context(
+        edge_backends(), listen=LISTEN, directory=DIR, tls_listen=TLS_LISTEN)),
+    "slots-five-servers": lambda: proxy().render([five()]),
+}
+
+
 # -- golden files ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", cases.SCENARIOS)
 def test_golden(tmp_path, name):
     override = tmp_path / "my-haproxy.cfg.j2"
     override.write_text(OVERRIDE)
     cases.check_golden(GOLDEN / f"{name}.cfg", cases.golden_text(name, proxy, override))
+
+
+@pytest.mark.parametrize("name", sorted(HAPROXY_SCENARIOS))
+def test_haproxy_only_golden(name):
+    cases.check_golden(GOLDEN / f"{name}.cfg", HAPROXY_SCENARIOS[name]())
+
+
+# -- one backend per service, slots per color -------------------------------------------------------
+def test_the_backend_is_named_after_the_service_whatever_the_color():
+    blue, green = proxy().render([demo("blue")]), proxy().render([demo("green")])
+    for text in (blue, green):
+        assert "\nbackend demo\n" in text and "use_backend demo if" in text
+        assert "demo_blue" not in text and "demo_green" not in text
+    slots = [ln.split()[1] for ln in section(green, "backend demo").splitlines() if ln.strip().startswith("server ")]
+    assert slots == [f"{c}_{i}" for c in ("blue", "green") for i in range(1, 5)]
+    back = section(green, "backend demo")
+    assert "server green_1 127.0.0.1:32001 check inter 1s fall 2 rise 2\n" in back
+    assert "server green_2 127.0.0.1:32002 check inter 1s fall 2 rise 2\n" in back
+    assert "server blue_1 0.0.0.0:1 check inter 1s fall 2 rise 2 disabled\n" in back
+    assert "server green_3 0.0.0.0:1 check inter 1s fall 2 rise 2 disabled\n" in back
+
+
+def test_a_color_switch_changes_only_server_lines_and_comments():
+    blue = proxy().render([demo("blue"), api()]).splitlines()
+    green = proxy().render([demo("green", servers=(("127.0.0.1", 32011),)), api()]).splitlines()
+    assert len(blue) == len(green)
+    differ = [(a, b) for a, b in zip(blue, green, strict=True) if a != b]
+    assert differ and all(a.strip().startswith(("server ", "#")) for a, _ in differ), differ
+
+
+@pytest.mark.parametrize("servers, slots", [(0, 4), (1, 4), (4, 4), (5, 8), (8, 8), (9, 16), (33, 64)])
+def test_slots_per_color(servers, slots):
+    assert slots_per_color(servers) == slots
+
+
+def test_more_instances_than_slots_get_more_slots():
+    back = section(HAPROXY_SCENARIOS["slots-five-servers"](), "backend demo")
+    assert back.count("    server blue_") == 8 and back.count("    server green_") == 8
+    assert "server green_5 127.0.0.1:32104 check" in back and "server green_6 0.0.0.0:1" in back
+    assert "# 8 slots per color" in back
+
+
+def test_an_unknown_color_is_refused():
+    with pytest.raises(ProxyError, match="color must be one of blue, green"):
+        proxy().render([demo("red")])
+
+
+# -- the edge ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seconds, text", [(3, "3s"), (3.0, "3s"), (0.5, "500ms"), (2.5, "2500ms"), (3600, "3600s"),
+                                           (0.0001, "1ms")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_per_route_timeouts_and_body_size():
+    text = HAPROXY_SCENARIOS["edge-tls-redirect"]()
+    reports = section(text, "backend reports")
+    assert "    timeout connect 500ms\n" in reports and "    timeout server 60s\n" in reports  # max(read, send)
+    assert "deny_status 413" not in reports  # max_body 0: no limit
+    shop = section(text, "backend shop")
+    assert "    timeout connect 3s\n" in shop and "    timeout server 3600s\n" in shop
+    assert ("    http-request deny deny_status 413 if { req.hdr_val(content-length) gt 52428800 }\n" in shop)
+    demo_back = section(text, "backend demo")
+    assert "gt 1048576 }" in demo_back and "timeout server 60s" in demo_back
+
+
+def test_tls_bind_with_one_linked_certificate_per_service():
+    text = HAPROXY_SCENARIOS["edge-tls-redirect"]()
+    front = section(text, "frontend cdlib")
+    shop = tls_link(DIR, "/etc/cdlib/tls/shop.pem", "/etc/cdlib/tls/shop.key")
+    reports = tls_link(DIR, "/etc/cdlib/tls/reports.pem", "/etc/cdlib/tls/reports.key")
+    assert shop.startswith(f"{DIR}/tls/") and shop.endswith(".pem") and shop != reports
+    assert f"    bind {TLS_LISTEN} ssl crt {reports} crt {shop}\n" in front  # services sorted
+    assert f"    # tls-files {shop} /etc/cdlib/tls/shop.pem /etc/cdlib/tls/shop.key\n" in front
+    assert "http-request set-header X-Forwarded-Proto https if { ssl_fc }" in front
+    # HTTPS serves only the routes with a certificate (demo has none)
+    assert ('http-request return status 404 content-type text/plain string "no route for this path\\n" '
+            "if { ssl_fc } !{ var(txn.route) -m str path:/reports/ host:shop }") in front
+    # only shop redirects plain HTTP, before its path could be rewritten
+    redirect = ("http-request redirect code 301 location https://%[var(txn.host)]:8443%[url] "
+                "if !{ ssl_fc } { var(txn.route) -m str host:shop }")
+    assert redirect in front and front.count("location https://") == 1
+    assert front.index(redirect) < front.index("replace-path")
+
+
+def test_https_on_port_443_is_not_written_in_the_redirect():
+    text = render_template("haproxy.cfg.j2", haproxy_context(edge_backends(), listen=LISTEN, directory=DIR,
+                                                             tls_listen="443"))
+    assert "    bind :443 ssl crt " in text and "location https://%[var(txn.host)]%[url] if" in text
+
+
+def test_no_tls_route_no_https_even_with_tls_listen():
+    text = proxy(tls_listen=TLS_LISTEN).render([demo(), api()])
+    assert " ssl " not in text and "ssl_fc" not in text and "tls-files" not in text
+    assert "http-request set-header X-Forwarded-Proto http\n" in text
+
+
+def test_websocket_tunnels_and_retries():
+    text = section(proxy().render([demo()]), "defaults")
+    assert "    timeout tunnel 1h\n" in text
+    assert "    retries 3\n" in text and "    option redispatch 1\n" in text and "retry-on conn-failure" in text
+
+
+@pytest.mark.parametrize("routes, words", [
+    ({"connect_timeout": 0}, "routes.connect_timeout 0 must be"),
+    ({"read_timeout": -1.0}, "routes.read_timeout"),
+    ({"send_timeout": True}, "routes.send_timeout"),
+    ({"max_body": -1}, "routes.max_body"),
+    ({"tls_cert": "/etc/x.pem"}, "both a certificate and a key"),
+    ({"tls_cert": "x.pem", "tls_key": "/etc/x.key"}, "absolute path"),
+])
+def test_bad_edge_values_are_refused_with_the_service_named(routes, words):
+    b = Backend("demo", "blue", "r", Routes(paths=("/d/",), **routes), (("127.0.0.1", 1),))
+    with pytest.raises(ProxyError, match=words):
+        haproxy_context([b], listen=LISTEN, directory=DIR, tls_listen=TLS_LISTEN)
+
+
+@pytest.mark.parametrize("tls_listen", ["", "host:443", "8443;"])
+def test_bad_tls_listen_is_a_config_error_naming_it(tls_listen):
+    with pytest.raises(ConfigError, match="proxy.tls_listen"):
+        HaproxyProxy(DIR, listen=LISTEN, tls_listen=tls_listen)
 
 
 def test_global_section_runs_a_private_master_worker_instance():
