@@ -498,6 +498,99 @@ class DockerRuntime(Runtime):
                 restored.append(plain)
         return restored
 
+    # -- healing and scaling (the live color, outside a release) ---------------------------------
+    def scale(self, req: StartRequest, replicas: int) -> list[Instance]:
+        """Instances 1..replicas of req's color run: a stopped (or killed) one is started again with
+        its own port binding, a vanished one is created again on its port from req.pinned_ports
+        (another free port of req.host_ports only when that one is taken); those above are stopped
+        and kept. Returns the running instances, sorted by name."""
+        seen = {s.name: s for s in self._containers(req.service, req.color) if not is_aside(s.name)}
+        wanted = [(index, instance_name(req.service, req.color, index)) for index in range(1, replicas + 1)]
+        for _, name in wanted:
+            other = seen[name].labels.get(LABEL_RELEASE) if name in seen else req.release
+            if other != req.release:
+                raise RuntimeBackendError(f"docker runtime: container {name} belongs to release {other}, not "
+                                          f"{req.release}; remove it first", name=name, release=other)
+        pinned = dict(req.pinned_ports)
+        shared: list[_Ports] = []
+        lock = threading.Lock()
+
+        def ports() -> _Ports:
+            with lock:
+                if not shared:
+                    self._ensure_image(req.image)
+                    shared.append(_Ports(self._used_ports))
+                return shared[0]
+
+        def up(item: tuple[int, str]) -> Instance:
+            index, name = item
+            found = seen.get(name)
+            for _ in range(3):
+                if found is not None and found.state not in ("dead", "removing"):
+                    got = self._run(found.id, name)
+                    if got is not GONE:
+                        return got
+                if found is not None:  # dead, or vanished meanwhile: make it again under its name
+                    self._call(f"remove container {name}", self._engine.remove, found.id)
+                got = self._recreate(req, name, index, pinned.get(name), ports())
+                if got is not GONE:
+                    return got
+                attrs = self._inspect(name)
+                found = None if attrs is None else _seen_of(attrs)
+            raise RuntimeBackendError(f"docker runtime: container {name} was removed by another process 3 times "
+                                      f"while it was started; check what removes containers of {req.service}",
+                                      name=name)
+
+        running = _each(up, wanted, self.parallel)
+        above = [s for s in seen.values() if self._index(s) > replicas and s.state in ("running", "restarting", "paused")]
+        _each(self._stop_seen, above, self.parallel)
+        return sorted(running, key=lambda i: i.name)
+
+    def _recreate(self, req: StartRequest, name: str, index: int, port: int | None, ports: _Ports):
+        """Create and run the container on its pinned port; on a clash (another program took the port
+        meanwhile), on another free port. GONE when another process took the name meanwhile."""
+        if port:
+            created = self._create(req, name, index, port)
+            if created is GONE:
+                return GONE
+            try:
+                return self._run(created, name, fresh=True)
+            except RuntimeBackendError as exc:
+                if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
+                    raise
+                self._call(f"remove container {name} after a port clash", self._engine.remove, created)
+        return self._create_and_run(req, name, index, ports)
+
+    @staticmethod
+    def _index(seen: _Seen) -> int:
+        label = _int(seen.labels.get(LABEL_INDEX))
+        if label is not None:
+            return label
+        tail = seen.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    def _stop_seen(self, seen: _Seen) -> str | None:
+        timeout = _int(seen.labels.get(LABEL_STOP_TIMEOUT))
+        if timeout is None:
+            timeout = DEFAULT_STOP_TIMEOUT
+        got = self._call(f"stop container {seen.name}", self._engine.stop, seen.id, timeout)
+        return None if got is GONE else seen.name
+
+    def doomed(self, service: str, color: str, replicas: int) -> list[str]:
+        return [s.name for s in self._containers(service, color)
+                if not is_aside(s.name) and self._index(s) > replicas and s.state in ("running", "restarting", "paused")]
+
+    def discard(self, service: str, color: str, names: Sequence[str]) -> list[str]:
+        wanted = set(names)
+        chosen = [s for s in self._containers(service, color, removing=True)
+                  if s.name in wanted and s.state not in ("running", "restarting", "paused")]
+
+        def remove_one(seen: _Seen) -> str:
+            self._call(f"remove container {seen.name}", self._engine.remove, seen.id)
+            return seen.name
+
+        return sorted(_each(remove_one, chosen, self.parallel))
+
     # -- images ---------------------------------------------------------------------------------
     def build_image(self, context: str, dockerfile: str, tags: Sequence[str],
                     buildargs: dict | None = None) -> str:
@@ -781,6 +874,13 @@ class _Seen:
             if p.get("Type", "tcp") == "tcp" and p.get("PublicPort") and wanted in (None, p.get("PrivatePort")):
                 return int(p["PublicPort"])
         return _int(self.labels.get(LABEL_HOST_PORT)) or 0
+
+
+def _seen_of(attrs: dict) -> _Seen:
+    """The listing's view of a container from its inspect."""
+    return _Seen(id=attrs.get("Id", ""), name=str(attrs.get("Name") or "").lstrip("/"),
+                 labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
+                 state=(attrs.get("State") or {}).get("Status", "") or "", ports=())
 
 
 def _seen(row: dict) -> _Seen:
