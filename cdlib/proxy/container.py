@@ -814,7 +814,7 @@ class _DockerProxy(Proxy):
                 key = "proxy.template" if self.template is not None else "proxy"
                 raise ConfigError(f"{key}: {exc.message}", key=key) from exc
         replicas = [r for r in self._replicas() if r.master_pid() is not None]
-        throwaway = None
+        throwaway: str | None = None
         if replicas:
             r = replicas[0]
         else:
@@ -837,7 +837,7 @@ class _DockerProxy(Proxy):
                 _quietly(lambda: r._sh(f"{BB} rm -rf {tmp}"))
         finally:
             if throwaway is not None:
-                _quietly(lambda: self.engine.remove_container(throwaway))
+                _quietly(lambda: self.engine.remove_container(r.container))
 
     def status(self) -> dict:
         replicas = self._replicas()
