@@ -8,7 +8,7 @@ They are loaded on first use, so ``import cdlib`` stays cheap.
 __version__ = "0.1.0"
 
 _API = ("status", "color", "history", "build", "push", "test", "deploy", "switch", "cleanup", "rollback",
-        "release", "load_spec", "proxy_render", "proxy_apply", "proxy_watch")
+        "release", "heal", "scale", "load_spec", "proxy_render", "proxy_apply", "proxy_watch")
 
 
 def __getattr__(name):

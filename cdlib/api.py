@@ -255,4 +255,4 @@ def proxy_image(file: PathLike = None, *, kind: str | None = None, docker_host: 
 
 
 VERBS = ("status", "color", "history", "build", "push", "test", "deploy", "switch", "cleanup", "rollback",
-         "release")
+         "release", "heal", "scale")

@@ -69,7 +69,8 @@ def test_the_sources_are_understood():
     """Guards the regular expressions: if the Groovy changes shape, this fails instead of passing vacuously."""
     steps = step_table()
     assert set(steps) == {"cdlibStatus", "cdlibColor", "cdlibHistory", "cdlibBuild", "cdlibPush", "cdlibTest",
-                          "cdlibDeploy", "cdlibSwitch", "cdlibCleanup", "cdlibRollback", "cdlibRelease"}
+                          "cdlibDeploy", "cdlibSwitch", "cdlibCleanup", "cdlibRollback", "cdlibRelease", "cdlibHeal",
+                          "cdlibScale"}
     options = option_table()
     assert len(options) >= 12 and options["tag"] == "--tag" and options["type"] is None
     assert set(common_keys()) == {"file", "store", "credentials", "resultFile"}
@@ -88,7 +89,7 @@ def test_every_flag_a_step_can_emit_is_accepted_by_its_verb(verbs):
         for key in keys + [k for k in common_keys() if k != "credentials"]:
             assert key in options, f"{step}: parameter {key} has no entry in the option table ({OPTIONS.name})"
             flag = options[key]
-            if flag is None:  # the positional TYPE of `test`
+            if flag is None:  # the positional TYPE of `test`, REPLICAS of `scale`
                 positional = [a for a in verbs[verb]._actions if not a.option_strings and a.dest == key]
                 assert positional, f"{step}: 'cdlib {verb}' has no positional {key}"
             else:
@@ -121,15 +122,19 @@ def test_every_recorded_argument_list_parses(recorded):
             if flag in argv:
                 assert getattr(ns, dest) == argv[argv.index(flag) + 1], (command["case"], flag)
                 seen.add(flag)
-        for flag, dest in (("--lock-wait", "lock_wait"), ("--lock-ttl", "lock_ttl")):
+        for flag, dest in (("--lock-wait", "lock_wait"), ("--lock-ttl", "lock_ttl"), ("--interval", "interval"),
+                           ("--max-seconds", "max_seconds")):
             if flag in argv:
                 assert getattr(ns, dest) == float(argv[argv.index(flag) + 1]), (command["case"], flag)
                 seen.add(flag)
-        if "--limit" in argv:
-            assert ns.limit == int(argv[argv.index("--limit") + 1]), command["case"]
-            seen.add("--limit")
+        for flag, dest in (("--limit", "limit"), ("--max-rounds", "max_rounds")):
+            if flag in argv:
+                assert getattr(ns, dest) == int(argv[argv.index(flag) + 1]), command["case"]
+                seen.add(flag)
+        if argv[0] == "scale":
+            assert ns.replicas == argv[1], command["case"]
         for flag, dest in (("--next", "next"), ("--no-rollback", "no_rollback"), ("--previous", "previous"),
-                           ("--dry-run", "dry_run")):
+                           ("--dry-run", "dry_run"), ("--watch", "watch")):
             if flag in argv:
                 assert getattr(ns, dest) is True
                 seen.add(flag)

@@ -202,8 +202,9 @@ try {
 } catch (Throwable t) {
     report.check('compiles Jenkinsfile', false, t.message)
 }
-List expectedSteps = ['cdlibBuild', 'cdlibCleanup', 'cdlibColor', 'cdlibDeploy', 'cdlibHistory', 'cdlibPipeline', 'cdlibPush',
-                      'cdlibRelease', 'cdlibRollback', 'cdlibRun', 'cdlibStatus', 'cdlibSwitch', 'cdlibTest']
+List expectedSteps = ['cdlibBuild', 'cdlibCleanup', 'cdlibColor', 'cdlibDeploy', 'cdlibHeal', 'cdlibHistory', 'cdlibPipeline',
+                      'cdlibPush', 'cdlibRelease', 'cdlibRollback', 'cdlibRun', 'cdlibScale', 'cdlibStatus', 'cdlibSwitch',
+                      'cdlibTest']
 report.equal('one step per verb, plus cdlibPipeline and cdlibRun', steps.keySet().sort(), expectedSteps)
 
 // ---- 2. the recorded pipeline steps --------------------------------------------------------------
@@ -409,6 +410,19 @@ section('3. argument lists') {
          argv: ['rollback', '--lock-wait', '5', '--previous', '--result-file', 'cdlib-result-rollback.json']],
         [name: 'rollback previous false', step: 'cdlibRollback', params: [previous: false],
          argv: ['rollback', '--result-file', 'cdlib-result-rollback.json']],
+        [name: 'heal once', step: 'cdlibHeal', params: [:],
+         argv: ['heal', '--result-file', 'cdlib-result-heal.json']],
+        [name: 'heal watch', step: 'cdlibHeal', params: [watch: true, interval: 20, maxRounds: 3, 'max-seconds': 3500],
+         argv: ['heal', '--watch', '--interval', '20', '--max-rounds', '3', '--max-seconds', '3500',
+                '--result-file', 'cdlib-result-heal.json']],
+        [name: 'heal watch false', step: 'cdlibHeal', params: [watch: false, store: 'etcd://127.0.0.1:2379'],
+         argv: ['heal', '--store', 'etcd://127.0.0.1:2379', '--result-file', 'cdlib-result-heal.json']],
+        [name: 'scale to a count', step: 'cdlibScale', params: [replicas: 4, lockWait: 30],
+         argv: ['scale', '4', '--lock-wait', '30', '--result-file', 'cdlib-result-scale.json']],
+        [name: 'scale up by two', step: 'cdlibScale', params: [replicas: '+2'],
+         argv: ['scale', '+2', '--result-file', 'cdlib-result-scale.json']],
+        [name: 'scale down by one', step: 'cdlibScale', params: [replicas: '-1', file: 'svc/cdlib.yml', 'lock-ttl': 600],
+         argv: ['scale', '-1', '--file', 'svc/cdlib.yml', '--lock-ttl', '600', '--result-file', 'cdlib-result-scale.json']],
         [name: 'release', step: 'cdlibRelease', params: [tag: 'v9', junitDir: 'reports', lockTtl: 600],
          argv: ['release', '--tag', 'v9', '--junit-dir', 'reports', '--lock-ttl', '600', '--result-file', 'cdlib-result-release.json'],
          junit: 'reports/*.xml'],
@@ -537,6 +551,11 @@ section('5. parameter checks') {
          'cdlibRollback: afterFailure undoes the release this build left open; it takes no to or previous'],
         ['cdlibRollback', [tag: 'x'],
          "cdlibRollback: unknown parameter 'tag'; it takes: to, previous, lockWait, lockTtl, dryRun, file, store, credentials, resultFile"],
+        ['cdlibScale', [:], "cdlibScale: replicas is required: a count N (1 to 100), or '+N' / '-N'"],
+        ['cdlibScale', [replicas: 2, watch: true],
+         "cdlibScale: unknown parameter 'watch'; it takes: replicas, lockWait, lockTtl, file, store, credentials, resultFile"],
+        ['cdlibHeal', [replicas: 2],
+         "cdlibHeal: unknown parameter 'replicas'; it takes: watch, interval, maxRounds, maxSeconds, file, store, credentials, resultFile"],
     ]
     paramCases.each { List pc ->
         Ctx ctx = newCtx()

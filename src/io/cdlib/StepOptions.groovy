@@ -15,6 +15,7 @@ class StepOptions implements Serializable {
     static List options() {
         return [
             [key: 'type', flag: null],
+            [key: 'replicas', flag: null],
             [key: 'file', flag: '--file'],
             [key: 'store', flag: '--store'],
             [key: 'tag', flag: '--tag'],
@@ -31,6 +32,10 @@ class StepOptions implements Serializable {
             [key: 'dryRun', alias: 'dry-run', flag: '--dry-run', bool: true],
             [key: 'next', flag: '--next', bool: true],
             [key: 'limit', flag: '--limit'],
+            [key: 'watch', flag: '--watch', bool: true],
+            [key: 'interval', flag: '--interval'],
+            [key: 'maxRounds', alias: 'max-rounds', flag: '--max-rounds'],
+            [key: 'maxSeconds', alias: 'max-seconds', flag: '--max-seconds'],
             [key: 'resultFile', alias: 'result-file', flag: '--result-file'],
         ]
     }
