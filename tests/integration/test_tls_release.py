@@ -131,7 +131,7 @@ def test_https_release_renewal_and_refused_files(tls_service):
     assert svc.https()[:2] == (200, "v2")
 
     # the certificate renewed in place: same files, new content; proxy apply reloads with it
-    config_before = svc.nginx_conf()
+    config_before, first_cert = svc.nginx_conf(), svc.pair.cert.read_bytes()
     shutil.copyfile(svc.other.cert, svc.pair.cert)
     shutil.copyfile(svc.other.key, svc.pair.key)
     proc = svc.cli("proxy", "apply")
@@ -140,6 +140,16 @@ def test_https_release_renewal_and_refused_files(tls_service):
     status, body, der = svc.https()
     assert (status, body) == (200, "v2")
     assert der == der_of(svc.other.cert)
+
+    # a renewal gone wrong (the old certificate with the new key): the proxy refuses the file, the
+    # running configuration stays as it was and keeps serving the certificate it loaded
+    renewed = svc.nginx_conf()
+    svc.pair.cert.write_bytes(first_cert)
+    proc = svc.cli("proxy", "apply")
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+    assert "PRIVATE KEY" not in proc.stdout + proc.stderr
+    assert svc.nginx_conf() == renewed
+    assert svc.https()[2] == der_of(svc.other.cert)
 
 
 def test_plain_http_is_redirected_to_https(tls_service):
