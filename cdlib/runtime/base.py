@@ -116,12 +116,14 @@ class Runtime(ABC):
         raise NotImplementedError(f"{self.kind} runtime cannot scale")
 
     def doomed(self, service: str, color: str, replicas: int) -> list[str]:
-        """The names of the running instances that scale(..., replicas) would stop."""
+        """The names of the running instances that scale(..., replicas) would stop (those whose
+        index is above replicas), sorted: a scale down de-registers them and drains the proxy first."""
         raise NotImplementedError(f"{self.kind} runtime cannot scale")
 
     def discard(self, service: str, color: str, names: Sequence[str]) -> list[str]:
-        """Remove these stopped instances of the color (a scale down that closed); return the
-        names removed. Idempotent: a name already gone is skipped."""
+        """Remove these stopped instances of the color (a scale down that closed, or what heal finds
+        stopped above the count); return the names removed, sorted. Idempotent: a name already gone
+        is skipped, and so is one that runs (it may be in the proxy: never removed from under it)."""
         raise NotImplementedError(f"{self.kind} runtime cannot scale")
 
     # -- images (build and push belong to the host that runs them) --------------------------------

@@ -209,7 +209,7 @@ class MemoryRuntime(Runtime):
                 continue
             del self.containers[name]
             removed.append(name)
-        return removed
+        return sorted(removed)
 
     def kill(self, name: str) -> None:
         """The instance dies (SIGKILL): it exits, keeping its port binding; nothing restarts it."""
