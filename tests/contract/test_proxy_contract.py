@@ -24,6 +24,7 @@ from cdlib.errors import ProxyError
 from cdlib.model import Backend, Routes
 from cdlib.proxy import managed as managed_module
 from cdlib.proxy.base import PROBE_HEADER, UPSTREAM_HEADER
+from cdlib.proxy.container import ContainerProxy, DockerEngine
 from cdlib.proxy.haproxy import HaproxyProxy
 from cdlib.proxy.managed import LOCK_FILE
 from cdlib.proxy.memory import MemoryProxy
@@ -130,6 +131,9 @@ class Harness:
     def make(self, template: Path | None = None):
         if self.kind == "memory":
             return MemoryProxy(self.dir, forward=True)
+        if self.kind in CONTAINER:  # the proxy in a container on the local engine (host network)
+            return ContainerProxy(CONTAINER[self.kind], name=f"cdlibpx-ct-{self.listen.rsplit(':', 1)[1]}",
+                                  listen=self.listen, template=template, drain_timeout=10)
         return PRIVATE[self.kind](self.dir, listen=self.listen, template=template, drain_timeout=10)
 
     def running(self) -> bool:
@@ -142,7 +146,7 @@ class Harness:
         if self.kind == "memory":
             return self.proxy.render(backends)[:-3]  # a truncated document
         template = self.tmp / "broken.conf.j2"
-        template.write_text(BROKEN[self.kind])
+        template.write_text(BROKEN[CONTAINER.get(self.kind, self.kind)])
         return self.make(template).render(backends)
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, dict, str]:
@@ -157,11 +161,34 @@ class Harness:
     def close(self) -> None:
         if self.kind in PRIVATE:
             self.proxy.stop()
+        if self.kind in CONTAINER:
+            self.proxy.stop()  # removes the container
+            self.proxy.close()
+
+
+# the proxy as a container (cdlib.proxy.container), for each kind
+CONTAINER = {"nginx-container": "nginx", "haproxy-container": "haproxy"}
+_IMAGES_READY: set[str] = set()
+
+
+def proxy_image(kind: str) -> None:
+    """Build the proxy image once per session unless it is there (fast when it is)."""
+    if kind not in _IMAGES_READY:
+        engine = DockerEngine()
+        try:
+            engine.ensure_image(kind)
+        finally:
+            engine.close()
+        _IMAGES_READY.add(kind)
 
 
 @pytest.fixture(params=["memory", pytest.param("nginx", marks=pytest.mark.integration),
-                        pytest.param("haproxy", marks=pytest.mark.integration)])
+                        pytest.param("haproxy", marks=pytest.mark.integration),
+                        pytest.param("nginx-container", marks=pytest.mark.integration),
+                        pytest.param("haproxy-container", marks=pytest.mark.integration)])
 def harness(request, tmp_path):
+    if request.param in CONTAINER:
+        proxy_image(CONTAINER[request.param])
     h = Harness(request.param, tmp_path)
     yield h
     h.close()
