@@ -48,7 +48,7 @@ from . import journal as jr
 from . import keys, plan
 from . import steps as release_steps
 from .context import Ctx
-from .errors import CdlibError, ConfigError, LockHeld, UndoIncomplete, UsageError
+from .errors import CdlibError, ConfigError, LockHeld, ProxyError, UndoIncomplete, UsageError
 from .journal import Journal
 from .locks import (
     DEFAULT_LOCK_TTL,
@@ -301,8 +301,13 @@ def _repair(ctx: Ctx, live: dict[str, Any]) -> dict[str, Any]:
         out["discarded"] = runtime.discard(service, color, stopped_above)
     from . import proxyctl  # renders from the registry what 'proxy apply' renders (healthy servers only)
 
-    applied = proxyctl.apply(ctx)
-    out["proxy_changed"] = bool(applied.data.get("changed"))
+    try:
+        applied = proxyctl.apply(ctx)
+        out["proxy_changed"] = bool(applied.data.get("changed"))
+    except ProxyError as exc:  # another live service without a healthy backend: its problem, not ours
+        if service in (exc.data.get("services") or [service]):
+            raise
+        out["note"] = "; ".join(filter(None, [out.get("note"), f"proxy not applied: {exc}"]))
     out["running"] = sum(1 for n in expected if n in insts and insts[n].running)
     return out
 

@@ -433,3 +433,14 @@ def test_the_next_release_rolls_an_abandoned_scale_back_first(world):
     assert rel.deploy(world.ctx("v2")).ok
     assert rel.rollback(world.ctx()).ok  # the release, not the scale: that one is already undone
     assert state(world) == before
+
+
+def test_another_service_without_a_healthy_backend_does_not_fail_the_heal(world):
+    other = world.ctx("v1", service="cart", routes={"paths": ["/cart/"]})
+    assert rel.release(other).ok
+    for name in ("cart-blue-1", "cart-blue-2"):
+        world.runtime.healthy[name] = False
+    world.runtime.kill("shop-blue-1")
+    out = rel.heal(world.ctx())
+    assert out.ok and out.result.replaced == ["shop-blue-1"]
+    assert "proxy not applied" in out.result.note and "cart" in out.result.note
