@@ -239,8 +239,10 @@ class SwarmRuntime(DockerRuntime):
             nodes = self._node_addresses() if current else None
         target = _int(labels.get(LABEL_PORT), 0)
         vip_port = _ingress_port(svc, target)
-        out = [make(slot, t["Status"]["State"], _task_address(t, nodes, address),
-                    vip_port if vip_port else _task_port(t, target)) for slot, t in sorted(current.items())]
+        out = []
+        for slot, t in sorted(current.items()):
+            where = _task_address(t, nodes, address)
+            out.append(make(slot, t["Status"]["State"], where, vip_port or _task_port(t, target, where)))
         missing = (slot for slot in range(1, replicas + len(current) + 1) if slot not in current)
         out += [make(slot, "pending", address, 0) for _, slot in zip(range(replicas - len(current)), missing, strict=False)]
         return out
@@ -278,11 +280,14 @@ class SwarmRuntime(DockerRuntime):
     def start(self, req: StartRequest) -> list[Instance]:
         name = service_name(req.service, req.color)
         svc = self._mine(req, self._service(name))
+        history: set[str] = set()
         if svc is None:
             svc = self._create_service(req, name)
-        elif _replicas(svc["Spec"]) != req.replicas:  # a retried start converges
-            svc = self._set_replicas(svc, req.replicas)
-        return self._wait_running(name, req.replicas)
+        else:  # a retried start converges
+            history = self._failures(svc)
+            if _replicas(svc["Spec"]) != req.replicas:
+                svc = self._set_replicas(svc, req.replicas)
+        return self._wait_running(name, req.replicas, history)
 
     def _mine(self, req: StartRequest, svc: dict | None) -> dict | None:
         """svc when it is req's release's service; None when there is none; an error when another
@@ -377,23 +382,24 @@ class SwarmRuntime(DockerRuntime):
                 spec["Labels"][LABEL_REPLICAS] = str(_replicas(svc["Spec"]))
         return self._update(svc, change, f"scale service {svc['Spec']['Name']} to {replicas}")
 
-    def _wait_running(self, name: str, replicas: int, timeout: float | None = None) -> list[Instance]:
+    def _failures(self, svc: dict) -> set[str]:
+        """The ids of the service's tasks that failed so far (history to a wait that follows)."""
+        return {t["ID"] for t in self._tasks(svc) if t["Status"]["State"] in FAILED_STATES}
+
+    def _wait_running(self, name: str, replicas: int, history: set[str],
+                      timeout: float | None = None) -> list[Instance]:
         """Wait until replicas tasks of the service run (with their host port in dnsrr mode) and
-        return them; a task that fails meanwhile fails the wait with its error."""
+        return them; a task that fails meanwhile (not one of history) fails the wait with its error."""
         clock = as_clock(self.clock)
         timeout = self.start_timeout if timeout is None else timeout
         deadline = clock.monotonic() + timeout
-        known_failures: set[str] | None = None
         while True:
             svc = self._service(name)
             if svc is None:
                 raise RuntimeBackendError(f"swarm runtime: service {name} was removed by another process while "
                                           "it was started; check what removes services", name=name)
             tasks = self._tasks(svc)
-            failed = [t for t in tasks if t["Status"]["State"] in FAILED_STATES]
-            if known_failures is None:  # failures from before this wait (an earlier run) are history
-                known_failures = {t["ID"] for t in failed} if _current_tasks(tasks) or failed else set()
-            fresh = [t for t in failed if t["ID"] not in known_failures]
+            fresh = [t for t in tasks if t["Status"]["State"] in FAILED_STATES and t["ID"] not in history]
             if fresh:
                 t = fresh[0]
                 raise RuntimeBackendError(
@@ -434,12 +440,13 @@ class SwarmRuntime(DockerRuntime):
             if replicas == 0:
                 return []
             return self.start(replace(req, replicas=replicas))
+        history = self._failures(svc)
         if _replicas(svc["Spec"]) != replicas:
             svc = self._set_replicas(svc, replicas)
         if replicas == 0:
             self._wait_stopped(svc, _stop_seconds(svc) + 30)
             return []
-        return self._wait_running(name, replicas)
+        return self._wait_running(name, replicas, history)
 
     def doomed(self, service: str, color: str, replicas: int) -> list[str]:
         running = sorted((i for i in self.instances(service, color) if i.running), key=_index)
@@ -466,9 +473,10 @@ class SwarmRuntime(DockerRuntime):
             count = _replicas(svc["Spec"]) or _int((svc["Spec"].get("Labels") or {}).get(LABEL_REPLICAS), 0)
             if not count:
                 continue
+            history = self._failures(svc)
             if not _replicas(svc["Spec"]):
                 self._set_replicas(svc, count)
-            out += self._wait_running(svc["Spec"]["Name"], count)
+            out += self._wait_running(svc["Spec"]["Name"], count, history)
         return sorted(out, key=lambda i: i.name)
 
     def remove(self, service: str, color: str, release: str | None = None,
@@ -552,10 +560,13 @@ class SwarmRuntime(DockerRuntime):
             raise RuntimeBackendError(
                 f"swarm runtime: cannot restore {aside_name(name, release)}: the name {name} is taken by another "
                 f"service (release {found or 'unknown'}); remove it first", name=name)
+        history: set[str] = set()
         if holder is None:
             self._create_from(spec, f"create service {name} again from its set-aside spec")
+        else:  # an interrupted restore: the service is back already
+            history = self._failures(holder)
         if _replicas(spec):
-            self._wait_running(name, _replicas(spec))
+            self._wait_running(name, _replicas(spec), history)
         self._api_call(f"remove the set-aside spec {cfg['Spec']['Name']}", self._api.remove_config, cfg["ID"])
         return [i.name for i in self._view({"ID": saved.get("id", ""), "Spec": _stopped({"Spec": spec})["Spec"]})]
 
@@ -596,11 +607,16 @@ def _current_tasks(tasks: list[dict]) -> dict[int, dict]:
     return out
 
 
-def _task_port(task: dict, target: int) -> int:
-    for p in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []:
-        if p.get("PublishMode") == "host" and (not target or p.get("TargetPort") == target) and p.get("PublishedPort"):
-            return int(p["PublishedPort"])
-    return 0
+def _task_port(task: dict, target: int, address: str) -> int:
+    """The task's host port for the container port. An engine with IPv6 binds a host-mode port twice,
+    0.0.0.0 then ::, each on its own dynamic port (Docker 20.10): the first is IPv4's, the last
+    IPv6's (taken when the instance's address is an IPv6 address)."""
+    found = [int(p["PublishedPort"]) for p in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
+             if p.get("PublishMode") == "host" and (not target or p.get("TargetPort") == target)
+             and p.get("PublishedPort")]
+    if not found:
+        return 0
+    return found[-1] if ":" in address else found[0]
 
 
 def _ingress_port(svc: dict, target: int) -> int:
