@@ -638,8 +638,9 @@ class _DockerProxy(Proxy):
         return self._renderer.render(backends)
 
     # -- what subclasses say --------------------------------------------------------------------------
-    def _replicas(self) -> list[Replica]:
-        """The replicas that exist now (none when the container or service does not)."""
+    def _replicas(self, wait: bool = True) -> list[Replica]:
+        """The replicas that exist now (none when the container or service does not); ``wait``:
+        until as many run as the service wants (bounded), else those that run now."""
         raise NotImplementedError
 
     def _create(self) -> None:
@@ -662,16 +663,20 @@ class _DockerProxy(Proxy):
 
     # -- the port ---------------------------------------------------------------------------------------
     def read_config(self) -> bytes | None:
-        """The first replica's active file (it listens on proxy.listen: the text render() gives)."""
-        replicas = self._replicas()
-        return replicas[0].read() if replicas else None
+        """The active file of the first replica, as render() gives it: with proxy.listen (the
+        first replica's listen address; another replica's file is moved back to it)."""
+        replicas = self._replicas(wait=False)
+        if not replicas:
+            return None
+        data = replicas[0].read()
+        return None if data is None else retarget(data, self.kind, replicas[0].inner.listen, self.listen)
 
     def master_pid(self) -> int | None:
-        replicas = self._replicas()
+        replicas = self._replicas(wait=False)
         return replicas[0].master_pid() if replicas else None
 
     def workers(self) -> set[int]:
-        replicas = self._replicas()
+        replicas = self._replicas(wait=False)
         return replicas[0].workers() if replicas else set()
 
     def _ready(self) -> tuple[list[Replica], bool]:
@@ -752,11 +757,11 @@ class _DockerProxy(Proxy):
     def restore(self, prior: bytes | None) -> None:
         """Every replica back to ``prior`` (its own listen address), byte for byte; None: no proxy
         container or service at all, which is the state before the first apply."""
-        replicas = self._replicas()
         if prior is None:
-            if replicas or self._exists():
+            if self._exists():
                 self._remove()
             return
+        replicas = self._replicas()
         if not replicas:
             replicas, _created = self._ready()
         problems = []
@@ -813,7 +818,7 @@ class _DockerProxy(Proxy):
             except ProxyError as exc:
                 key = "proxy.template" if self.template is not None else "proxy"
                 raise ConfigError(f"{key}: {exc.message}", key=key) from exc
-        replicas = [r for r in self._replicas() if r.master_pid() is not None]
+        replicas = [r for r in self._replicas(wait=False) if r.master_pid() is not None]
         throwaway: str | None = None
         if replicas:
             r = replicas[0]
@@ -840,7 +845,7 @@ class _DockerProxy(Proxy):
                 _quietly(lambda: self.engine.remove_container(r.container))
 
     def status(self) -> dict:
-        replicas = self._replicas()
+        replicas = self._replicas(wait=False)
         return {"kind": self.kind, "run": self.run, "name": self.name, "image": self.image, "url": self.url(),
                 "running": any(r.master_pid() is not None for r in replicas),
                 "replicas": [r.status() for r in replicas]}
@@ -866,7 +871,7 @@ class ContainerProxy(_DockerProxy):
     def _exists(self) -> bool:
         return self.engine.container(self.name) is not None
 
-    def _replicas(self) -> list[Replica]:
+    def _replicas(self, wait: bool = True) -> list[Replica]:
         info = self.engine.container(self.name)
         if info is None:
             return []
@@ -916,10 +921,10 @@ class ServiceProxy(_DockerProxy):
             self._node_engines[node] = (DockerEngine(url), host)
         return self._node_engines[node]
 
-    def _replicas(self) -> list[Replica]:
+    def _replicas(self, wait: bool = True) -> list[Replica]:
         if self.engine.service(self.name) is None:
             return []
-        return self._running_replicas(wait=True)
+        return self._running_replicas(wait)
 
     def _running_replicas(self, wait: bool) -> list[Replica]:
         want = self.replicas if self.mode == "replicated" else None

@@ -118,8 +118,8 @@ class FakeEngine:
             self.containers.pop(cid, None)
 
     def tasks(self, name):
-        return [{"container": cid, "node": "node-1", "slot": i, "state": "running"}
-                for i, cid in enumerate(self.services.get(name, []), start=1)]
+        return [{"container": cid, "node": "node-1", "slot": int(self.containers[cid].name.split(".")[-2]),
+                 "state": "running"} for cid in self.services.get(name, [])]
 
     def exec(self, cid, argv, timeout=30):
         c = self.containers[cid]
@@ -574,3 +574,12 @@ def test_wiring_opens_the_container_adapters_without_importing_docker():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert json.loads(out.stdout) == ["ContainerProxy", "cdlibpx-nginx-8880", "ServiceProxy", 2, False]
+
+
+def test_read_config_is_the_rendered_text_whichever_replica_answers():
+    proxy, engine = make(ServiceProxy, replicas=2)
+    text = proxy.render([backend("blue", 9001)])
+    proxy.apply(text)
+    engine.services[proxy.name].pop(0)  # slot 1's task is being replaced: slot 2 answers
+    assert proxy.read_config() == text.encode()
+    assert [r["listen"] for r in proxy.status()["replicas"]] == ["127.0.0.1:18881"]
