@@ -1,7 +1,7 @@
 """What starting and stopping a color of N replicas costs with the Docker runtime, against the same
 number of concurrent plain Docker calls on the same engine in the same run.
 
-    .venv/bin/python benchmarks/replicas.py [--replicas 1,4,8,16] [--runs 3] [--parallel N] [--json FILE]
+    .venv/bin/python benchmarks/replicas.py [--replicas 1,4,8,16] [--runs 3] [--parallel 4,16] [--json FILE]
 
 For each replica count, alternately (the order flips every round):
 - cdlib: ``DockerRuntime.start`` of one color of a busybox FROM-scratch web service, then
@@ -12,9 +12,11 @@ For each replica count, alternately (the order flips every round):
   timed until the last answers; then N concurrent ``docker stop``, timed.
 Containers are named ``cdlibrp-*`` and removed after every round (not timed), the image at the end.
 
-Prints the median of each figure and the ratio (cdlib start + stop) / (docker start + stop);
-the target for 16 replicas is at most 1.3. --parallel sets the runtime's bound (default: its own).
-Needs dockerd; uses host ports 30000-31999.
+Prints the median of each figure and the ratio (cdlib start + stop) / (docker start + stop) of
+each round, median of the rounds; the target for 16 replicas is at most 1.3. --parallel lists the
+runtime bounds to compare (how many replicas it starts and stops at a time; default: the runtime's
+own), each measured in every round next to the same plain Docker calls, so that a noisy machine
+weighs on every column alike. Needs dockerd; uses host ports 30000-31999.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cdlib.runtime.base import FIRST_RETRY, StartRequest, http_ok  # noqa: E402
-from cdlib.runtime.docker import DockerRuntime  # noqa: E402
+from cdlib.runtime.docker import MAX_PARALLEL, DockerRuntime  # noqa: E402
 from tests.support.images import PORT, build_busybox_web_image  # noqa: E402
 
 PREFIX = "cdlibrp"
@@ -140,49 +142,49 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", default="1,4,8,16")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--parallel", type=int, default=None, help="the runtime's bound")
+    parser.add_argument("--parallel", default=str(MAX_PARALLEL), help="runtime bounds to compare, e.g. 4,16")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     counts = [int(c) for c in args.replicas.split(",")]
+    bounds = [int(b) for b in args.parallel.split(",")]
+    runtimes = {b: DockerRuntime(parallel=b) for b in bounds}
+    sides: list[str | int] = ["docker", *bounds]
 
-    runtime = DockerRuntime() if args.parallel is None else DockerRuntime(parallel=args.parallel)
-    runtime.ping()
+    runtimes[bounds[0]].ping()
     remove_leftovers()
-    build_busybox_web_image(runtime, IMAGE, "bench")
+    build_busybox_web_image(runtimes[bounds[0]], IMAGE, "bench")
     rows = []
     try:
         for n in counts:
-            cd: list[tuple[float, float]] = []
-            pl: list[tuple[float, float]] = []
-            cdlib_round(runtime, n)  # warm-up: first calls, page cache
+            got: dict = {side: [] for side in sides}
+            cdlib_round(runtimes[bounds[-1]], n)  # warm-up: first calls, page cache
             for r in range(args.runs):
-                for side in (("cdlib", "docker") if r % 2 == 0 else ("docker", "cdlib")):
-                    if side == "cdlib":
-                        cd.append(cdlib_round(runtime, n))
-                    else:
-                        pl.append(plain_round(n))
-            row = {
-                "replicas": n,
-                "cdlib_start": statistics.median(s for s, _ in cd),
-                "cdlib_stop": statistics.median(s for _, s in cd),
-                "docker_start": statistics.median(s for s, _ in pl),
-                "docker_stop": statistics.median(s for _, s in pl),
-                "ratio": statistics.median((a + b) / (c + d) for (a, b), (c, d) in zip(cd, pl, strict=True)),
-            }
-            rows.append(row)
-            print(f"  {n:>2} replicas: cdlib {row['cdlib_start']:.2f} + {row['cdlib_stop']:.2f} s, "
-                  f"docker {row['docker_start']:.2f} + {row['docker_stop']:.2f} s", file=sys.stderr)
+                for side in sides[r % len(sides):] + sides[:r % len(sides)]:  # each side first in turn
+                    got[side].append(plain_round(n) if side == "docker" else cdlib_round(runtimes[int(side)], n))
+            plain = got["docker"]
+            for b in bounds:
+                row = {
+                    "replicas": n, "parallel": b,
+                    "cdlib_start": statistics.median(s for s, _ in got[b]),
+                    "cdlib_stop": statistics.median(s for _, s in got[b]),
+                    "docker_start": statistics.median(s for s, _ in plain),
+                    "docker_stop": statistics.median(s for _, s in plain),
+                    "ratio": statistics.median((a + c) / (d + e) for (a, c), (d, e) in zip(got[b], plain, strict=True)),
+                }
+                rows.append(row)
+                print(f"  {n:>2} replicas, {b:>2} at a time: cdlib {row['cdlib_start']:.2f} + {row['cdlib_stop']:.2f} s, "
+                      f"docker {row['docker_start']:.2f} + {row['docker_stop']:.2f} s", file=sys.stderr)
     finally:
         remove_leftovers()
         subprocess.run(["docker", "rmi", "-f", IMAGE], capture_output=True)
-        runtime.close()
+        for runtime in runtimes.values():
+            runtime.close()
 
-    print(f"start (until healthy) and stop of N replicas, median of {args.runs} runs; "
-          f"cdlib bound {getattr(runtime, 'parallel', None) or 'default'}")
-    print(f"{'replicas':>8}  {'cdlib start':>11}  {'docker run':>10}  {'cdlib stop':>10}  "
+    print(f"start (until healthy) and stop of N replicas, median of {args.runs} runs")
+    print(f"{'replicas':>8}  {'at a time':>9}  {'cdlib start':>11}  {'docker run':>10}  {'cdlib stop':>10}  "
           f"{'docker stop':>11}  {'ratio':>5}")
     for row in rows:
-        print(f"{row['replicas']:>8}  {row['cdlib_start']:>10.2f}s  {row['docker_start']:>9.2f}s  "
+        print(f"{row['replicas']:>8}  {row['parallel']:>9}  {row['cdlib_start']:>10.2f}s  {row['docker_start']:>9.2f}s  "
               f"{row['cdlib_stop']:>9.2f}s  {row['docker_stop']:>10.2f}s  {row['ratio']:>5.2f}")
     print("ratio: (cdlib start + stop) / (docker start + stop), median of the rounds' ratios; target for 16: <= 1.3")
     if args.json:
