@@ -59,26 +59,28 @@ class _Quiet(ThreadingHTTPServer):
 
 
 class Upstreams:
-    """Named HTTP/1.1 servers in threads; each answers its name. ``/slow`` streams its name in ten
-    chunks over about a second (a long request)."""
+    """Named HTTP/1.1 servers in threads; each answers its name. ``/hold`` is a long request: it
+    streams its name, then waits until the test sets ``go`` (10 s at most), then says "done"."""
 
     def __init__(self) -> None:
         self.servers: dict[str, ThreadingHTTPServer] = {}
+        self.go = threading.Event()
 
     def start(self, name: str) -> tuple[str, int]:
+        go = self.go
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                if self.path.endswith("/slow"):
+                if self.path.endswith("/hold"):
                     self.send_response(200)
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    for _ in range(10):
-                        chunk = name.encode() + b"\n"
+                    for chunk in (name.encode() + b"\n", b"done\n"):
                         self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                         self.wfile.flush()
-                        time.sleep(0.1)
+                        go.wait(10)
                     self.wfile.write(b"0\r\n\r\n")
                     return
                 body = name.encode()
@@ -100,6 +102,7 @@ class Upstreams:
         return str(host), int(port)
 
     def close(self) -> None:
+        self.go.set()
         for server in self.servers.values():
             server.shutdown()
             server.server_close()
@@ -324,8 +327,9 @@ def test_restore_works_whichever_way_the_change_went(haproxy, upstreams):
 
 
 def test_a_long_request_outlives_a_runtime_switch(tmp_path, upstreams):
-    """A runtime switch drains the old servers (bounded like hard-stop-after) and never cuts what
-    they still serve; a reload would end the old worker at hard-stop-after."""
+    """A runtime switch drains the old servers for a bounded time (like hard-stop-after), then puts
+    them in maintenance, and never cuts what they still serve: a long request (a stream, a
+    WebSocket) goes on on the old server; a reload would end it with the old worker."""
     p = HaproxyProxy(tmp_path / "haproxy", listen=f"127.0.0.1:{free_port()}", drain_timeout=0.5)
     try:
         upstreams.start("alpha")
@@ -333,10 +337,10 @@ def test_a_long_request_outlives_a_runtime_switch(tmp_path, upstreams):
         p.apply(p.render([backend(upstreams, "blue", "alpha")]))
         got: list[object] = []
 
-        def slow() -> None:
-            conn = http.client.HTTPConnection(p.host, p.port, timeout=10)
+        def hold() -> None:
+            conn = http.client.HTTPConnection(p.host, p.port, timeout=15)
             try:
-                conn.request("GET", PREFIX + "slow")
+                conn.request("GET", PREFIX + "hold")
                 resp = conn.getresponse()
                 got.append((resp.status, resp.read().decode()))
             except OSError as exc:
@@ -344,14 +348,18 @@ def test_a_long_request_outlives_a_runtime_switch(tmp_path, upstreams):
             finally:
                 conn.close()
 
-        t = threading.Thread(target=slow, name="cdlibha-slow")
+        t = threading.Thread(target=hold, name="cdlibha-hold")
         t.start()
         _wait_for(lambda: p.server_sessions([(SERVICE, "blue_1")]) == 1, "the long request on blue_1")
         p.apply(p.render([backend(upstreams, "green", "beta")]))
+        assert t.is_alive()  # the request waits for the test: it was in flight through the whole switch
+        assert p.server_states()[(SERVICE, "blue_1")]["admin"] & 0x01  # its server is in maintenance
         assert who(p) == "beta"
+        upstreams.go.set()
         t.join(10)
-        assert got == [(200, "alpha\n" * 10)]
+        assert got == [(200, "alpha\ndone\n")]
     finally:
+        upstreams.go.set()
         p.stop()
 
 

@@ -45,7 +45,6 @@ def test_the_same_text_is_nothing_to_do():
     [green(32011), api()],  # the other color with fewer instances
     [demo(servers=(("127.0.0.1", 32001),)), api()],  # one instance fewer
     [demo(servers=(("127.0.0.1", 32001), ("127.0.0.1", 32002), ("127.0.0.1", 32003))), api()],  # one more
-    [demo(servers=()), api()],  # no instance left: the backend answers 503 by itself
     [demo(servers=(("::1", 9000),)), api()],  # IPv6
 ])
 def test_a_change_of_servers_goes_by_the_runtime_api(after):
@@ -69,6 +68,7 @@ def test_a_new_release_comment_alone_is_runtime_with_nothing_to_set():
      "backend demo changes (timeouts, body size, probe or other settings)"),
     ([BLUE], [demo(servers=(("127.0.0.1", 32001),), paths=("/demo/",), max_body=10)], "backend demo changes"),
     ([BLUE], [demo(servers=(("web-1", 8080),))], "is the host name web-1: the runtime API sets IP addresses only"),
+    ([BLUE], [demo(servers=())], "backend demo changes"),  # no instance left: its own 503 answer
 ])
 def test_what_needs_a_reload_is_named(before, after, words):
     mode, why = classify_change(text(*before), text(*after))
