@@ -677,3 +677,104 @@ def test_docker_a_stream_that_breaks_off_is_a_runtime_backend_error(tmp_path, op
     finally:
         rt.close()
         engine.close()
+
+
+# -- Swarm only: the exact spec through every undo, interrupted calls, scaling ---------------------------
+@pytest.fixture
+def swarm_harness(swarm_manager, docker_web_image):  # noqa: F811 - the fixture
+    service = f"cdlibsw-rt-{secrets.token_hex(3)}"
+    runtime = SwarmRuntime()
+    try:
+        yield Harness("swarm", runtime, docker_web_image, service, stable_ports=False)
+    finally:
+        runtime.close()
+        remove_swarm_objects(service)
+
+
+def _spec(name: str) -> dict:
+    client = _docker_client()
+    try:
+        return client.api.inspect_service(name)["Spec"]
+    finally:
+        client.close()
+
+
+def _aside_configs(service: str) -> list[str]:
+    client = _docker_client()
+    try:
+        return sorted(c["Spec"]["Name"] for c in client.api.configs(filters={"label": f"{LABEL_SERVICE}={service}"}))
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_swarm_stop_resume_set_aside_and_restore_give_back_the_exact_spec(swarm_harness):
+    h = swarm_harness
+    rt, svc, name = h.runtime, h.service, f"{h.service}-blue"
+    rt.start(h.request(replicas=2, env=(("GREETING", "hi"),), labels=(("team", "web"),)))
+    before = _spec(name)
+    assert before["TaskTemplate"]["ContainerSpec"]["Image"] == h.image
+    assert before["Mode"] == {"Replicated": {"Replicas": 2}}
+    assert before["EndpointSpec"]["Mode"] == "dnsrr"
+    rt.stop(svc, "blue")
+    stopped = _spec(name)
+    assert stopped["Mode"] == {"Replicated": {"Replicas": 0}} and stopped["Labels"] == before["Labels"]
+    rt.resume(svc, "blue")
+    assert _spec(name) == before
+    rt.stop(svc, "blue")
+    assert rt.set_aside(svc, "blue", "r2") == [f"{name}-1.aside-r2", f"{name}-2.aside-r2"]
+    assert _aside_configs(svc) == [f"{name}.aside-r2"]
+    assert rt.instances(svc) == []
+    assert rt.restore_aside(svc, "blue", "r2") == [f"{name}-1", f"{name}-2"]
+    assert _spec(name) == stopped
+    assert _aside_configs(svc) == []
+    assert [i.running for i in rt.resume(svc, "blue")] == [True, True]
+    assert _spec(name) == before
+
+
+@pytest.mark.integration
+def test_swarm_set_aside_and_restore_interrupted_between_two_calls_are_finished_by_the_next(swarm_harness,
+                                                                                        monkeypatch):
+    h = swarm_harness
+    rt, svc, name = h.runtime, h.service, f"{h.service}-blue"
+    rt.start(h.request(replicas=1))
+    before = _spec(name)
+    api = rt._api
+    real_remove_service, real_remove_config = api.remove_service, api.remove_config
+
+    def killed(*args, **kw):
+        raise RuntimeBackendError("killed here")
+    # set aside: the spec is saved, then the process dies before the service is removed
+    monkeypatch.setattr(api, "remove_service", killed)
+    with pytest.raises(RuntimeBackendError, match="killed here"):
+        rt.set_aside(svc, "blue", "r2")
+    assert _aside_configs(svc) == [f"{name}.aside-r2"] and _spec(name) == before
+    monkeypatch.setattr(api, "remove_service", real_remove_service)
+    assert rt.set_aside(svc, "blue", "r2") == [f"{name}-1.aside-r2"]  # the next call finishes it
+    # restore: the service is back, then the process dies before the saved spec is deleted
+    monkeypatch.setattr(api, "remove_config", killed)
+    with pytest.raises(RuntimeBackendError, match="killed here"):
+        rt.restore_aside(svc, "blue", "r2")
+    assert _spec(name) == before
+    monkeypatch.setattr(api, "remove_config", real_remove_config)
+    assert rt.restore_aside(svc, "blue", "r2") == [f"{name}-1"]
+    assert _aside_configs(svc) == [] and _spec(name) == before
+    assert rt.restore_aside(svc, "blue", "r2") == []
+
+
+@pytest.mark.integration
+def test_swarm_scale_changes_the_count_a_resume_brings_back(swarm_harness):
+    h = swarm_harness
+    rt, svc, name = h.runtime, h.service, f"{h.service}-blue"
+    req = h.request(replicas=1)
+    rt.start(req)
+    up = rt.scale(req, 3)
+    assert [i.name for i in up] == [f"{name}-1", f"{name}-2", f"{name}-3"] and all(i.running for i in up)
+    assert _spec(name)["Labels"]["cdlib.replicas"] == "3"
+    assert rt.doomed(svc, "blue", 2) == [f"{name}-3"]
+    down = rt.scale(req, 2)
+    assert len(down) == 2 and all(i.running and i.port for i in down)
+    assert rt.discard(svc, "blue", [f"{name}-3"]) == []
+    rt.wait_healthy(down, "/health", timeout=10)
+    rt.stop(svc, "blue")
+    assert len(rt.resume(svc, "blue")) == 2

@@ -302,3 +302,19 @@ def test_a_bad_target_swarm_is_one_line_naming_the_field(target, message):
         parse(target)
     assert "\n" not in str(err.value) and err.value.exit_code == 2
     assert str(err.value).startswith(f"svc/cdlib.yml: {message}"), str(err.value)
+
+
+@pytest.mark.parametrize("swarm, what", [
+    ({"LocalNodeState": "inactive"}, "is not in a swarm (state: inactive)"),
+    ({"LocalNodeState": "active", "ControlAvailable": False}, "is a worker, not a manager"),
+])
+def test_ping_refuses_an_engine_that_is_no_swarm_manager(swarm, what, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    api = FakeApi()
+    api.info = lambda: {"Swarm": swarm}
+    with pytest.raises(RuntimeBackendError) as err:
+        runtime_over(api).ping()
+    assert str(err.value).startswith(f"swarm runtime: the engine at unix:///var/run/docker.sock {what}; run "
+                                     "`docker swarm init` there or point target.docker_host")
+    api.info = lambda: {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True}}
+    runtime_over(api).ping()
