@@ -261,3 +261,33 @@ def test_service_with_two_replicas_switches_all_or_nothing(tmp_path, named, prox
         proxy.close()
         clashing.close()
         remove_proxies(name)
+
+
+def test_release_under_load_through_a_two_replica_proxy_service_drops_nothing(tmp_path, docker_client, px_web_images,
+                                                                               proxy_images, swarm_manager):  # noqa: F811
+    svc = Service(tmp_path, docker_client)
+    svc.port = free_pair()
+    name = f"cdlibpx-t-svc-{svc.name}"
+    data = json.loads(svc.file.read_text())
+    data["image"]["repository"] = WEB
+    data["proxy"] = {"kind": "nginx", "listen": f"127.0.0.1:{svc.port}", "run": "service", "name": name,
+                     "replicas": 2}
+    svc.file.write_text(json.dumps(data, indent=2))
+    second = svc.url.replace(f":{svc.port}/", f":{svc.port + 1}/")
+    try:
+        svc.cli("release", "--tag", "v1", check=True)
+        with Load(svc.url + "version", threads=2) as first_load, Load(second + "version", threads=2) as second_load:
+            time.sleep(0.5)
+            code, out = svc.cli_json("release", "--tag", "v2")
+            time.sleep(0.5)
+        assert code == 0, out
+        for load in (first_load, second_load):
+            assert load.failed == [], f"{len(load.failed)} of {load.sent} requests failed: {load.failed[:5]}"
+            assert "v1" in load.bodies and load.bodies[-1] == "v2"
+        code, out = svc.cli_json("status")
+        replicas = out["proxy"]["replicas"]
+        assert [r["listen"] for r in replicas] == [f"127.0.0.1:{svc.port}", f"127.0.0.1:{svc.port + 1}"]
+        assert all(len(r["digest"]) == 64 for r in replicas) and replicas[0]["digest"] != replicas[1]["digest"]
+    finally:
+        svc.teardown()
+        remove_proxies(name)
