@@ -21,6 +21,7 @@ import http.client
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -117,6 +118,8 @@ class Load(_Clients):
                     ok = r.status == 200
                     if not ok:
                         kind = f"status {r.status}"
+            except urllib.error.HTTPError as exc:  # an answer other than 2xx/3xx
+                body, ok, kind = f"status {exc.code}: {exc}", False, f"status {exc.code}"
             except Exception as exc:  # any failure counts
                 body, ok, kind = f"{type(exc).__name__}: {exc}", False, type(exc).__name__
             self._record(Request(started, time.monotonic(), ok, body, kind, client))
