@@ -318,6 +318,9 @@ def parse_placement(r: Reader, px: YamlMap) -> dict[str, Any]:
         if px.get(key) is not None:
             raise r.fail(f"proxy.{key}", "no value with proxy.run process (it names a proxy container or service)",
                          px.get(key))
+    if run != "process" and px.get("tls_listen") is not None:
+        raise r.fail("proxy.tls_listen", "no HTTPS address with proxy.run container or service (certificate files are "
+                     "not delivered into proxy containers; docs/proxy-placement.md)", px.get("tls_listen"))
     for key in ("replicas", "mode", "engines") if run != "service" else ():
         if px.get(key) is not None:
             raise r.fail(f"proxy.{key}", "no value unless proxy.run is service", px.get(key))
