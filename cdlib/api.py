@@ -181,8 +181,9 @@ def heal(file: PathLike = None, *, watch: bool = False, interval: float = 30.0, 
     """Bring the live color back to its replica count (dead instances started again on their pinned
     ports, registrations and the proxy repaired). One round, or with ``watch`` a round every
     ``interval`` seconds until stopped, ``max_rounds`` or ``max_seconds``. An open release is left
-    alone (exit 0, ``result.skipped`` says why); a lock held by a live process raises LockHeld (exit 3)
-    for one round, and waits for the next round with ``watch``."""
+    alone (exit 0, ``result.skipped`` says why); when something needs repair and a live process holds
+    the service lock, one round raises LockHeld (exit 3), and ``watch`` waits for the next round. A
+    round with nothing to repair takes no lock."""
     return _run(lambda c: rel.heal(c, watch=watch, interval=interval, max_rounds=max_rounds,
                                    max_seconds=max_seconds, log=log), file, report, ports, store=store)
 

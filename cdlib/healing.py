@@ -10,15 +10,18 @@ pinned host ports (a vanished container is created again on the port its registr
 registrations and the rendered proxy configuration stay byte for byte what they were. Registrations
 that are missing or name another port are written again; the proxy is applied only when the text
 rendered from the registry differs from what it runs (``proxyctl.apply``); stopped instances above
-the count (left by an interrupted ``scale`` down) are removed. Heal keeps no journal: every round
-converges from what it finds, so a heal that is killed is finished by the next one.
+the count (left by an interrupted ``scale`` down) are removed. A round first looks without a lock
+(the runtime, the registrations, the proxy text it would render): when nothing needs repair it takes
+no lock at all, so a periodic heal does not make a release that starts at that moment fail with exit
+3. Heal keeps no journal: every round converges from what it finds, so a heal that is killed is
+finished by the next one.
 
 Exit codes of a one-shot heal (what a cron or Jenkins job sees): 0 when the live color is as it
 should be (after repairs, or with nothing to repair), and also when a release is open and no process
 works on it (a release parked between Jenkins stages can stay open for hours: heal says it left the
-service alone, in the result's ``skipped``); 3 when the service lock is held by a live process (a
-release stage, a scale or another heal is at work right now: run heal again later); 1 when a repair
-failed (e.g. a replaced instance did not become healthy). With ``watch``, a busy round only waits
+service alone, in the result's ``skipped``); 3 when something needs repair and the service lock is
+held by a live process (a release stage, a scale or another heal is at work right now: run heal again
+later); 1 when a repair failed (e.g. a replaced instance did not become healthy). With ``watch``, a busy round only waits
 for the next one.
 
 **scale** changes the number of instances of the live color, with the journal of a release (the
@@ -230,8 +233,12 @@ def _heal_round(ctx: Ctx, lock_ttl: float) -> dict[str, Any]:
     busy = _open_release(ctx)
     if busy:
         return {"skipped": busy}
-    if live_record(store, service) is None:
+    live = live_record(store, service)
+    if live is None:
         return {"skipped": f"nothing of {service} is live: nothing to heal"}
+    found = _survey(ctx, live)
+    if not found.pop("work"):  # nothing to repair: no lock taken, so a release starting now is not refused
+        return found
     key = keys.lock(service)
     lock = store.acquire_lock(key, holder_for(ctx, purpose="heal"), lock_ttl, wait=0.0, poll=ctx.lock_policy.poll)
     hb = heartbeat_of(ctx)
@@ -257,6 +264,40 @@ def _open_release(ctx: Ctx) -> str | None:
     what = "scale" if j.record.extra.get("verb") == "scale" else "release"
     return (f"{what} {j.id} of {ctx.service} is open ({j.phase}); heal leaves the service to it (an abandoned "
             "one is finished by 'cdlib rollback')")
+
+
+def _survey(ctx: Ctx, live: dict[str, Any]) -> dict[str, Any]:
+    """Read only: whether anything needs repair ("work"), and the round's result when nothing does."""
+    store, runtime, service = ctx.ports.store, ctx.ports.runtime, ctx.service
+    color = live["color"]
+    wanted, source = live_replicas(store, service, live)
+    regs = {r["name"]: r for r in store.registrations(service, color)}
+    insts = {i.name: i for i in runtime.instances(service, color)}
+    target = max(wanted, max((index_of(service, color, n) or 0 for n in regs), default=0))
+    expected = [instance_name(service, color, n) for n in range(1, target + 1)]
+    running = [n for n in expected if n in insts and insts[n].running]
+    misregistered = [n for n in running if n not in regs
+                     or (regs[n].get("address"), int(regs[n].get("port") or 0)) != (insts[n].address, insts[n].port)]
+    above = [n for n in insts if (index_of(service, color, n) or 0) > target]
+    work = len(running) < len(expected) or bool(misregistered or above) or _proxy_stale(ctx)
+    out: dict[str, Any] = {"work": work, "color": color, "wanted": wanted, "replicas_source": source,
+                           "running": len(running), "replaced": [], "registered": [], "discarded": [],
+                           "proxy_changed": False}
+    if target > wanted:
+        out["note"] = f"{target - wanted} registered instance(s) above the stored count; run 'cdlib scale {target}' " \
+                      f"or 'cdlib scale {wanted}'"
+    return out
+
+
+def _proxy_stale(ctx: Ctx) -> bool:
+    """Whether 'proxy apply' would change the proxy (read only: no proxy lock)."""
+    from . import proxyctl
+
+    found, _ = proxyctl.healthy_backends(ctx)
+    if any(not b.servers for b in found):
+        return any(b.service == ctx.service for b in found if not b.servers)  # another's: apply refuses anyway
+    current = ctx.ports.proxy.read_config()
+    return current is None or current != ctx.ports.proxy.render(found).encode("utf-8")
 
 
 def _repair(ctx: Ctx, live: dict[str, Any]) -> dict[str, Any]:

@@ -130,6 +130,15 @@ def test_heal_brings_back_a_removed_instance_on_the_port_its_registration_names(
     assert hs.ports() == ports and hs.nginx_conf() == conf
 
 
+def test_heal_watch_through_the_cli_heals_in_its_rounds(hs):
+    hs.cli("release", "--tag", "v1", check=True)
+    hs.docker.containers.get(f"{hs.name}-blue-1").kill()
+    code, out = hs.cli_json("heal", "--watch", "--interval", "0.2", "--max-rounds", "2")
+    assert code == 0, out
+    assert out["replaced"] == [f"{hs.name}-blue-1"] and out["rounds"] == 2 and out["failures"] == 0
+    assert hs.get() == (200, "v1")
+
+
 def test_heal_leaves_an_open_release_alone(hs):
     hs.cli("release", "--tag", "v1", check=True)
     hs.cli("deploy", "--tag", "v2", check=True)

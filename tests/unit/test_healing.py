@@ -444,3 +444,22 @@ def test_another_service_without_a_healthy_backend_does_not_fail_the_heal(world)
     out = rel.heal(world.ctx())
     assert out.ok and out.result.replaced == ["shop-blue-1"]
     assert "proxy not applied" in out.result.note and "cart" in out.result.note
+
+
+def test_an_instance_gone_with_its_registration_comes_back_on_a_new_port_and_the_proxy_follows(world):
+    old = registered(world)["shop-blue-2"]
+    del world.runtime.containers["shop-blue-2"]
+    world.store.deregister("shop", "blue", "shop-blue-2")
+    out = rel.heal(world.ctx())
+    assert out.result.replaced == ["shop-blue-2"] and out.result.registered == ["shop-blue-2"]
+    new = ports(world)["shop-blue-2"]
+    assert new != old and out.result.proxy_changed
+    assert served(world) == sorted(ports(world).values())
+
+
+def test_a_heal_with_nothing_to_repair_takes_no_lock(world):
+    lock = world.store.acquire_lock(keys.lock("shop"), default_holder(purpose="deploy"), 60)
+    out = rel.heal(world.ctx())  # a release holding the lock right now is not in the way, nor disturbed
+    assert out.ok and out.result.replaced == [] and "nothing to repair" in out.message
+    assert world.store.lock_info(keys.lock("shop"))["purpose"] == "deploy"
+    world.store.release_lock(keys.lock("shop"), lock.token)
