@@ -49,6 +49,7 @@ LABEL_REPLICAS = "cdlib.replicas"  # the replica count a resume brings back (kep
 LABEL_UID = "cdlib.uid"  # one color's service through set aside and restore (the instance ids derive from it)
 LABEL_FIRST = "cdlib.first-index"  # task slot 1 is instance first-index
 LABEL_ASIDE = "cdlib.aside"  # on a config holding a set-aside service's spec: the release it was set aside for
+LABEL_HEALTH = "cdlib.health-path"  # the descriptor's health path (what cdlib asks every task before it counts)
 ENDPOINT_MODES = ("dnsrr", "vip")
 MAX_CONFIG_NAME = 64  # Swarm's limit on a config's name
 POLL = 0.1  # seconds between two looks at the tasks while waiting
@@ -80,7 +81,8 @@ def service_spec(req: StartRequest, uid: str, published_port: int = 0) -> dict[s
     labels = dict(req.labels)
     labels.update(cdlib_labels)
     labels.update({LABEL_REPLICAS: str(req.replicas), LABEL_UID: uid, LABEL_FIRST: str(req.first_index),
-                   LABEL_PORT: str(req.port), LABEL_ADDRESS: req.address, LABEL_IMAGE: req.image})
+                   LABEL_PORT: str(req.port), LABEL_ADDRESS: req.address, LABEL_IMAGE: req.image,
+                   LABEL_HEALTH: req.health_path})
     container_labels = dict(req.labels)
     container_labels.update(cdlib_labels)
     env = dict(req.env)

@@ -33,14 +33,16 @@ def request(**kw) -> StartRequest:
 # -- the spec ---------------------------------------------------------------------------------------------
 def test_dnsrr_spec_publishes_each_task_on_a_host_port_of_its_own():
     spec = service_spec(request(constraints=("node.role==worker",), restart_delay=0.5, limit_cpus=0.5,
-                                limit_memory=64 << 20, reserve_memory=16 << 20), uid="u1")
+                                limit_memory=64 << 20, reserve_memory=16 << 20, health_path="/health"), uid="u1")
     assert spec["Name"] == "shop-blue"
     assert spec["EndpointSpec"] == {"Mode": "dnsrr", "Ports": [{"Protocol": "tcp", "TargetPort": 8080,
                                                                 "PublishMode": "host"}]}
     assert spec["Mode"] == {"Replicated": {"Replicas": 2}}
     labels = spec["Labels"]
-    assert {k: labels[k] for k in ("cdlib.service", "cdlib.color", "cdlib.release", "team", LABEL_REPLICAS)} == {
-        "cdlib.service": "shop", "cdlib.color": "blue", "cdlib.release": "r1", "team": "web", LABEL_REPLICAS: "2"}
+    assert {k: labels[k] for k in ("cdlib.service", "cdlib.color", "cdlib.release", "team", LABEL_REPLICAS,
+                                   "cdlib.health-path")} == {
+        "cdlib.service": "shop", "cdlib.color": "blue", "cdlib.release": "r1", "team": "web", LABEL_REPLICAS: "2",
+        "cdlib.health-path": "/health"}
     task = spec["TaskTemplate"]
     container = task["ContainerSpec"]
     assert container["Image"] == "reg:5000/shop:v1" and container["Init"] is True
