@@ -14,6 +14,31 @@ The master re-executes itself on SIGUSR2 and keeps its pid. When the new file ca
 (``haproxy -c`` passed, so it is a bind or a permission problem) it keeps the old worker and counts
 the failure; ``show proc`` on the master socket reports that count, which is how a refused reload
 is told apart from a slow one.
+
+**Switches without a reload.** A reload closes the old worker's idle keep-alive connections, and a
+client that was sending on one at that moment loses its request (``RemoteDisconnected``). So each
+service has one backend named after it, whatever its color, with a fixed number of server slots
+per color (``blue_1``..``blue_N``, ``green_1``..``green_N``; N is 4 or the next power of two of the
+instance count): the live color's instances fill its first slots, every other slot is ``disabled``
+at the placeholder address 0.0.0.0:1 (no traffic, no health check). ``X-Cdlib-Color`` is read from
+the name of the server that answered. A switch to the other color, or a change in the number of
+instances within the slots, then differs from the running file only in server lines (and
+comments): :func:`classify_change` says so, and after ``haproxy -c`` accepted the new text the
+admin socket applies it (``set server ... addr ... port``, ``state ready``; then the servers that
+leave go to ``state drain`` until their requests in flight are done, bounded like hard-stop-after,
+and to ``state maint`` at the placeholder address; everything read back with ``show servers
+state``). The same text is then renamed over haproxy.cfg and marked loaded, so a restart or a later
+reload runs exactly what the worker runs; that is why no ``server-state-file`` is used (it would
+bring back runtime states the file no longer says, e.g. a slot left in maintenance). Frontends,
+routes, timeouts, certificates and a change of the slot count still reload. A runtime change that
+fails puts the previous servers back through the same API (else reloads the previous file), and the
+file keeps the previous bytes (:meth:`ManagedProxy._change_live`). ``runtime_api=False`` makes every
+change a reload (to measure or rehearse that path).
+
+**HTTPS.** HAProxy 2.6 loads a key kept apart from its certificate only as ``<certificate>.key``
+next to it, so the file names a link in DIR/tls/ per (certificate, key) pair, with a ``# tls-files
+LINK CERTIFICATE KEY`` comment from which apply makes LINK -> certificate and LINK.key -> key before
+validating: the key is linked, never copied.
 """
 
 from __future__ import annotations
