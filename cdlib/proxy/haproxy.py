@@ -84,6 +84,7 @@ PLACEHOLDER_ADDR, PLACEHOLDER_PORT = "0.0.0.0", 1
 PLACEHOLDER = f"{PLACEHOLDER_ADDR}:{PLACEHOLDER_PORT}"
 # the comment lines of a configuration that name something the proxy loads: a change is a reload
 _SIGNIFICANT_COMMENTS = ("# tls material", "# tls-files ")
+_TLS_FILES_RE = re.compile(r"^\s*# tls-files (\S+) (\S+) (\S+)\s*$", re.MULTILINE)
 
 # characters HAProxy reads as syntax inside the tokens cdlib writes (log-format variables, sample
 # fetch arguments, regular expressions); cfg_token already refuses what ends a token in any proxy
@@ -161,6 +162,13 @@ def _check_edge(b: Backend) -> None:
     for path in (cert, key):
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
             raise ProxyError(f"service {b.service}: routes.tls file {path!r} must be an absolute path")
+
+
+def tls_files(text: str) -> list[tuple[str, str, str]]:
+    """The (link, certificate, key) triples a rendered haproxy.cfg needs: HAProxy loads the
+    certificate from ``link`` and the key from ``link + ".key"`` (an adapter that runs HAProxy
+    elsewhere, e.g. in a container, makes them there)."""
+    return [(m.group(1), m.group(2), m.group(3)) for m in _TLS_FILES_RE.finditer(text)]
 
 
 def haproxy_context(backends: Sequence[Backend], *, listen: str, directory: str | os.PathLike,
@@ -249,7 +257,6 @@ def _first_error_line(text: str) -> str:
 
 
 # -- which changes the runtime API can apply -------------------------------------------------------
-_TLS_FILES_RE = re.compile(r"^\s*# tls-files (\S+) (\S+) (\S+)\s*$", re.MULTILINE)
 MAINT_BITS = 0x23  # srv_admin_state: forced, inherited or resolution maintenance
 DRAIN_BITS = 0x18  # srv_admin_state: forced or inherited drain
 
@@ -498,7 +505,7 @@ class HaproxyProxy(ManagedProxy):
         """Make the links a configuration's ``# tls-files LINK CERT KEY`` lines name: LINK to the
         certificate, LINK.key to the key, both in DIR/tls/ (a link elsewhere is not made: the
         validation then names the missing file). Before validation, so ``haproxy -c`` loads them."""
-        for link, cert, key in _TLS_FILES_RE.findall(data.decode("utf-8", "replace")):
+        for link, cert, key in tls_files(data.decode("utf-8", "replace")):
             if link != tls_link(self.dir, cert, key):
                 continue
             folder = self.dir / TLS_DIR

@@ -23,6 +23,7 @@ from cdlib.proxy.haproxy import (
     duration,
     haproxy_context,
     slots_per_color,
+    tls_files,
     tls_link,
 )
 from cdlib.render import render_template
@@ -159,6 +160,16 @@ def test_tls_bind_with_one_linked_certificate_per_service():
                 "if !{ ssl_fc } { var(txn.route) -m str host:shop }")
     assert redirect in front and front.count("location https://") == 1
     assert front.index(redirect) < front.index("replace-path")
+
+
+def test_the_files_a_configuration_links_are_read_back_from_it():
+    text = HAPROXY_SCENARIOS["edge-tls-redirect"]()
+    assert tls_files(text) == [
+        (tls_link(DIR, "/etc/cdlib/tls/reports.pem", "/etc/cdlib/tls/reports.key"), "/etc/cdlib/tls/reports.pem",
+         "/etc/cdlib/tls/reports.key"),
+        (tls_link(DIR, "/etc/cdlib/tls/shop.pem", "/etc/cdlib/tls/shop.key"), "/etc/cdlib/tls/shop.pem",
+         "/etc/cdlib/tls/shop.key")]
+    assert tls_files(proxy().render([demo()])) == []
 
 
 def test_https_on_port_443_is_not_written_in_the_redirect():
