@@ -384,10 +384,7 @@ class HaproxyProxy(ManagedProxy):
                  reload_timeout: float = 10.0, start_timeout: float = 10.0, tls_listen: str | None = None,
                  runtime_api: bool = True):
         super().__init__(directory, listen, binary, template, drain_timeout,
-                         reload_timeout=reload_timeout, start_timeout=start_timeout)
-        if tls_listen is not None:
-            bind_address(str(tls_listen), "proxy.tls_listen")  # ConfigError when malformed
-        self.tls_listen = None if tls_listen is None else str(tls_listen)
+                         reload_timeout=reload_timeout, start_timeout=start_timeout, tls_listen=tls_listen)
         # False: every change is a reload (to measure or rehearse the reload path)
         self.runtime_api = runtime_api
 
