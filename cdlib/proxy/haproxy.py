@@ -222,8 +222,9 @@ def haproxy_context(backends: Sequence[Backend], *, listen: str, directory: str 
             "paths": list(b.routes.paths), "hosts": list(b.routes.hosts), "route_ids": route_ids,
             "health_path": b.health_path,
             "connect_timeout": duration(r.connect_timeout),
-            # HAProxy has one inactivity timeout for both directions of the server side
-            "server_timeout": duration(max(r.read_timeout, r.send_timeout)),
+            # HAProxy has one inactivity timeout for the server side, both directions: it is the
+            # read timeout (an answer later than that is a 504); send_timeout has no HAProxy twin
+            "server_timeout": duration(r.read_timeout),
             "max_body": r.max_body,
             "tls": r.tls, "https_redirect": r.tls and r.https_redirect,
         })

@@ -134,7 +134,7 @@ def test_duration(seconds, text):
 def test_per_route_timeouts_and_body_size():
     text = HAPROXY_SCENARIOS["edge-tls-redirect"]()
     reports = section(text, "backend reports")
-    assert "    timeout connect 500ms\n" in reports and "    timeout server 60s\n" in reports  # max(read, send)
+    assert "    timeout connect 500ms\n" in reports and "    timeout server 2500ms\n" in reports  # the read timeout
     assert "deny_status 413" not in reports  # max_body 0: no limit
     shop = section(text, "backend shop")
     assert "    timeout connect 3s\n" in shop and "    timeout server 3600s\n" in shop
