@@ -9,8 +9,9 @@ THREADS new-connection clients (urllib, one request after another) through a pri
 - kill + heal: with 2 replicas, `docker kill` (SIGKILL) of one instance, then `cdlib heal` (it starts the
   instance again under its name on its pinned port: the proxy configuration stays byte for byte).
 It prints, per case: requests sent and failed, the failures by kind, the longest time without a
-successful answer, the verb's own seconds, and for kill + heal whether the proxy configuration bytes
-were identical afterwards. Needs dockerd, nginx and HAProxy (scripts/setup); uses its own names
+successful answer, the verb's own seconds (the CLI process, start-up included), and for kill + heal
+whether the proxy configuration bytes were identical afterwards and how many of the failed requests
+were sent after the instance was dead (the others were in flight on it when it died). Needs dockerd, nginx and HAProxy (scripts/setup); uses its own names
 (cdlibhb-*), image and free ports; removes what it started.
 """
 
@@ -86,8 +87,11 @@ class Bench:
 def under_load(bench: Bench, threads: int, action) -> dict:
     with Load(bench.url, threads=threads) as load:
         time.sleep(0.5)
-        seconds, extra = action()
+        seconds, extra = action(load)
         time.sleep(0.5)
+    killed = extra.pop("killed", None)
+    if killed is not None:  # failures of requests sent after the instance was dead
+        extra["failed_later"] = len(load.failed_after(killed))
     return {"sent": load.sent, "failed": len(load.failed), "kinds": load.failures_by_kind,
             "gap": load.longest_gap, "seconds": seconds, **extra}
 
@@ -98,16 +102,18 @@ def one_run(proxy: str, threads: int, docker) -> list[tuple[str, dict]]:
         bench = Bench(Path(tmp), proxy, docker)
         try:
             bench.cli("release")
-            rows.append(("scale 1 -> 3", under_load(bench, threads, lambda: (bench.cli("scale", "3")[0], {}))))
-            rows.append(("scale 3 -> 1", under_load(bench, threads, lambda: (bench.cli("scale", "1")[0], {}))))
+            rows.append(("scale 1 -> 3", under_load(bench, threads, lambda load: (bench.cli("scale", "3")[0], {}))))
+            rows.append(("scale 3 -> 1", under_load(bench, threads, lambda load: (bench.cli("scale", "1")[0], {}))))
             bench.cli("scale", "2")
             before = bench.config()
 
-            def kill_and_heal():
+            def kill_and_heal(load):
                 docker.containers.get(f"{bench.name}-blue-1").kill()
+                killed = time.monotonic()
                 time.sleep(0.5)
                 seconds, out = bench.cli("heal")
-                return seconds, {"replaced": out.get("replaced"), "same_bytes": bench.config() == before}
+                return seconds, {"replaced": out.get("replaced"), "same_bytes": bench.config() == before,
+                                 "killed": killed}
 
             rows.append(("kill + heal (2 replicas)", under_load(bench, threads, kill_and_heal)))
         finally:
@@ -145,6 +151,7 @@ def main() -> None:
                 notes.append("failures: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
             if any("same_bytes" in r for r in rows):
                 notes.append("config identical: " + "/".join(str(r.get("same_bytes")) for r in rows))
+                notes.append("failed when sent after the kill: " + "/".join(str(r.get("failed_later")) for r in rows))
             print(f"{proxy:<8} {case:<26} {failed:<34} {gaps:<16} {secs:<16} {'; '.join(notes)}")
     finally:
         try:

@@ -28,8 +28,8 @@ IMAGE = "cdlibhs-web"  # this file's own images: other sessions remove theirs wh
 
 
 class HealService(Service):
-    def __init__(self, directory, docker_client):
-        super().__init__(directory, docker_client)
+    def __init__(self, directory, docker_client, proxy_kind: str = "nginx"):
+        super().__init__(directory, docker_client, proxy_kind=proxy_kind)
         self.name = f"cdlibhs-{secrets.token_hex(3)}"
         self.write(replicas=1)
 
@@ -69,7 +69,15 @@ def hs(tmp_path, docker_client, hs_images):
     svc.teardown()
 
 
-def test_scale_up_and_down_under_load_drops_no_request(hs):
+@pytest.fixture(params=["nginx", "haproxy"])
+def any_hs(request, tmp_path, docker_client, hs_images):
+    svc = HealService(tmp_path, docker_client, proxy_kind=request.param)
+    yield svc
+    svc.teardown()
+
+
+def test_scale_up_and_down_under_load_drops_no_request(any_hs):
+    hs = any_hs
     hs.cli("release", "--tag", "v1", check=True)
     with Load(hs.url + "version") as load:
         time.sleep(0.3)
@@ -87,7 +95,7 @@ def test_scale_up_and_down_under_load_drops_no_request(hs):
     assert [s["name"] for s in down["steps"]] == ["open", "register", "proxy", "scale", "replicas", "discard"]
     assert down["discarded"] == [f"{n}-blue-2", f"{n}-blue-3"]
     assert [c[0] for c in hs.containers()] == [f"{n}-blue-1"]
-    conf = hs.nginx_conf().decode()
+    conf = hs.nginx_conf().decode()  # nginx.conf or haproxy.cfg
     assert conf.count(f"127.0.0.1:{middle[f'{n}-blue-1']}") == 1
     assert all(f"127.0.0.1:{middle[f'{n}-blue-{i}']}" not in conf for i in (2, 3))
     status = hs.cli_json("status")[1]
