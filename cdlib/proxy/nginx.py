@@ -326,7 +326,7 @@ class NginxProxy(ManagedProxy):
     def dynamic(self) -> bool:
         """Whether rendered configurations route through the Lua balancer (decided once)."""
         if self._dynamic is None:
-            self._dynamic = lua_available(self.binary) and len(str(self.admin_socket)) <= MAX_SOCKET_PATH
+            self._dynamic = lua_available(self.binary) and _socket_path_ok(str(self.admin_socket))
         return self._dynamic
 
     @property
@@ -495,6 +495,18 @@ def _emerg_since(log: Path, offset: int) -> str | None:
         elif "[emerg]" in line:
             return line.split("[emerg]", 1)[1].strip()
     return None
+
+
+def _socket_path_ok(path: str) -> bool:
+    """Whether the admin socket can live at ``path``: short enough for a unix socket, and one bare
+    token in nginx.conf (a proxy directory with a space keeps static upstreams)."""
+    from ..render import cfg_token
+
+    try:
+        cfg_token(path)
+    except ProxyError:
+        return False
+    return len(path.encode()) <= MAX_SOCKET_PATH
 
 
 def _addresses(entries: dict[str, str]) -> list[str]:

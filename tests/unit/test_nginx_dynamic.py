@@ -144,6 +144,8 @@ def test_an_admin_socket_path_too_long_for_a_unix_socket_keeps_static_upstreams(
     assert NginxProxy(tmp_path / "short", listen=LISTEN).dynamic is True
     deep = tmp_path / ("d" * 120)
     assert NginxProxy(deep, listen=LISTEN).dynamic is False
+    spaced = NginxProxy(tmp_path / "cdlib home", listen=LISTEN)  # nginx.conf names the socket as one token
+    assert spaced.dynamic is False and "upstream demo_blue" in spaced.render([BLUE])
 
 
 def test_the_lua_code_is_written_into_the_file_whole():
