@@ -671,6 +671,20 @@ class _DockerProxy(Proxy):
         data = replicas[0].read()
         return None if data is None else retarget(data, self.kind, replicas[0].inner.listen, self.listen)
 
+    def plan_apply(self, text: str) -> tuple[str, str]:
+        """("none", why) only when every replica runs its file of ``text`` already (a task Swarm
+        replaced starts without one); else ("reload", why): a proxy container reloads every change."""
+        replicas = self._replicas(wait=False)
+        if not replicas:
+            return "reload", f"the proxy {self.run} {self.name} does not run yet: the change creates it"
+        data = text.encode("utf-8")
+        stale = [r.name for r in replicas if r.read() != self._text_for(r, data)]
+        if not stale:
+            return "none", "the configuration is unchanged on every replica"
+        if len(stale) < len(replicas):
+            return "reload", f"{', '.join(stale)} of the proxy {self.run} {self.name} run another configuration"
+        return "reload", f"{self.kind} in a {self.run} applies every change with a reload"
+
     def master_pid(self) -> int | None:
         replicas = self._replicas(wait=False)
         return replicas[0].master_pid() if replicas else None

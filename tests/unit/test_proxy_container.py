@@ -584,3 +584,16 @@ def test_read_config_is_the_rendered_text_whichever_replica_answers():
     engine.services[proxy.name].pop(0)  # slot 1's task is being replaced: slot 2 answers
     assert proxy.read_config() == text.encode()
     assert [r["listen"] for r in proxy.status()["replicas"]] == ["127.0.0.1:18881"]
+
+
+def test_plan_apply_names_a_replica_that_runs_another_configuration():
+    proxy, engine = make(ServiceProxy, replicas=2)
+    text = proxy.render([backend("blue", 9001)])
+    assert proxy.plan_apply(text)[0] == "reload"  # nothing runs yet
+    proxy.apply(text)
+    assert proxy.plan_apply(text) == ("none", "the configuration is unchanged on every replica")
+    second = engine.containers[engine.services[proxy.name][1]]
+    second.files.pop("/cdlib/nginx.conf")  # a task Swarm replaced: no configuration in it
+    mode, why = proxy.plan_apply(text)
+    assert mode == "reload" and why.startswith(f"{proxy.name}.2 of the proxy service")
+    assert proxy.read_config() == text.encode()  # the first replica alone would say "unchanged"
