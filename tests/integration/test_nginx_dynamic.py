@@ -219,6 +219,26 @@ def test_a_refused_configuration_changes_no_server(nginx, colors, tmp_path):
     assert nginx.live_servers()[0] == live and answer(nginx)[0] == "blue"
 
 
+@pytest.mark.parametrize("line", [
+    "cdlibnx-unknown green r-2 127.0.0.1:1",  # a service the file does not route: a reload's job
+    f"{NAME} green r-2 127.0.0.1:1;proxy_pass",  # not an address
+    f"{NAME} green r-2",  # no server
+    f"{NAME} green r-2 127.0.0.1:1\nbad line",  # one bad line refuses them all
+])
+def test_the_admin_socket_refuses_what_is_not_a_servers_line_and_changes_nothing(nginx, colors, line):
+    nginx.apply(nginx.render([backend("blue", colors)]))
+    live = nginx.live_servers()[0]
+    with pytest.raises(ProxyError, match="refused the servers"):
+        nginx._admin("POST", line + "\n")
+    assert nginx.live_servers()[0] == live and answer(nginx)[0] == "blue"
+
+
+def test_the_admin_socket_is_its_owners_only(nginx, colors):
+    nginx.apply(nginx.render([backend("blue", colors)]))
+    assert (nginx.dir / "admin").stat().st_mode & 0o777 == 0o700
+    assert nginx.admin_socket.is_socket()
+
+
 def test_a_restart_and_a_reload_load_the_servers_the_file_records(nginx, colors):
     nginx.apply(nginx.render([backend("blue", colors)]))
     nginx.apply(nginx.render([backend("green", colors)]))  # live

@@ -153,3 +153,72 @@ def test_the_lua_code_is_written_into_the_file_whole():
     code = nx.LUA_SOURCE.read_text()
     assert code in text and "{{" not in code and "{%" not in code
     assert os.path.basename(SOCKET) in text
+
+
+# -- the live change against a stand-in admin socket --------------------------------------------------
+class FakeAdmin:
+    """The admin endpoint's protocol (GET: service and inflight lines; POST: lines to set), with
+    requests in flight that end after a number of reads."""
+
+    def __init__(self, services: dict[str, str], inflight: dict[str, int] | None = None, take: bool = True):
+        self.services = dict(services)
+        self.inflight = dict(inflight or {})
+        self.take = take
+        self.posts: list[str] = []
+
+    def __call__(self, method: str, body: str | None = None) -> str:
+        if method == "POST":
+            assert body is not None
+            self.posts.append(body)
+            if self.take:
+                for line in body.splitlines():
+                    name, entry = line.split(" ", 1)
+                    self.services[name] = entry
+            return "ok\n"
+        out = [f"service {n} {e}" for n, e in sorted(self.services.items())]
+        out += [f"inflight {a} {c}" for a, c in sorted(self.inflight.items()) if c > 0]
+        for address in self.inflight:  # every read, one request in flight ends
+            self.inflight[address] = max(0, self.inflight[address] - 1)
+        return "\n".join(out) + "\n"
+
+
+def live_proxy(tmp_path, admin: FakeAdmin) -> NginxProxy:
+    p = NginxProxy(tmp_path / "nginx", listen=LISTEN, dynamic=True, drain_timeout=5)
+    p._admin = admin  # type: ignore[method-assign]
+    return p
+
+
+def test_a_live_change_sets_only_what_differs_and_waits_for_the_old_servers(tmp_path):
+    old, new = render(BLUE, api()).encode(), render(GREEN, api()).encode()
+    admin = FakeAdmin(dynamic_servers(old.decode()) or {}, inflight={"127.0.0.1:32001": 3, "10.0.0.7:8080": 50})
+    timings = live_proxy(tmp_path, admin)._apply_live(old, new)
+    assert admin.posts == ["demo green r-0001 127.0.0.1:32003 127.0.0.1:32004\n"]
+    assert admin.services["demo"].startswith("green ") and admin.inflight["127.0.0.1:32001"] == 0
+    assert admin.inflight["10.0.0.7:8080"] > 0  # api kept its server: its requests are not waited for
+    assert timings["reload"] == 0.0 and "drain_left" not in timings
+
+
+def test_a_live_change_converges_from_a_half_done_one(tmp_path):
+    old, new = render(BLUE).encode(), render(GREEN).encode()
+    admin = FakeAdmin(dynamic_servers(new.decode()) or {})  # the servers already went live
+    live_proxy(tmp_path, admin)._apply_live(old, new)
+    assert admin.posts == []
+    live_proxy(tmp_path, admin)._apply_live(new, old)  # the undo: back to the old servers
+    assert admin.services == dynamic_servers(old.decode())
+
+
+def test_servers_the_admin_socket_did_not_take_are_an_error(tmp_path):
+    from cdlib.errors import ProxyError
+
+    old, new = render(BLUE).encode(), render(GREEN).encode()
+    admin = FakeAdmin(dynamic_servers(old.decode()) or {}, take=False)
+    with pytest.raises(ProxyError, match="did not take the servers of demo"):
+        live_proxy(tmp_path, admin)._apply_live(old, new)
+
+
+def test_requests_that_never_end_are_left_to_the_stop_of_the_old_color(tmp_path, monkeypatch):
+    old, new = render(BLUE).encode(), render(GREEN).encode()
+    admin = FakeAdmin(dynamic_servers(old.decode()) or {}, inflight={"127.0.0.1:32002": 10**9})
+    p = live_proxy(tmp_path, admin)
+    monkeypatch.setattr(p, "_forced_stop_after", lambda: 0)  # the bound: worker_shutdown_timeout's
+    assert p._apply_live(old, new)["drain_left"] > 0
