@@ -586,7 +586,12 @@ class HaproxyProxy(ManagedProxy):
     def _live_plan(self, old: bytes, new: bytes) -> tuple[bool, str]:
         if not self.runtime_api:
             return False, "the haproxy runtime API is off for this proxy: every change is a reload"
-        mode, why = classify_change(old.decode("utf-8", "replace"), new.decode("utf-8", "replace"))
+        running = old.decode("utf-8", "replace")
+        if not re.search(rf"^\s*stats socket {re.escape(str(self.admin_socket))}\s.*\blevel admin\b", running,
+                         re.MULTILINE):
+            return False, (f"the running configuration opens no admin socket ({self.admin_socket}, level admin) for "
+                           "the runtime API: a template must keep the 'stats socket' line")
+        mode, why = classify_change(running, new.decode("utf-8", "replace"))
         return mode == "runtime", why
 
     def _apply_live(self, old: bytes, new: bytes) -> dict:

@@ -107,6 +107,17 @@ def test_parse_config_reads_every_slot():
     assert "server green_1 check inter 1s fall 2 rise 2" in parsed.sections["backend demo"]
 
 
+def test_a_template_without_the_admin_socket_reloads(tmp_path):
+    override = tmp_path / "no-admin.cfg.j2"
+    override.write_text((Path(__file__).resolve().parents[2] / "cdlib/proxy/templates/haproxy.cfg.j2").read_text()
+                        .replace("    stats socket {{ dir | cfg_token }}/admin.sock mode 600 level admin\n", ""))
+    p = HaproxyProxy(DIR, listen=LISTEN, template=override)
+    old, new = p.render([BLUE]), p.render([green(32011)])
+    assert "stats socket" not in old and classify_change(old, new)[0] == "runtime"
+    ok, why = p._live_plan(old.encode(), new.encode())
+    assert ok is False and "opens no admin socket" in why
+
+
 def test_a_proxy_with_the_runtime_api_off_reloads_everything():
     old, new = text(BLUE).encode(), text(green(32011)).encode()
     assert proxy()._live_plan(old, new)[0] is True
