@@ -97,8 +97,9 @@ def _apply(ctx: Ctx, force: bool) -> ProxyOutcome:
         raise ProxyError(f"refusing to write the proxy configuration: no healthy backend for the live color of "
                          f"{', '.join(empty)}; the current configuration stays", services=empty)
     text = proxy.render(found)
-    current = proxy.read_config()
-    if not force and current is not None and current == text.encode("utf-8"):
+    # the proxy says whether it runs this text already (a proxy with replicas: every replica does;
+    # a replica that was replaced and started empty needs the apply)
+    if not force and proxy.plan_apply(text)[0] == "none":
         step = StepReport("proxy apply", "skipped", time.monotonic() - t0, "unchanged")
         ctx.emit(step)
         return ProxyOutcome("proxy", ctx.service, True, 0, "the proxy configuration is up to date", [step],
