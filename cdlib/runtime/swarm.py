@@ -252,16 +252,11 @@ class SwarmRuntime(DockerRuntime):
     def _aside_view(self, cfg: dict) -> list[Instance]:
         """The instances a set-aside spec brings back, stopped, named ``<name>.aside-<release>``."""
         saved = _saved(cfg)
-        svc = {"ID": saved.get("id", ""), "Spec": saved.get("spec") or {}}
         release = (cfg["Spec"].get("Labels") or {}).get(LABEL_ASIDE, "")
         try:
-            spec = svc["Spec"]
-            count = _replicas(spec) or _int((spec.get("Labels") or {}).get(LABEL_REPLICAS), 0)
-            stopped = copy.deepcopy(svc)
-            stopped["Spec"].setdefault("Labels", {})[LABEL_REPLICAS] = str(count)
-            stopped["Spec"]["Mode"] = {"Replicated": {"Replicas": 0}}
+            stopped = _stopped({"ID": saved.get("id", ""), "Spec": saved["spec"]})
             return [replace(i, name=aside_name(i.name, release)) for i in self._view(stopped)]
-        except (KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):  # not a spec set_aside saved: nothing to show
             return []
 
     def instances(self, service: str, color: str | None = None, release: str | None = None,
@@ -570,7 +565,7 @@ class SwarmRuntime(DockerRuntime):
         if _replicas(spec):
             self._wait_running(name, _replicas(spec), history)
         self._api_call(f"remove the set-aside spec {cfg['Spec']['Name']}", self._api.remove_config, cfg["ID"])
-        return [i.name for i in self._view({"ID": saved.get("id", ""), "Spec": _stopped({"Spec": spec})["Spec"]})]
+        return [i.name for i in self._view(_stopped({"ID": saved.get("id", ""), "Spec": spec}))]
 
 
 # -- helpers -------------------------------------------------------------------------------------------
