@@ -69,10 +69,16 @@ def check_routes(ctx: Ctx) -> None:
         other = keys.service_of(entry.key)
         if other == ctx.service or entry.key != keys.spec(other or ""):
             continue
-        taken = sorted(own[k] for k in own.keys() & route_keys(Routes.from_dict(entry.json().get("routes", {}))))
+        routes = Routes.from_dict(entry.json().get("routes", {}))
+        taken = sorted(own[k] for k in own.keys() & route_keys(routes))
         if taken:
             raise ConfigError(f"{ctx.spec.source or 'cdlib.yml'}: routes: {', '.join(taken)} is already routed to "
                               f"service {other}; give {ctx.service} a path or host of its own", key="routes")
+        if routes.tls_cert and ctx.spec.proxy.tls_listen is None:
+            # the shared proxy renders every service: without an HTTPS address it could not keep the
+            # other service's HTTPS, and would only refuse at the switch
+            raise ConfigError(f"{ctx.spec.source or 'cdlib.yml'}: proxy.tls_listen: service {other} on this proxy "
+                              f"serves HTTPS; set the proxy's HTTPS listen address here too", key="proxy.tls_listen")
 
 
 def revert_target(store: Store, service: str, to: str | None) -> dict[str, Any]:

@@ -593,3 +593,16 @@ def test_rollback_refuses_while_the_release_process_is_alive_on_this_host(world)
         live.kill()
         live.wait()
     assert rel.rollback(world.ctx()).ok  # the process is gone: rollback goes ahead
+
+
+def test_a_release_without_tls_listen_on_a_proxy_that_serves_https_is_refused_before_any_change(world):
+    # another service on the shared proxy registered HTTPS routes (its spec key carries them)
+    world.store.put_json(keys.spec("edge"), {"routes": {"paths": ["/edge/"], "tls_cert": "/etc/edge.pem",
+                                                        "tls_key": "/etc/edge.key"}, "port": 80})
+    before = world.store.snapshot()
+    with pytest.raises(ConfigError) as info:
+        rel.deploy(world.ctx("v1"))
+    assert str(info.value).endswith("proxy.tls_listen: service edge on this proxy serves HTTPS; set the proxy's "
+                                    "HTTPS listen address here too")
+    assert info.value.exit_code == 2
+    assert world.store.snapshot() == before and world.runtime.containers == {}
