@@ -355,6 +355,9 @@ class NginxProxy(ManagedProxy):
     # -- a change without a reload: the Lua balancer's servers --------------------------------------
     def _live_plan(self, old: bytes, new: bytes) -> tuple[bool, str]:
         mode, why, _ = classify(old.decode("utf-8", "replace"), new.decode("utf-8", "replace"))
+        if mode == "runtime" and f"listen unix:{self.admin_socket};".encode() not in old:
+            # a template of one's own that routes through the balancer but opens no admin socket
+            return False, f"the running configuration opens no admin socket at {self.admin_socket}: nginx reloads"
         return mode in ("runtime", "none"), why
 
     def _apply_live(self, old: bytes, new: bytes) -> dict:

@@ -114,6 +114,13 @@ def test_a_template_that_writes_the_color_elsewhere_reloads(tmp_path):
     assert plain._live_plan(plain.render([BLUE]).encode(), plain.render([GREEN]).encode())[0] is True
 
 
+def test_no_live_change_when_the_running_file_opens_no_admin_socket():
+    p = NginxProxy("/var/lib/cdlib/nginx", listen=LISTEN, dynamic=True)
+    old = p.render([BLUE]).replace(f"listen unix:{p.admin_socket};", "listen unix:/elsewhere.sock;")
+    ok, why = p._live_plan(old.encode(), old.replace("blue r-0001", "green r-0001").encode())
+    assert ok is False and "opens no admin socket" in why
+
+
 def test_plan_apply_without_a_running_nginx_is_a_reload(tmp_path):
     p = NginxProxy(tmp_path / "nginx", listen=LISTEN, dynamic=True)
     assert p.plan_apply(p.render([BLUE]))[0] == "reload"
