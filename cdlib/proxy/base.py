@@ -80,13 +80,19 @@ class Proxy(ABC):
 
 
 def http_get(url: str, headers: dict, timeout: float) -> tuple[int, dict, bytes]:
-    """(status, headers, first 64 KiB of the body); status 0 when nothing answered."""
+    """(status, headers, first 64 KiB of the body); status 0 when nothing answered. A redirect is
+    an answer, not followed: the probe must see what the proxy itself sent (its upstream header),
+    not what another address answers (an HTTPS redirect's target may not even resolve here)."""
     import urllib.error  # on first use: commands that probe nothing do not pay for it
     import urllib.request
 
+    class _Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # the 3xx comes back as an HTTPError with its own status and headers
+
     req = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.build_opener(_Stay()).open(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers.items()), resp.read(65536)
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers.items()) if exc.headers else {}, b""
