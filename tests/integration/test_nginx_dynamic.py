@@ -44,6 +44,9 @@ class _Answer(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as most application servers
 
     def do_GET(self):  # noqa: N802 - the http.server API
+        if self.path.endswith("/slow"):
+            self.server.slow_started.set()  # type: ignore[attr-defined]
+            self.server.release_slow.wait(10)  # type: ignore[attr-defined]
         body = f"{self.server.label}\n".encode()  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -62,6 +65,8 @@ class Servers:
         for _ in range(count):
             srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Answer)
             srv.label = label  # type: ignore[attr-defined]
+            srv.slow_started = threading.Event()  # type: ignore[attr-defined]
+            srv.release_slow = threading.Event()  # type: ignore[attr-defined]
             srv.daemon_threads = True
             threading.Thread(target=srv.serve_forever, daemon=True).start()
             self.servers.append(srv)
@@ -72,6 +77,7 @@ class Servers:
 
     def close(self) -> None:
         for s in self.servers:
+            s.release_slow.set()  # type: ignore[attr-defined]
             s.shutdown()
             s.server_close()
 
@@ -176,6 +182,38 @@ def test_a_release_through_cdlib_takes_the_runtime_path(tmp_path, docker_client,
         assert svc.get() == (200, "v2")
     finally:
         svc.teardown()
+
+
+def test_a_live_switch_returns_once_no_request_is_in_flight_to_the_old_servers(nginx, colors):
+    """The drain: cleanup stops the old color right after the switch, so the switch waits until
+    the requests the old servers still serve have ended (counted by the balancer)."""
+    nginx.apply(nginx.render([backend("blue", colors)]))
+    out: list = []
+    slow = threading.Thread(target=lambda: out.append(nginx.request(f"/{NAME}/slow", timeout=15)))
+    slow.start()
+    blue = colors["blue"].servers
+    for _ in range(500):  # until one of the blue servers holds the request
+        if any(s.slow_started.wait(0.01) for s in blue):  # type: ignore[attr-defined]
+            break
+    assert sum(nginx.live_servers()[1].values()) == 1
+    done = threading.Event()
+    result: list = []
+
+    def switch() -> None:
+        result.append(nginx.apply(nginx.render([backend("green", colors)])))
+        done.set()
+
+    switcher = threading.Thread(target=switch)
+    switcher.start()
+    assert not done.wait(1.0), result  # still waiting for the request on blue
+    assert answer(nginx)[0] == "green"  # while new requests already go to green
+    for s in blue:
+        s.release_slow.set()  # type: ignore[attr-defined]
+    switcher.join(10)
+    slow.join(10)
+    assert done.is_set() and result[0]["reload"] == 0.0 and result[0]["drain"] > 0
+    assert out[0][0] == 200 and out[0][2] == b"blue\n"  # and that request succeeded
+    assert nginx.live_servers()[1] == {}
 
 
 # -- failures and undo ------------------------------------------------------------------------------
