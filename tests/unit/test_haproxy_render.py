@@ -155,9 +155,9 @@ def test_tls_bind_with_one_linked_certificate_per_service():
     # HTTPS serves only the routes with a certificate (demo has none)
     assert ('http-request return status 404 content-type text/plain string "no route for this path\\n" '
             "if { ssl_fc } !{ var(txn.route) -m str path:/reports/ host:shop }") in front
-    # only shop redirects plain HTTP, before its path could be rewritten
+    # only shop redirects plain HTTP, before its path could be rewritten; cdlib's probe is not redirected
     redirect = ("http-request redirect code 301 location https://%[var(txn.host)]:8443%[url] "
-                "if !{ ssl_fc } { var(txn.route) -m str host:shop }")
+                "if !{ ssl_fc } !{ var(txn.probe) -m str 1 } { var(txn.route) -m str host:shop }")
     assert redirect in front and front.count("location https://") == 1
     assert front.index(redirect) < front.index("replace-path")
 
