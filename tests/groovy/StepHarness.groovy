@@ -719,6 +719,9 @@ section('7. which release') {
     report.equal('no release after deploy exit 3', openAfter([['cdlibDeploy', [tag: 't'], 3]]), 'false')
     report.equal('no release after deploy exit 2', openAfter([['cdlibDeploy', [tag: 't'], 2]]), 'false')
     report.equal('release closed after release exit 1', openAfter([['cdlibRelease', [tag: 't'], 1]]), 'false')
+    report.equal('no release open after a scale that ended', openAfter([['cdlibScale', [replicas: '+2'], 0]]), 'false')
+    report.equal('no release open after a scale that rolled back', openAfter([['cdlibScale', [replicas: 3], 1]]), 'false')
+    report.equal('no release open after a refused scale', openAfter([['cdlibScale', [replicas: 0], 2]]), 'false')
     report.equal('a failed status does not close the release (exit 1 of a verb outside releases)',
                  openAfter([['cdlibDeploy', [tag: 't'], 0], ['cdlibStatus', [:], 1]]), 'true')
     report.equal('a failed pre-deployment suite does not close the release',
@@ -733,6 +736,7 @@ section('7. which release') {
     [5, 137, 143, 42, 'abort'].each { Object code ->
         report.equal("release may be open after deploy exits ${code}", openAfter([['cdlibDeploy', [tag: 't'], code]]), 'true')
         report.equal("release may be open after release exits ${code}", openAfter([['cdlibRelease', [tag: 't'], code]]), 'true')
+        report.equal("a scale may be open after it exits ${code}", openAfter([['cdlibScale', [replicas: '-1'], code]]), 'true')
         [['cdlibSwitch', [:]], ['cdlibTest', [type: 'pre-integration']], ['cdlibTest', [type: 'post-integration']],
          ['cdlibCleanup', [:]]].each { List step ->
             report.equal("release stays open after deploy, then ${step[0]}${step[1].type ? ' ' + step[1].type : ''} exits ${code}",

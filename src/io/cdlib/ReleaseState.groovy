@@ -13,8 +13,8 @@ class ReleaseState implements Serializable {
     private static final String CLOSED = 'false'
 
     /**
-     * What the verb does to a release: 'opens' (deploy, release, and rollback, which may open a release
-     * to return to an earlier one), 'inside' (works on the open release: switch, cleanup, the pre- and
+     * What the verb does to a release: 'opens' (deploy, release, scale, whose journaled steps are a
+     * release of their own, and rollback, which may open a release to return to an earlier one), 'inside' (works on the open release: switch, cleanup, the pre- and
      * post-integration tests) or 'none' (status, color, history, build, push, the pre-deployment tests).
      */
     @NonCPS
@@ -22,7 +22,7 @@ class ReleaseState implements Serializable {
         if (StepOptions.isTrue(values.dryRun)) {
             return 'none'  // a dry run changes nothing: no release is opened, touched or closed
         }
-        if (verb in ['deploy', 'release', 'rollback']) {
+        if (verb in ['deploy', 'release', 'scale', 'rollback']) {
             return 'opens'
         }
         if (verb in ['switch', 'cleanup'] || (verb == 'test' && String.valueOf(values.type) != 'pre-deployment')) {
@@ -37,7 +37,7 @@ class ReleaseState implements Serializable {
         if (verb == 'test') {
             return role(verb, values) == 'inside' && !StepOptions.isTrue(values.noRollback)
         }
-        return verb in ['deploy', 'switch', 'release', 'rollback']
+        return verb in ['deploy', 'switch', 'release', 'scale', 'rollback']
     }
 
     /** The value while the CLI runs (and if the step is aborted, e.g. by a timeout). */
@@ -49,7 +49,7 @@ class ReleaseState implements Serializable {
     /**
      * 'true' while this build may have a release open that nothing has closed or undone yet; `current`
      * is the value from before the step. Only an exit code that proves it closes the release: 0 of
-     * cleanup, rollback or release, and 1 of a verb that rolls its release back on failure. Exit 2, 3
+     * cleanup, rollback, release or scale, and 1 of a verb that rolls its release back on failure. Exit 2, 3
      * and 4 leave it as it was (nothing changed; another release's lock; the release stays open for a
      * person). Everything else (5: state unknown, 137: killed, 143: terminated, any code cdlib does not
      * use) means a release this step works on may still be open.
@@ -64,7 +64,7 @@ class ReleaseState implements Serializable {
             if (cmd.verb == 'deploy') {
                 return OPEN
             }
-            return cmd.verb in ['cleanup', 'rollback', 'release'] ? CLOSED : was
+            return cmd.verb in ['cleanup', 'rollback', 'release', 'scale'] ? CLOSED : was
         }
         if (code == 1) {
             return cmd.undoes ? CLOSED : was  // exit 1 of such a verb means: rolled back
