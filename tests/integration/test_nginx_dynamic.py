@@ -308,6 +308,56 @@ def test_a_server_that_refuses_connections_is_retried_on_the_next(nginx, colors)
         conn.close()
 
 
+# -- the edge: HTTPS per host, the redirect, and the probe --------------------------------------------
+def _get(port: int, host: str, headers: dict | None = None, tls: bool = False) -> tuple[int, dict, bytes]:
+    import ssl
+
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                                                       context=context)
+        conn.server_hostname = host  # type: ignore[attr-defined]  # SNI chooses the server block
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/x", headers={"Host": host, **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_https_per_host_with_the_redirect_and_a_live_switch(short_dir, colors, tmp_path):
+    host = "cdlibnx-shop.test"
+    pair = make_pair(tmp_path / "tls", "shop", hosts=(host,))
+    tls_port = free_port()
+    proxy = NginxProxy(short_dir / "nginx", listen=f"127.0.0.1:{free_port()}", tls_listen=f"127.0.0.1:{tls_port}",
+                       drain_timeout=5)
+
+    def shop(color: str) -> Backend:
+        return Backend(NAME, color, "r-1", Routes(hosts=(host,), tls_cert=str(pair.cert), tls_key=str(pair.key),
+                                                  https_redirect=True), colors[color].addresses)
+
+    try:
+        proxy.apply(proxy.render([shop("blue")]))
+        status, headers, _ = _get(proxy.port, host)
+        assert status == 301 and headers["Location"] == f"https://{host}:{tls_port}/x"
+        # cdlib's probe is answered over plain HTTP, by the server that serves the route
+        status, headers, body = _get(proxy.port, host, {"X-Cdlib-Probe": "1"})
+        assert (status, body) == (200, b"blue\n")
+        assert headers["X-Cdlib-Upstream"] in {f"{a}:{p}" for a, p in colors["blue"].addresses}
+        assert _get(tls_port, host, tls=True)[::2] == (200, b"blue\n")
+        before = processes(proxy)
+        text = proxy.render([shop("green")])
+        assert proxy.plan_apply(text)[0] == "runtime"  # the certificate did not change
+        proxy.apply(text)
+        assert _get(tls_port, host, tls=True)[::2] == (200, b"green\n") and processes(proxy) == before
+    finally:
+        proxy.stop()
+
+
 # -- nginx accepts every golden file -------------------------------------------------------------------
 @pytest.mark.parametrize("golden", sorted(p.name for p in (cases.GOLDEN_ROOT / "nginx").glob("*.conf")))
 def test_nginx_accepts_every_nginx_golden_file(tmp_path, golden):
