@@ -107,12 +107,24 @@ function M.balance(service)
     picked[#picked + 1] = pick
 end
 
--- log phase: the request no longer uses the servers it was sent to
+-- log phase: the request no longer uses the servers it was sent to; a server whose attempt ended
+-- in an error, a time-out or 502/503 (what proxy_next_upstream counts) is kept out for FAIL_SECONDS,
+-- as max_fails=1 fail_timeout=5s does for a static upstream (a POST is not retried, so the
+-- balancer never hears of its failure otherwise)
+local FAILED = { ["502"] = true, ["503"] = true, ["504"] = true }
+
 function M.done()
     local picked = ngx.ctx.cdlib_picked
     if picked then
-        for _, address in ipairs(picked) do
+        local statuses = {}
+        for status in (ngx.var.upstream_status or ""):gmatch("[^%s,:]+") do
+            statuses[#statuses + 1] = status
+        end
+        for i, address in ipairs(picked) do
             dict:incr("n:" .. address, -1, 0)
+            if FAILED[statuses[i]] then
+                dict:set("f:" .. address, true, FAIL_SECONDS)
+            end
         end
     end
 end
