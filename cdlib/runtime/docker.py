@@ -57,13 +57,14 @@ LABEL_HOST_PORT = "cdlib.host-port"
 LABEL_STOP_TIMEOUT = "cdlib.stop-timeout"
 GONE = object()  # what a call on a container answers when another process removed it meanwhile
 # Engine calls at a time when the replicas of a color start, stop, resume or are removed
-# (target.parallel). The engine does the work (runc, network namespace, iptables, docker-proxy), so
-# the replicas of a color all go at once: measured on 2 cores, 16 replicas start (until healthy)
-# and stop in 0.9x the time of 16 concurrent `docker run` and `docker stop` (benchmarks/replicas.py),
-# against 1.1x at 4 at a time.
+# (DockerRuntime(parallel=...)). The engine does the work (runc, network namespace, iptables,
+# docker-proxy; this module's own share is about 0.1 s of a 16-replica start), so the replicas of a
+# color all go at once: on 2 cores, 16 replicas start (until healthy) and stop in 6.2 s at 16 at a
+# time, 7.2 s at 4 at a time, against 6.9 s for 16 concurrent `docker run` and `docker stop`
+# (benchmarks/replicas.py --parallel 4,16).
 MAX_PARALLEL = 16
 # over ssh:// the SDK opens one channel of a single SSH connection per call, and sshd allows 10
-# sessions per connection by default (MaxSessions): stay below that whatever target.parallel says
+# sessions per connection by default (MaxSessions): stay below that whatever the bound says
 SSH_PARALLEL = 8
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
