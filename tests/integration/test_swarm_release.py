@@ -89,10 +89,12 @@ class SwarmService(Service):
                 for name, spec, _ in self.services()}
 
     def teardown(self):
-        remove_swarm_objects(self.name)
         from cdlib.proxy.nginx import NginxProxy
 
-        NginxProxy(self.proxy_dir, listen=f"127.0.0.1:{self.port}").stop()
+        try:
+            remove_swarm_objects(self.name)
+        finally:  # the proxy stops even when the engine is away
+            NginxProxy(self.proxy_dir, listen=f"127.0.0.1:{self.port}").stop()
 
 
 @pytest.fixture
