@@ -159,8 +159,8 @@ class MemoryProxy(Proxy):
     def request(self, path: str, headers: dict | None = None, timeout: float = 3.0) -> tuple[int, dict, bytes]:
         """Answer as the port's HTTP request through a real proxy would.
 
-        Status 0 when not running; redirects are followed and error bodies are empty, as with the
-        port's urllib-based request. With ``forward=True`` the request really goes to the chosen
+        Status 0 when not running; a redirect is returned, not followed, and error bodies are empty,
+        as with the port's urllib-based request. With ``forward=True`` the request really goes to the chosen
         server (round robin, the next one when a server does not answer, 502 when none does);
         otherwise the body names the service, color, server and path. ``X-Cdlib-Probe: 1`` adds the
         upstream and color headers.
@@ -170,8 +170,8 @@ class MemoryProxy(Proxy):
         wanted = {k.lower(): v for k, v in (headers or {}).items()}
         config = self._prior if self.answer_from_old else self._config
         routed = self.route(path, wanted.get("host"), config=config)
-        if routed.location:
-            routed = self.route(routed.location, wanted.get("host"), config=config)
+        if routed.location:  # the redirect is the answer, as with the port's request
+            return 301, {"Location": routed.location}, b""
         if not routed.servers:
             return routed.status, {}, b""
         first = next(self._turn)

@@ -56,6 +56,7 @@ def test_what_the_parser_accepts_nginx_accepts(data):
     with tempfile.TemporaryDirectory(prefix="cdlibt-prop-") as tmp:
         prefix = Path(tmp)
         (prefix / "temp").mkdir()
+        (prefix / "admin").mkdir()  # the Lua balancer's admin socket: nginx -t binds it
         conf = prefix / "nginx.conf"
         conf.write_text(NginxProxy(prefix, listen=spec.proxy.listen).render([_backend(spec)]))
         proc = subprocess.run([nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf)], capture_output=True,
