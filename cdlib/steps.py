@@ -210,7 +210,8 @@ def undo_proxy(ctx: Ctx, data: dict[str, Any]) -> None:
     proxy = ctx.ports.proxy
     current = proxy.read_config()
     ours = data.get("text", "").encode("utf-8")
-    if current is None or current == prior or _digest(current) == _digest(ours):
+    moved = prior is not None and not ctx.ports.runtime.stable_ports
+    if not moved and (current is None or current == prior or _digest(current) == _digest(ours)):
         proxy.restore(prior)
     else:
         proxy.apply(proxy.render(backends(ctx.ports.store)))
@@ -270,8 +271,16 @@ def do_stop_old(ctx: Ctx, data: dict[str, Any]) -> dict[str, Any]:
 def undo_stop_old(ctx: Ctx, data: dict[str, Any]) -> None:
     if not data.get("color"):
         return
-    ctx.ports.runtime.resume(ctx.service, data["color"], release=data.get("release"))
-    _restore_registrations(ctx, data["color"], data.get("prior") or {})
+    resumed = ctx.ports.runtime.resume(ctx.service, data["color"], release=data.get("release"))
+    prior = dict(data.get("prior") or {})
+    if not ctx.ports.runtime.stable_ports:
+        # this runtime's resumed instances run on new host ports: register them where they run now
+        for inst in resumed:
+            if prior.get(inst.name) is not None:
+                record = json.loads(prior[inst.name])
+                record.update(address=inst.address, port=inst.port, health_url=inst.url + ctx.spec.health.path)
+                prior[inst.name] = json.dumps(record)
+    _restore_registrations(ctx, data["color"], prior)
 
 
 UNDO = {

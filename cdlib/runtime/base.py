@@ -71,6 +71,10 @@ class StartRequest:
 
 class Runtime(ABC):
     kind = "runtime"
+    # an instance that stops and starts again keeps its host port (pinned at creation); False for
+    # Swarm's host-mode ports, which the engine picks anew for every task: the undo of stop-old then
+    # registers resumed instances where they run and renders the proxy from the registry
+    stable_ports = True
     clock: Clock | None = None  # what wait_healthy measures and sleeps with (None: the real clock)
 
     @abstractmethod

@@ -53,6 +53,10 @@ LABEL_HEALTH = "cdlib.health-path"  # the descriptor's health path (what cdlib a
 ENDPOINT_MODES = ("dnsrr", "vip")
 MAX_CONFIG_NAME = 64  # Swarm's limit on a config's name
 POLL = 0.1  # seconds between two looks at the tasks while waiting
+# Docker 20.10's Swarm manager can crash (a nil task in SetServiceTasksRemove, fixed upstream later) when
+# a service is removed while its tasks are being reaped: a service is scaled to 0 and its tasks are left
+# to be reaped (at most this many seconds more than its stop grace period) before it is removed
+REAP_WAIT = 15.0
 RUNNING_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected", "orphaned")
 GONE = object()
@@ -485,7 +489,7 @@ class SwarmRuntime(DockerRuntime):
         if not aside:
             for svc in self._services(service, color, release):
                 names = [i.name for i in self._view(svc)]
-                self._api_call(f"remove service {svc['Spec']['Name']}", self._api.remove_service, svc["ID"])
+                self._remove_service(svc, f"remove service {svc['Spec']['Name']}")
                 removed += names
             configs = self._configs(service, color, release=release)
         else:
@@ -516,8 +520,19 @@ class SwarmRuntime(DockerRuntime):
         else:
             self._save(svc, service, color, release, uid)
         names = [aside_name(i.name, release) for i in self._view(_stopped(svc))]
-        self._api_call(f"remove service {name} (its spec is kept)", self._api.remove_service, svc["ID"])
+        self._remove_service(svc, f"remove service {name} (its spec is kept)")
         return names
+
+    def _remove_service(self, svc: dict, action: str) -> None:
+        """Scale to 0, wait until Swarm has reaped every task of the service (bounded), then remove
+        it: the removal then has no task to race with (see REAP_WAIT)."""
+        if _replicas(svc["Spec"]):
+            svc = self._set_replicas(svc, 0)
+        clock = as_clock(self.clock)
+        deadline = clock.monotonic() + _stop_seconds(svc) + REAP_WAIT
+        while self._tasks(svc) and clock.monotonic() < deadline:
+            clock.sleep(POLL)
+        self._api_call(action, self._api.remove_service, svc["ID"])
 
     def _save(self, svc: dict, service: str, color: str, release: str, uid: str) -> None:
         labels = svc["Spec"].get("Labels") or {}

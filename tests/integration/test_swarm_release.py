@@ -207,3 +207,26 @@ def test_sigkill_on_swarm_then_rollback_restores_the_exact_prior_state(swarm_two
     assert code == 0, out
     assert svc.snapshot() == before
     assert svc.get() == (200, "v2")
+
+
+def test_sigkill_after_stop_old_on_swarm_then_rollback_routes_to_where_the_old_color_runs_now(swarm_two_releases):
+    """dnsrr host ports are the engine's choice: the old color, stopped and then resumed by the undo,
+    runs on new ports. Everything but those ports comes back exactly; the registrations and the proxy
+    follow the tasks to their new ports, and the service answers with the prior version."""
+    svc = swarm_two_releases
+    specs_before = [(name, spec) for name, spec, _ in svc.services()]
+    keys_before = set(svc.store_state())
+    proc = svc.cli("release", "--tag", "v3", env={"CDLIB_FAILPOINTS": "stop-old:after=kill"})
+    assert proc.returncode == -9, (proc.stdout, proc.stderr)
+    code, out = svc.cli_json("rollback")
+    assert code == 0, out
+    assert [(name, spec) for name, spec, _ in svc.services()] == specs_before
+    assert set(svc.store_state()) == keys_before and svc.aside_specs() == []
+    live = json.loads(svc.store_state()[f"cdlib/services/{svc.name}/live"])
+    running = {port for name, _, tasks in svc.services() if name.endswith(live["color"]) for _, port in tasks}
+    registered = {json.loads(v)["port"] for k, v in svc.store_state().items()
+                  if f"/instances/{live['color']}/" in k}
+    assert running and registered == running
+    conf = svc.nginx_conf()
+    assert all(f"127.0.0.1:{port}".encode() in conf for port in running)
+    assert svc.get() == (200, "v2")
