@@ -60,7 +60,7 @@ def open_runtime(spec: ServiceSpec) -> Runtime:
 
 def open_proxy(spec: ServiceSpec) -> Proxy:
     p = spec.proxy
-    if getattr(p, "run", "process") != "process":
+    if p.run != "process":
         return _docker_proxy(spec)
     # tls_listen: the HTTPS listen address (checked by config), which the templates see as tls_listen
     if p.kind == "nginx":
@@ -82,11 +82,12 @@ def _docker_proxy(spec: ServiceSpec) -> Proxy:
     from .proxy.container import ContainerProxy, ServiceProxy
 
     p = spec.proxy
-    common = dict(name=p.name, listen=p.listen, template=p.template, drain_timeout=p.drain_timeout,
-                  image=p.image, docker_host=spec.target.docker_host, tls_listen=p.tls_listen)
     if p.run == "service":
-        return ServiceProxy(p.kind, replicas=p.replicas, mode=p.mode, engines=dict(p.engines), **common)
-    return ContainerProxy(p.kind, **common)
+        return ServiceProxy(p.kind, name=p.name, listen=p.listen, template=p.template, drain_timeout=p.drain_timeout,
+                            image=p.image, docker_host=spec.target.docker_host, tls_listen=p.tls_listen,
+                            replicas=p.replicas, mode=p.mode, engines=dict(p.engines))
+    return ContainerProxy(p.kind, name=p.name, listen=p.listen, template=p.template, drain_timeout=p.drain_timeout,
+                          image=p.image, docker_host=spec.target.docker_host, tls_listen=p.tls_listen)
 
 
 def open_runner(spec: ServiceSpec, suite: SuiteSpec, on_output=None) -> TestRunner:
