@@ -14,8 +14,9 @@ class ReleaseState implements Serializable {
 
     /**
      * What the verb does to a release: 'opens' (deploy, release, scale, whose journaled steps are a
-     * release of their own, and rollback, which may open a release to return to an earlier one), 'inside' (works on the open release: switch, cleanup, the pre- and
-     * post-integration tests) or 'none' (status, color, history, build, push, the pre-deployment tests).
+     * release of their own, and rollback, which may open a release to return to an earlier one),
+     * 'inside' (works on the open release: switch, cleanup, the pre- and post-integration tests) or
+     * 'none' (status, color, history, heal, build, push, the pre-deployment tests).
      */
     @NonCPS
     static String role(String verb, Map values) {
