@@ -318,9 +318,6 @@ def parse_placement(r: Reader, px: YamlMap) -> dict[str, Any]:
         if px.get(key) is not None:
             raise r.fail(f"proxy.{key}", "no value with proxy.run process (it names a proxy container or service)",
                          px.get(key))
-    if run != "process" and px.get("tls_listen") is not None:
-        raise r.fail("proxy.tls_listen", "no HTTPS address with proxy.run container or service (certificate files are "
-                     "not delivered into proxy containers; docs/proxy-placement.md)", px.get("tls_listen"))
     for key in ("replicas", "mode", "engines") if run != "service" else ():
         if px.get(key) is not None:
             raise r.fail(f"proxy.{key}", "no value unless proxy.run is service", px.get(key))
@@ -329,6 +326,9 @@ def parse_placement(r: Reader, px: YamlMap) -> dict[str, Any]:
     replicas = int(r.number(px, "proxy", "replicas", 1, 1, 64, integer=True))
     if mode == "global" and px.get("replicas") is not None:
         raise r.fail("proxy.replicas", "no value with proxy.mode global (one replica per node)", px.get("replicas"))
+    if run == "service" and mode == "replicated" and replicas > 1 and px.get("tls_listen") is not None:
+        raise r.fail("proxy.replicas", "1 with proxy.tls_listen (the replicas of one node would share its port; "
+                     "use mode: global for one replica per node)", replicas)
     engines = px.get("engines") or {}
     if not isinstance(engines, dict):
         raise r.fail("proxy.engines", "a mapping of node hostname to Docker host (tcp://..., ssh://...)", engines)

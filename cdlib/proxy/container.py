@@ -25,6 +25,20 @@ health path); a failure on one puts back, byte for byte, the ones already switch
 Each replica is reached through the engine of its node: the local engine, or for another node the
 Docker host ``proxy.engines`` names for its hostname (a replica on a node with no engine known is a
 ProxyError, before anything changes).
+
+HTTPS: the certificate and key files a route names are files of the machine that runs cdlib. The
+rendered configuration names them inside the container instead (:func:`tls_path`, the one place the
+translation is made): ``/cdlib/tls/<sha256 of the content>.crt`` / ``.key``, in a directory only root
+may enter (0700), each file 0600, delivered with ``put_archive`` to every replica before its
+candidate is validated. Named after their content, these files are never rewritten: a renewal adds
+new files and a new text (which also ends with ``# tls material sha256:``), so it goes the usual
+validate -> swap -> reload way, and a replica that is put back finds its previous files untouched.
+The files a change added are removed again when the change fails; after a change that went through,
+each replica keeps the files of its new and of its previous configuration only. HAProxy's
+``# tls-files LINK CERT KEY`` lines become links in the same directory. ``# tls-source PATH FILE``
+lines say which file of this machine a path holds, so a configuration rendered by another process
+(a restore) can deliver what a replica lacks, once the file's content is checked against its name.
+Key content is never printed or logged.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +70,56 @@ BB = "/bin/busybox"
 # the main process of a proxy container (docker-init runs it; the proxy master runs beside it)
 COMMAND = [BB, "sh", images.START_SCRIPT]
 _MARK = "@@cdlib@@"
+TLS_DIR = f"{CONFIG_DIR}/tls"  # root's only (0700): the certificates and keys of the HTTPS routes, 0600
+_TLS_NAME = r"[0-9a-f]{64}\.(?:crt|key)"
+_TLS_FILE_RE = re.compile(re.escape(TLS_DIR) + r"/(" + _TLS_NAME + r")(?![A-Za-z0-9._-])")
+_TLS_LINK_RE = re.compile(re.escape(TLS_DIR) + r"/([0-9a-f]{16}\.pem)(?![A-Za-z0-9._-])")
+_TLS_SOURCE_RE = re.compile(r"^# tls-source " + re.escape(TLS_DIR) + r"/(" + _TLS_NAME + r") (\S+)$", re.MULTILINE)
 
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def tls_path(data: bytes, what: str) -> str:
+    """Where a certificate (``what`` "cert") or key ("key") file of this machine is in a proxy
+    container: named after its content, so new content is a new path (and a new configuration)."""
+    return f"{TLS_DIR}/{digest(data)}.{'key' if what == 'key' else 'crt'}"
+
+
+def read_tls_file(path: str) -> bytes:
+    """A certificate or key file of this machine (bounded); ProxyError naming the file, never its content."""
+    from ..config.schema import FileProblem, read_bounded
+    from ..tls import MAX_PEM_BYTES
+
+    try:
+        return read_bounded(Path(path), MAX_PEM_BYTES)
+    except FileProblem as exc:
+        raise ProxyError(f"TLS file {path} {exc}; check routes.tls of the service that names it") from None
+
+
+def tls_names(text: bytes | str) -> set[str]:
+    """The names in /cdlib/tls a configuration needs: the files it names, and for each HAProxy
+    link ``X.pem`` the link and ``X.pem.key``."""
+    s = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    links = set(_TLS_LINK_RE.findall(s))
+    return set(_TLS_FILE_RE.findall(s)) | links | {f"{link}.key" for link in links}
+
+
+def tls_links(text: bytes) -> list[tuple[str, str]]:
+    """(link name, target name) pairs in /cdlib/tls that HAProxy's ``# tls-files`` lines ask for."""
+    from .haproxy import tls_files, tls_link
+
+    out = []
+    for link, cert, key in tls_files(text.decode("utf-8", "replace")):
+        if link != tls_link(CONFIG_DIR, cert, key):
+            continue
+        for name, target in ((link, cert), (f"{link}.key", key)):
+            folder, _, base = name.rpartition("/")
+            tfolder, _, tbase = target.rpartition("/")
+            if folder == tfolder == TLS_DIR and re.fullmatch(_TLS_NAME, tbase):
+                out.append((base, tbase))
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -479,6 +539,70 @@ class Replica:
                                  f"{netaddr.format_hostport(self.address, self.port)} after the change")
             self._sleep(0.05)
 
+    # -- the TLS files -------------------------------------------------------------------------------
+    def tls_present(self) -> set[str]:
+        """What /cdlib/tls holds (made 0700 when missing): every link, and every file whose content
+        is what its name says (a copy cut short is not there)."""
+        return self._tls_listing()[1]
+
+    def _tls_listing(self) -> tuple[set[str], set[str]]:
+        """(every name in /cdlib/tls, the names :meth:`tls_present` gives)."""
+        code, out, err = self._sh(f"{BB} mkdir -p {TLS_DIR} && {BB} chmod 700 {TLS_DIR} && cd {TLS_DIR} || exit 1; "
+                                  f"{BB} ls -A1; echo {_MARK}; {BB} sha256sum *.crt *.key 2>/dev/null; exit 0")
+        names, sep, sums = out.decode("utf-8", "replace").partition(_MARK + "\n")
+        if code != 0 or not sep:
+            raise ProxyError(f"{self.name}: cannot prepare {TLS_DIR}: {err.decode(errors='replace').strip()}")
+        good = {n for n, h in _sums(sums).items() if re.fullmatch(_TLS_NAME, n) and n.split(".")[0] == h}
+        every = set(names.split())
+        return every, {n for n in every if n in good or re.fullmatch(r"[0-9a-f]{16}\.pem(?:\.key)?", n)}
+
+    def put_tls(self, text: bytes, fetch: Callable[[str], bytes]) -> list[str]:
+        """Deliver what ``text`` names in /cdlib/tls and this replica lacks: the files (0600, their
+        content from ``fetch(path)``), then HAProxy's links. Returns the names it added; on a failure
+        it removes them again and raises ProxyError."""
+        wanted = sorted(_TLS_FILE_RE.findall(text.decode("utf-8", "replace")))
+        links = tls_links(text)
+        if not wanted and not links:
+            return []
+        have = self.tls_present()
+        added: list[str] = []
+        try:
+            for name in wanted:
+                if name not in have:
+                    data = fetch(f"{TLS_DIR}/{name}")
+                    added.append(name)
+                    self.engine.put_file(self.container, f"{TLS_DIR}/{name}", data, 0o600)
+            new_links = [(link, target) for link, target in links if link not in have]
+            if added or new_links:
+                steps = [f"{BB} ln -sf {target} {link}" for link, target in new_links]
+                added += [link for link, _t in new_links]
+                files = [n for n in added if re.fullmatch(_TLS_NAME, n)]
+                steps.append(f"{BB} sha256sum {' '.join(files)}" if files else "true")
+                code, out, err = self._sh(f"cd {TLS_DIR} && " + " && ".join(steps))
+                sums = _sums(out.decode("utf-8", "replace"))
+                bad = [n for n in files if sums.get(n) != n.split(".")[0]]
+                if code != 0 or bad:
+                    why = f"{', '.join(bad)} does not hold what was sent" if bad else \
+                        err.decode(errors="replace").strip()
+                    raise ProxyError(f"{self.name}: cannot deliver the TLS files into {TLS_DIR}: {why}")
+        except ProxyError:
+            _quietly(lambda: self.remove_tls(added))
+            raise
+        return added
+
+    def remove_tls(self, names: Sequence[str]) -> None:
+        safe = [n for n in names if re.fullmatch(_TLS_NAME + r"|[0-9a-f]{16}\.pem(?:\.key)?", n)]
+        if safe:
+            self._sh(f"cd {TLS_DIR} && {BB} rm -f {' '.join(safe)}")
+
+    def prune_tls(self, *texts: bytes | None) -> None:
+        """Remove from /cdlib/tls what none of ``texts`` needs."""
+        keep: set[str] = set()
+        for text in texts:
+            if text is not None:
+                keep |= tls_names(text)
+        self.remove_tls(sorted(self._tls_listing()[0] - keep))
+
     def stop_proxy(self) -> None:
         """Stop the master gracefully and wait for it and its workers (bounded), then kill."""
         st = self.state()
@@ -505,6 +629,16 @@ class Replica:
                 "running": st.master is not None, "pid": st.master,
                 "workers": sorted(st.procs.children(st.master, self.kind)) if st.master else [],
                 "digest": None if st.config is None else digest(st.config)}
+
+
+def _sums(text: str) -> dict[str, str]:
+    """``sha256sum`` output -> name -> digest."""
+    out = {}
+    for line in text.splitlines():
+        h, _, name = line.partition("  ")
+        if re.fullmatch(r"[0-9a-f]{64}", h) and name:
+            out[name.strip()] = h
+    return out
 
 
 def _int(text: str) -> int:
@@ -604,6 +738,7 @@ class _DockerProxy(Proxy):
         self.engine = engine if engine is not None else DockerEngine(docker_host)
         self._clock, self._sleep = clock, sleep
         self._renderer = self._inner(listen)
+        self._material: dict[str, bytes] = {}  # /cdlib/tls path -> the content a render read
 
     # the inner adapter renders and knows the binary's ways; it never runs anything itself
     def _inner(self, listen: str) -> ManagedProxy:
@@ -635,7 +770,62 @@ class _DockerProxy(Proxy):
         return f"{self.kind} in {self.run} {self.name} at {self.url()}"
 
     def render(self, backends: Sequence[Backend]) -> str:
-        return self._renderer.render(backends)
+        """The inner adapter's text, with the certificate and key files of the HTTPS routes named
+        where they are in the container (:func:`tls_path`), then the digest of their content (as a
+        process's configuration ends) and the file of this machine each path holds. The files are
+        read once here; their content is kept for the apply that delivers them."""
+        from ..render import cfg_token, render_template
+
+        pairs = sorted({(b.routes.tls_cert, b.routes.tls_key) for b in backends
+                        if b.routes.tls_cert and b.routes.tls_key})
+        if not pairs:
+            return self._renderer.render(backends)
+        inside: dict[tuple[str | None, str | None], tuple[str, str]] = {}
+        sources: dict[str, str] = {}
+        h = hashlib.sha256()
+        for cert, key in pairs:
+            paths = []
+            for host, what in ((cert, "cert"), (key, "key")):
+                assert host is not None
+                cfg_token(host)  # it is written on a comment line
+                data = read_tls_file(host)
+                h.update(len(data).to_bytes(8, "big"))  # as cdlib.tls.material_digest frames them
+                h.update(data)
+                path = tls_path(data, what)
+                self._material[path] = data
+                sources[path] = host
+                paths.append(path)
+            inside[(cert, key)] = (paths[0], paths[1])
+        moved = [replace(b, routes=replace(b.routes, tls_cert=inside[k][0], tls_key=inside[k][1]))
+                 if (k := (b.routes.tls_cert, b.routes.tls_key)) in inside else b for b in backends]
+        r = self._renderer
+        text = render_template(r.template_name, r._template_context(moved), r.template)
+        tail = f"# tls material sha256:{h.hexdigest()}\n" + "".join(
+            f"# tls-source {path} {host}\n" for path, host in sorted(sources.items()))
+        return text + ("" if text.endswith("\n") else "\n") + tail
+
+    def _fetcher(self, text: bytes) -> Callable[[str], bytes]:
+        """The content of a path in /cdlib/tls that ``text`` names: what a render of this adapter
+        read, else the file its ``# tls-source`` line names, when its content is still what the
+        path says."""
+        sources = {f"{TLS_DIR}/{name}": host for name, host in _TLS_SOURCE_RE.findall(text.decode("utf-8", "replace"))}
+
+        def fetch(path: str) -> bytes:
+            data = self._material.get(path)
+            if data is not None:
+                return data
+            host = sources.get(path)
+            if host is None:
+                raise ProxyError(f"the configuration names {path}, which the proxy {self.run} {self.name} does not "
+                                 "hold, and no file of this machine for it: render it again (cdlib proxy apply)")
+            data = read_tls_file(host)
+            if tls_path(data, "key" if path.endswith(".key") else "cert") != path:
+                raise ProxyError(f"TLS file {host} changed since the configuration naming it as {path} was "
+                                 "rendered: render it again (cdlib proxy apply)")
+            self._material[path] = data
+            return data
+
+        return fetch
 
     # -- what subclasses say --------------------------------------------------------------------------
     def _replicas(self, wait: bool = True) -> list[Replica]:
@@ -709,14 +899,18 @@ class _DockerProxy(Proxy):
         data = text.encode("utf-8")
         replicas, created = self._ready()
         t0 = self._clock()
+        fetch = self._fetcher(data)
+        added: dict[str, list[str]] = {}  # replica name -> the TLS files and links this change gave it
         try:
-            # every replica's candidate is staged and checked before any replica changes
+            # every replica's candidate is staged and checked (with its TLS files) before any replica changes
             candidates = [(r, self._text_for(r, data)) for r in replicas]
             for r, candidate in candidates:
+                added[r.name] = r.put_tls(candidate, fetch)
                 r.stage_and_validate(candidate)
         except ProxyError:
             for r in replicas:
                 _quietly(r.drop_staged)
+                _drop_tls(r, added.get(r.name))
             if created:
                 _quietly(self._remove)
             raise
@@ -733,12 +927,21 @@ class _DockerProxy(Proxy):
                 problems = self._put_back(done)
                 for other, _c in candidates[len(done):]:
                     _quietly(other.drop_staged)
+                if not problems:  # the previous configurations run again: the files this change added go
+                    for other, _c in candidates:
+                        _drop_tls(other, added.get(other.name))
                 if created and not problems:
                     _quietly(self._remove)
                 also = f"; putting it back failed too: {'; '.join(problems)}" if problems else ""
                 raise ProxyError(f"{exc}; every replica of the proxy {self.run} {self.name} was put back to its "
                                  f"previous configuration{also}", **exc.data) from exc
             t_reload, t_drain = max(t_reload, reload_s), max(t_drain, drain_s)
+        # each replica keeps the TLS files of its new and its previous configuration (a restore's)
+        for (r, candidate), (_r, prior, _running) in zip(candidates, done, strict=True):
+            try:
+                r.prune_tls(candidate, prior)
+            except ProxyError:
+                pass  # a file left over takes a little room, nothing else
         return {"validate": round(t_validate, 4), "reload": round(t_reload, 4), "drain": round(t_drain, 4),
                 "replicas": len(replicas)}
 
@@ -761,7 +964,9 @@ class _DockerProxy(Proxy):
         if r.runs(prior, st):
             r.drop_staged()
             return
-        # no validation: these bytes ran in this replica before the change
+        # no validation: these bytes ran in this replica before the change (its TLS files are kept
+        # until a later change went through; put_tls gives back one that went missing)
+        r.put_tls(prior, self._fetcher(prior))
         r.engine.put_file(r.container, r.staged, prior, 0o600)
         if st.master is not None or was_running:
             r.switch(prior, st)
@@ -785,6 +990,7 @@ class _DockerProxy(Proxy):
                 st = r.state(with_config=True)
                 if r.runs(data, st):
                     continue
+                r.put_tls(data, self._fetcher(data))
                 r.stage_and_validate(data)
                 r.switch(data, st)
             except ProxyError as exc:
@@ -877,6 +1083,12 @@ def _quietly(fn: Callable[[], Any]) -> None:
         pass
 
 
+def _drop_tls(replica: Replica, names: list[str] | None) -> None:
+    """Remove the TLS files and links a change gave ``replica`` (its configuration does not name them)."""
+    if names:
+        _quietly(lambda: replica.remove_tls(names))
+
+
 class ContainerProxy(_DockerProxy):
     """``proxy.run: container``: one container named ``proxy.name`` on the target engine."""
 
@@ -914,6 +1126,11 @@ class ServiceProxy(_DockerProxy):
         super().__init__(kind, **kw)
         if mode not in ("replicated", "global"):
             raise ConfigError(f"proxy.mode: expected replicated or global, got {mode!r}", key="proxy.mode")
+        if self.tls_listen is not None and mode == "replicated" and replicas > 1:
+            # the replicas of one node get listen ports of their own, but would share the HTTPS one
+            raise ConfigError(f"proxy.replicas: expected 1 with proxy.tls_listen (the replicas of one node would "
+                              f"share its port; use mode: global for one replica per node), got {replicas}",
+                              key="proxy.replicas")
         self.replicas = replicas
         self.mode = mode
         self.engines = dict(engines or {})

@@ -558,7 +558,7 @@ def test_proxy_run_service_fields():
     ({"run": "service", "replicas": 0}, "proxy.replicas"),
     ({"run": "service", "engines": {"node-2": "10.0.0.2:2376"}}, "proxy.engines.node-2"),
     ({"run": "container", "image": "bad image"}, "proxy.image"),
-    ({"run": "container", "tls_listen": "127.0.0.1:8443"}, "proxy.tls_listen"),
+    ({"run": "service", "replicas": 2, "tls_listen": "127.0.0.1:8443"}, "proxy.replicas"),
 ])
 def test_bad_placement_fields_are_one_line_naming_the_field(proxy, key):
     with pytest.raises(ConfigError) as info:
