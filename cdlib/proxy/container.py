@@ -927,9 +927,9 @@ class _DockerProxy(Proxy):
                 problems = self._put_back(done)
                 for other, _c in candidates[len(done):]:
                     _quietly(other.drop_staged)
-                if not problems:  # the previous configurations run again: the files this change added go
-                    for other, _c in candidates:
-                        _drop_tls(other, added.get(other.name))
+                for other, other_candidate in candidates:
+                    # the files this change added go from every replica whose active file is not its candidate
+                    _drop_tls(other, added.get(other.name), unless_active=other_candidate)
                 if created and not problems:
                     _quietly(self._remove)
                 also = f"; putting it back failed too: {'; '.join(problems)}" if problems else ""
@@ -1083,10 +1083,15 @@ def _quietly(fn: Callable[[], Any]) -> None:
         pass
 
 
-def _drop_tls(replica: Replica, names: list[str] | None) -> None:
-    """Remove the TLS files and links a change gave ``replica`` (its configuration does not name them)."""
+def _drop_tls(replica: Replica, names: list[str] | None, unless_active: bytes | None = None) -> None:
+    """Remove the TLS files and links a change gave ``replica``, unless its active file is
+    ``unless_active`` (which names them)."""
+    def drop() -> None:
+        if unless_active is None or replica.read() != unless_active:
+            replica.remove_tls(names or [])
+
     if names:
-        _quietly(lambda: replica.remove_tls(names))
+        _quietly(drop)
 
 
 class ContainerProxy(_DockerProxy):

@@ -27,6 +27,7 @@ from cdlib.proxy.container import BB, ContainerProxy, DockerEngine, Replica, Ser
 NGINX, HAPROXY = pi.BINARIES["nginx"], pi.BINARIES["haproxy"]
 IMAGE = {"nginx": "cdlib/nginx:test", "haproxy": "cdlib/haproxy:test"}  # given: no dpkg in unit tests
 BROKEN = b"cdlibt_broken"
+BAD_KEY = b"cdlibt_bad_key"  # a key file holding this does not match its certificate (the fake binaries say)
 
 
 class FakeContainer:
@@ -39,6 +40,13 @@ class FakeContainer:
         self.linger = 0  # state reads the old workers survive after a reload (the drain)
         self.lingering: dict[int, int] = {}
         self.signals: list[str] = []
+        self.links: dict[str, str] = {}  # /cdlib/tls/<name> -> the name it links to
+        self.modes: dict[str, str] = {}  # path -> what chmod made it
+
+    def tls(self) -> dict[str, bytes]:
+        """/cdlib/tls: name -> content (a link: b"-> target")."""
+        out = {p.rsplit("/", 1)[1]: d for p, d in self.files.items() if p.startswith("/cdlib/tls/")}
+        return out | {p.rsplit("/", 1)[1]: b"-> " + t.encode() for p, t in self.links.items()}
 
     def spawn(self, comm: str, ppid: int) -> int:
         pid = self.next_pid
@@ -132,6 +140,17 @@ class FakeEngine:
             if "-t" in argv or (argv[0] == HAPROXY and "-c" in argv):
                 path = argv[argv.index("-c" if argv[0] == NGINX else "-f") + 1]
                 data = c.files.get(path, b"")
+                for name in sorted(set(re.findall(rb"/cdlib/tls/([0-9a-f]{16}\.pem|[0-9a-f]{64}\.(?:crt|key))",
+                                                  data))):
+                    target = "/cdlib/tls/" + name.decode()
+                    for suffix in ("", ".key") if name.endswith(b".pem") else ("",):
+                        f = c.links.get(target + suffix)
+                        content = c.files.get(f"/cdlib/tls/{f}" if f else target + suffix)
+                        if content is None:
+                            return 1, b"", f"nginx: [emerg] cannot load {target + suffix}: No such file\n".encode()
+                        if BAD_KEY in content:
+                            return 1, b"", (b"nginx: [emerg] SSL_CTX_use_PrivateKey(...) failed "
+                                            b"(SSL: error:05800074:x509 certificate routines::key values mismatch)\n")
                 if BROKEN in data:
                     line = data[:data.index(BROKEN)].count(b"\n") + 1
                     return 1, b"", (f'nginx: [emerg] unknown directive "cdlibt_broken" in {path}:{line}\n'
@@ -144,7 +163,37 @@ class FakeEngine:
             return 0, b"", b""
         raise AssertionError(f"unexpected exec {argv}")
 
+    def _tls_script(self, c: FakeContainer, script: str):
+        """The scripts that list, link, check and remove the files in /cdlib/tls."""
+        import hashlib
+
+        def sums(names):
+            return "".join(f"{hashlib.sha256(c.files[f'/cdlib/tls/{n}']).hexdigest()}  {n}\n" for n in names
+                           if f"/cdlib/tls/{n}" in c.files).encode()
+
+        if "ls -A1" in script:
+            c.modes["/cdlib/tls"] = "700"
+            names = sorted(c.tls())
+            files = [n for n in names if n.endswith((".crt", ".key")) and f"/cdlib/tls/{n}" in c.files]
+            return 0, "".join(f"{n}\n" for n in names).encode() + b"@@cdlib@@\n" + sums(files), b""
+        out = b""
+        for part in script.split(" && ")[1:]:
+            words = part.split()
+            if words[1:3] == ["ln", "-sf"]:
+                c.links[f"/cdlib/tls/{words[4]}"] = words[3]
+            elif words[1] == "sha256sum":
+                out += sums(words[2:])
+            elif words[1:3] == ["rm", "-f"]:
+                for n in words[3:]:
+                    c.files.pop(f"/cdlib/tls/{n}", None)
+                    c.links.pop(f"/cdlib/tls/{n}", None)
+            elif part != "true":
+                raise AssertionError(f"unexpected tls script part {part!r}")
+        return 0, out, b""
+
     def _script(self, c: FakeContainer, script: str):
+        if f"cd {pc.TLS_DIR}" in script:
+            return self._tls_script(c, script)
         if "@@cdlib@@" in script:
             return 0, self._state(c, script), b""
         out = b""
@@ -597,3 +646,165 @@ def test_plan_apply_names_a_replica_that_runs_another_configuration():
     mode, why = proxy.plan_apply(text)
     assert mode == "reload" and why.startswith(f"{proxy.name}.2 of the proxy service")
     assert proxy.read_config() == text.encode()  # the first replica alone would say "unchanged"
+
+
+# -- HTTPS: certificate and key files delivered into the replicas -----------------------------------------
+CERT = b"-----BEGIN CERTIFICATE-----\ncdlibt-cert-one\n-----END CERTIFICATE-----\n"
+KEY = b"-----BEGIN PRIVATE KEY-----\ncdlibt-key-one\n-----END PRIVATE KEY-----\n"
+
+
+def tls_backend(tmp_path, color: str = "blue", port: int = 9001) -> Backend:
+    cert, key = tmp_path / "site.pem", tmp_path / "site.key"
+    if not cert.exists():
+        cert.write_bytes(CERT)
+        key.write_bytes(KEY)
+    routes = Routes((), ("shop.test",), tls_cert=str(cert), tls_key=str(key))
+    return Backend("cdlibt-shop", color, f"r-{color}", routes, (("127.0.0.1", port),))
+
+
+def tls_make(cls=ContainerProxy, kind="nginx", **kw):
+    return make(cls, kind=kind, tls_listen="127.0.0.1:18443", **kw)
+
+
+def tls_state(engine) -> list[tuple[bytes | None, dict[str, bytes]]]:
+    return [(c.files.get("/cdlib/nginx.conf") or c.files.get("/cdlib/haproxy.cfg"), c.tls())
+            for c in engine.containers.values()]
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_the_rendered_text_names_the_files_inside_the_container_by_their_content(kind, tmp_path):
+    proxy, _engine = tls_make(kind=kind)
+    b = tls_backend(tmp_path)
+    text = proxy.render([b])
+    crt, key = pc.tls_path(CERT, "cert"), pc.tls_path(KEY, "key")
+    assert crt == f"/cdlib/tls/{pc.digest(CERT)}.crt" and key == f"/cdlib/tls/{pc.digest(KEY)}.key"
+    if kind == "nginx":
+        assert f"ssl_certificate {crt};" in text and f"ssl_certificate_key {key};" in text
+    else:
+        from cdlib.proxy.haproxy import tls_files, tls_link
+
+        link = tls_link("/cdlib", crt, key)
+        assert tls_files(text) == [(link, crt, key)] and f"crt {link}" in text
+    # the host's files appear only on the comment lines saying where each path comes from
+    lines = [line for line in text.splitlines() if str(tmp_path) in line]
+    assert lines == [f"# tls-source {crt} {b.routes.tls_cert}", f"# tls-source {key} {b.routes.tls_key}"][::-1] \
+        or lines == [f"# tls-source {crt} {b.routes.tls_cert}", f"# tls-source {key} {b.routes.tls_key}"]
+    assert "cdlibt-key-one" not in text and "# tls material sha256:" in text
+    # a renewal in place (same files, new content) renders another text, naming other paths
+    (tmp_path / "site.pem").write_bytes(CERT.replace(b"one", b"two"))
+    renewed = proxy.render([b])
+    assert renewed != text and pc.tls_path(CERT.replace(b"one", b"two"), "cert") in renewed and crt not in renewed
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_apply_delivers_the_files_private_to_root_before_validation(kind, tmp_path):
+    proxy, engine = tls_make(kind=kind)
+    text = proxy.render([tls_backend(tmp_path)])
+    proxy.apply(text)
+    c = engine.by_name(proxy.name)
+    files = {p: (d, m) for _cid, p, d, m in engine.archives if p.startswith("/cdlib/tls/")}
+    assert files == {pc.tls_path(CERT, "cert"): (CERT, 0o600), pc.tls_path(KEY, "key"): (KEY, 0o600)}
+    assert c.modes["/cdlib/tls"] == "700"
+    order = [p for _cid, p, _d, _m in engine.archives]
+    assert order.index(pc.tls_path(KEY, "key")) < order.index(f"/cdlib/{c_conf(kind)}.staged")
+    if kind == "haproxy":
+        assert sorted(c.links.values()) == sorted(n.rsplit("/", 1)[1] for n in files)
+    assert proxy.read_config() == text.encode()
+    # the key's content travels only in the archive: never on a command line
+    assert not [call for call in engine.calls if b"cdlibt-key-one" in repr(call).encode()]
+
+
+def c_conf(kind: str) -> str:
+    return "nginx.conf" if kind == "nginx" else "haproxy.cfg"
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_a_key_that_does_not_match_is_refused_and_nothing_changes(kind, tmp_path):
+    proxy, engine = tls_make(ServiceProxy, kind=kind, mode="global")
+    b = tls_backend(tmp_path)
+    proxy.apply(proxy.render([b]))
+    before = tls_state(engine)
+    (tmp_path / "site.key").write_bytes(KEY.replace(b"one", b"cdlibt_bad_key"))
+    with pytest.raises(ProxyError, match="key values mismatch") as info:
+        proxy.apply(proxy.render([b]))
+    assert "cdlibt_bad_key" not in str(info.value) and "PRIVATE KEY" not in str(info.value)
+    assert tls_state(engine) == before  # the configuration and /cdlib/tls as they were: the new key is gone
+
+
+def test_a_renewal_goes_to_every_replica_or_none_with_the_previous_files_back(tmp_path):
+    proxy, engine = tls_make(kind="nginx", cls=ServiceProxy, mode="global")
+    engine.tasks = lambda name: [{"container": cid, "node": f"node-{i}", "slot": None, "state": "running"}
+                                 for i, cid in enumerate(engine.services.get(name, []), start=1)]
+    engine.create_service = lambda name, image, labels, replicas: engine.services.setdefault(
+        name, [engine._new(f"{name}.{i}.task") for i in (1, 2, 3)])
+    proxy.engines = {}
+    proxy._engine_for = lambda node, local: (engine, node)  # every node's engine is the fake
+    b = tls_backend(tmp_path)
+    proxy.apply(proxy.render([b]))
+    replicas = [engine.containers[cid] for cid in engine.services[proxy.name]]
+    before = tls_state(engine)
+    (tmp_path / "site.pem").write_bytes(CERT.replace(b"one", b"two"))
+    (tmp_path / "site.key").write_bytes(KEY.replace(b"one", b"two"))
+    renewed = proxy.render([b])
+    replicas[1].refuse_reload = True
+    with pytest.raises(ProxyError, match=r"refused the reload in .*put back"):
+        proxy.apply(renewed)
+    assert tls_state(engine) == before
+    assert replicas[0].signals == ["HUP", "HUP"] and replicas[2].signals == []
+    # the renewal goes through: every replica keeps the new files and the previous ones, nothing else
+    replicas[1].refuse_reload = False
+    proxy.apply(renewed)
+    new = {pc.tls_path(CERT.replace(b"one", b"two"), "cert"), pc.tls_path(KEY.replace(b"one", b"two"), "key")}
+    old = {pc.tls_path(CERT, "cert"), pc.tls_path(KEY, "key")}
+    assert all(set(f"/cdlib/tls/{n}" for n in r.tls()) == new | old for r in replicas)
+    assert all(r.files["/cdlib/nginx.conf"] == renewed.encode() for r in replicas)
+    # one more change prunes the files no configuration of the last two names
+    (tmp_path / "site.pem").write_bytes(CERT.replace(b"one", b"three"))
+    proxy.apply(proxy.render([b]))
+    assert all(not (set(f"/cdlib/tls/{n}" for n in r.tls()) & old) for r in replicas)
+
+
+def test_restore_delivers_what_a_replica_lacks_from_the_file_the_text_names(tmp_path):
+    proxy, engine = tls_make()
+    b = tls_backend(tmp_path)
+    text = proxy.render([b])
+    proxy.apply(text)
+    c = engine.by_name(proxy.name)
+    proxy.apply(proxy.render([backend("green", 9002)]))  # no HTTPS route any more
+    for name in list(c.tls()):  # a replica that lost its files (a task Swarm replaced)
+        c.files.pop(f"/cdlib/tls/{name}", None)
+    other, _ = tls_make(engine=engine)  # another process: nothing rendered, only the bytes to restore
+    other.restore(text.encode())
+    assert other.read_config() == text.encode() and c.tls() == {pc.tls_path(CERT, "cert")[11:]: CERT,
+                                                                 pc.tls_path(KEY, "key")[11:]: KEY}
+    # the file changed since: the path it should fill is not its content any more, so it is refused
+    proxy.apply(proxy.render([backend("green", 9002)]))
+    for name in list(c.tls()):
+        c.files.pop(f"/cdlib/tls/{name}", None)
+    (tmp_path / "site.key").write_bytes(KEY.replace(b"one", b"two"))
+    third, _ = tls_make(engine=engine)
+    with pytest.raises(ProxyError, match=r"site\.key changed since the configuration naming it") as info:
+        third.restore(text.encode())
+    assert "cdlibt-key" not in str(info.value)
+
+
+def test_an_unreadable_tls_file_is_named_and_never_quoted(tmp_path):
+    proxy, _ = tls_make()
+    b = tls_backend(tmp_path)
+    (tmp_path / "site.key").unlink()
+    with pytest.raises(ProxyError, match=r"TLS file .*site\.key"):
+        proxy.render([b])
+
+
+def test_several_replicas_of_a_replicated_service_cannot_share_the_https_port():
+    with pytest.raises(ConfigError, match=r"proxy\.replicas: expected 1 with proxy\.tls_listen") as info:
+        tls_make(ServiceProxy, replicas=2)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    tls_make(ServiceProxy, replicas=1)
+    tls_make(ServiceProxy, mode="global")
+
+
+def test_https_with_a_proxy_container_or_a_single_replica_service_is_accepted():
+    for placement in ({"run": "container"}, {"run": "service"}, {"run": "service", "mode": "global"}):
+        spec = parse({"kind": "nginx", "tls_listen": "127.0.0.1:8443", **placement})
+        assert spec.proxy.tls_listen == "127.0.0.1:8443"
