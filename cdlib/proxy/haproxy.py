@@ -409,18 +409,7 @@ class HaproxyProxy(ManagedProxy):
     # -- the master CLI ------------------------------------------------------------------------------
     def master_command(self, command: str, timeout: float = 2.0) -> str:
         """One command on the master CLI (``show proc``, ``reload``); its whole answer."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(self.master_socket))
-            sock.sendall(command.encode() + b"\n")
-            sock.shutdown(socket.SHUT_WR)  # the master answers once the request side is closed
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "replace")
+        return _unix_command(self.master_socket, command, timeout).decode("utf-8", "replace")
 
     def failed_reloads(self) -> int | None:
         """How many reloads the master refused since it started (``show proc``); None when the
@@ -523,21 +512,11 @@ class HaproxyProxy(ManagedProxy):
     def admin_command(self, command: str, timeout: float = 2.0) -> str:
         """One command on the current worker's admin socket; its whole answer."""
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(str(self.admin_socket))
-                sock.sendall(command.encode() + b"\n")
-                sock.shutdown(socket.SHUT_WR)
-                chunks = []
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+            answer = _unix_command(self.admin_socket, command, timeout)
         except OSError as exc:
             raise ProxyError(f"the haproxy runtime API on {self.admin_socket} did not answer "
                              f"{command.split(' ', 3)[:3]}: {exc.strerror or exc}") from exc
-        return b"".join(chunks).decode("utf-8", "replace")
+        return answer.decode("utf-8", "replace")
 
     def server_states(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every server of the running worker: (backend, server) -> address, port, admin and
@@ -645,3 +624,20 @@ class HaproxyProxy(ManagedProxy):
                                  f"({'serving at ' + hostport(address, port) if enabled else 'in maintenance'})")
         t3 = time.monotonic()
         return {"reload": 0.0, "runtime": round((t1 - t0) + (t3 - t2), 4), "drain": round(t2 - t1, 4)}
+
+
+def _unix_command(path: str | os.PathLike, command: str, timeout: float) -> bytes:
+    """One command on one of HAProxy's unix sockets (the master CLI, the admin socket): the whole
+    answer, which comes once the request side is closed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(command.encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -56,6 +56,7 @@ LABEL_IMAGE = "cdlib.image"
 LABEL_HOST_PORT = "cdlib.host-port"
 LABEL_STOP_TIMEOUT = "cdlib.stop-timeout"
 GONE = object()  # what a call on a container answers when another process removed it meanwhile
+CLASH = object()  # what starting on a host port answers when that port is taken (the container removed again)
 # Engine calls at a time when the replicas of a color start, stop, resume or are removed
 # (DockerRuntime(parallel=...)). The engine does the work (runc, network namespace, iptables,
 # docker-proxy; this module's own share is about 0.1 s of a 16-replica start), so the replicas of a
@@ -313,17 +314,9 @@ class DockerRuntime(Runtime):
         name or removed the container meanwhile."""
         low, high = req.host_ports
         for _ in range(attempts):
-            port = ports.pick(low, high)
-            created = self._create(req, name, index, port)
-            if created is GONE:
-                return GONE
-            try:
-                return self._run(created, name, fresh=True)
-            except RuntimeBackendError as exc:
-                if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
-                    raise
-                self._call(f"remove container {name} after a port clash",
-                           self._engine.remove, created)
+            got = self._on_port(req, name, index, ports.pick(low, high))
+            if got is not CLASH:
+                return got
         raise RuntimeBackendError(f"docker runtime: no free host port for {name} in {low}-{high} after "
                                   f"{attempts} attempts; widen target.host_ports", name=name)
 
@@ -551,16 +544,24 @@ class DockerRuntime(Runtime):
         """Create and run the container on its pinned port; on a clash (another program took the port
         meanwhile), on another free port. GONE when another process took the name meanwhile."""
         if port:
-            created = self._create(req, name, index, port)
-            if created is GONE:
-                return GONE
-            try:
-                return self._run(created, name, fresh=True)
-            except RuntimeBackendError as exc:
-                if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
-                    raise
-                self._call(f"remove container {name} after a port clash", self._engine.remove, created)
+            got = self._on_port(req, name, index, port)
+            if got is not CLASH:
+                return got
         return self._create_and_run(req, name, index, ports)
+
+    def _on_port(self, req: StartRequest, name: str, index: int, port: int):
+        """Create and run the container on this host port: its Instance, GONE when another process
+        took the name meanwhile, CLASH (the container removed again) when the port is taken."""
+        created = self._create(req, name, index, port)
+        if created is GONE:
+            return GONE
+        try:
+            return self._run(created, name, fresh=True)
+        except RuntimeBackendError as exc:
+            if not any(s in str(exc) for s in ("port is already allocated", "address already in use")):
+                raise
+            self._call(f"remove container {name} after a port clash", self._engine.remove, created)
+            return CLASH
 
     @staticmethod
     def _index(seen: _Seen) -> int:
