@@ -68,7 +68,11 @@ def proxy_images():
 def remove_proxies(prefix: str) -> None:
     client = docker.from_env()
     try:
-        for svc in client.api.services():
+        try:
+            services = client.api.services()
+        except docker.errors.APIError:  # the engine is in no swarm (any more): no service to remove
+            services = []
+        for svc in services:
             if svc["Spec"]["Name"].startswith(prefix):
                 client.api.remove_service(svc["ID"])
         deadline = time.monotonic() + 60
@@ -290,4 +294,145 @@ def test_release_under_load_through_a_two_replica_proxy_service_drops_nothing(tm
         assert all(len(r["digest"]) == 64 for r in replicas) and replicas[0]["digest"] != replicas[1]["digest"]
     finally:
         svc.teardown()
+        remove_proxies(name)
+
+
+# -- HTTPS through a proxy container and a proxy service ---------------------------------------------------
+def tls_listing(docker_client, container: str) -> list[str]:
+    """``<mode> <owner> <name>`` of /cdlib/tls and of everything in it (links as links)."""
+    out = docker_client.api.exec_create(container, ["/bin/busybox", "sh", "-c",
+                                                    "cd /cdlib/tls && /bin/busybox stat -c '%a %U %F %n' . *"])
+    text = docker_client.api.exec_start(out["Id"]).decode()
+    return sorted(text.splitlines())
+
+
+def https_get(port: int, host: str, path: str = "/version") -> tuple[int, str, bytes]:
+    """(status, body, the DER certificate presented) of a GET over HTTPS with SNI ``host``."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False  # self-signed; the test compares the certificate itself
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True) or b""
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.sock = tls
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode().strip(), der
+
+
+def der_of(pem) -> bytes:
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(pem.read_text())
+
+
+@pytest.fixture(params=["nginx", "haproxy"])
+def tls_container_service(request, tmp_path, docker_client, px_web_images, proxy_images):
+    from tests.support.certs import make_pair
+
+    svc = Service(tmp_path, docker_client, proxy_kind=request.param)
+    svc.px_name = f"cdlibpx-t-tls-{svc.name}"
+    svc.host = f"{svc.name}.test"
+    svc.tls_port = free_port()
+    svc.pair = make_pair(tmp_path / "certs", "site", hosts=(svc.host,))
+    svc.other = make_pair(tmp_path / "certs", "other", hosts=(svc.host,))
+    data = json.loads(svc.file.read_text())
+    data["image"]["repository"] = WEB
+    data.pop("tests", None)  # the shared suite requests TARGET_URL without the route's Host header
+    data["routes"] = {"hosts": [svc.host], "tls": {"cert": "certs/site.pem", "key": "certs/site.key"}}
+    data["proxy"] = {"kind": request.param, "listen": f"127.0.0.1:{svc.port}", "run": "container",
+                     "name": svc.px_name, "tls_listen": f"127.0.0.1:{svc.tls_port}"}
+    svc.file.write_text(json.dumps(data, indent=2))
+    yield svc
+    svc.teardown()
+    remove_proxies(svc.px_name)
+
+
+def test_https_release_renewal_and_refused_key_through_a_proxy_container(tls_container_service):
+    svc = tls_container_service
+    svc.cli("release", "--tag", "v1", check=True)
+    status, body, der = https_get(svc.tls_port, svc.host)
+    assert (status, body, der) == (200, "v1", der_of(svc.pair.cert))
+    # the files are root's only in the container, named by their content; nothing of them on this machine's disk
+    listing = tls_listing(svc.docker, svc.px_name)
+    assert "700 root directory ." in listing
+    files = [line for line in listing if "regular file" in line]
+    assert len(files) == 2 and all(line.startswith("600 root regular file ") for line in files)
+    assert not svc.proxy_dir.exists()
+
+    svc.cli("release", "--tag", "v2", check=True)  # a switch over HTTPS
+    assert https_get(svc.tls_port, svc.host)[:2] == (200, "v2")
+
+    # renewed in place (same files, new content): proxy apply delivers it and reloads
+    proxy = ContainerProxy(svc.proxy_kind, name=svc.px_name, listen=f"127.0.0.1:{svc.port}",
+                           tls_listen=f"127.0.0.1:{svc.tls_port}")
+    try:
+        before = proxy.read_config()
+        first_cert = svc.pair.cert.read_bytes()
+        svc.pair.cert.write_bytes(svc.other.cert.read_bytes())
+        svc.pair.key.write_bytes(svc.other.key.read_bytes())
+        proc = svc.cli("proxy", "apply")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        renewed = proxy.read_config()
+        assert renewed != before
+        assert https_get(svc.tls_port, svc.host) == (200, "v2", der_of(svc.other.cert))
+        listing = tls_listing(svc.docker, svc.px_name)
+
+        # a renewal gone wrong (the old certificate with the new key): refused, nothing changed
+        svc.pair.cert.write_bytes(first_cert)
+        proc = svc.cli("proxy", "apply")
+        assert proc.returncode != 0 and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+        assert "PRIVATE KEY" not in proc.stdout + proc.stderr
+        assert proxy.read_config() == renewed and tls_listing(svc.docker, svc.px_name) == listing
+        assert https_get(svc.tls_port, svc.host) == (200, "v2", der_of(svc.other.cert))
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_https_through_a_proxy_service_renewal_and_a_key_the_replica_refuses(kind, tmp_path, named, docker_client,
+                                                                            proxy_images, swarm_manager):  # noqa: F811
+    from cdlib.model import Routes as R
+    from tests.support.certs import make_pair
+
+    port, tls_port = free_port(), free_port()
+    name = f"cdlibpx-t-tlssvc-{kind}-{port}"
+    proxy = ServiceProxy(kind, name=name, listen=f"127.0.0.1:{port}", tls_listen=f"127.0.0.1:{tls_port}",
+                         mode="global", drain_timeout=5)
+    host = f"cdlibt-{port}.test"
+    pair = make_pair(tmp_path / "certs", "site", hosts=(host,))
+    other = make_pair(tmp_path / "certs", "other", hosts=(host,))
+    alpha = named.start("alpha")
+    b = Backend("cdlibt-tls", "blue", "r-blue", R((), (host,), tls_cert=str(pair.cert), tls_key=str(pair.key)),
+                (alpha,))
+    try:
+        proxy.apply(proxy.render([b]))
+        assert https_get(tls_port, host, "/") == (200, "alpha", der_of(pair.cert))
+        replica, = proxy._replicas()
+        first_text, first_cert = replica.read(), pair.cert.read_bytes()
+
+        # renewed: every replica gets the new files, keeps the previous ones, and serves the new certificate
+        pair.cert.write_bytes(other.cert.read_bytes())
+        pair.key.write_bytes(other.key.read_bytes())
+        proxy.apply(proxy.render([b]))
+        assert https_get(tls_port, host, "/") == (200, "alpha", der_of(other.cert))
+        renewed = replica.read()
+        assert renewed != first_text and len(replica.tls_present()) >= 4
+
+        # the old certificate with the new key, past the descriptor's check: the binary in the replica
+        # refuses it, and the configuration and the TLS files stay as they were
+        before = (replica.read(), tls_listing(docker_client, replica.container))
+        pair.cert.write_bytes(first_cert)
+        with pytest.raises(ProxyError, match="refused") as info:
+            proxy.apply(proxy.render([b]))
+        assert "PRIVATE KEY" not in str(info.value)
+        assert (replica.read(), tls_listing(docker_client, replica.container)) == before
+        assert https_get(tls_port, host, "/") == (200, "alpha", der_of(other.cert))
+    finally:
+        proxy.stop()
+        proxy.close()
         remove_proxies(name)
