@@ -575,8 +575,13 @@ class SwarmRuntime(DockerRuntime):
         history: set[str] = set()
         if holder is None:
             self._create_from(spec, f"create service {name} again from its set-aside spec")
-        else:  # an interrupted restore: the service is back already
+        else:  # an interrupted restore (the service is back already) or set-aside (scaled to 0 for removal)
             history = self._failures(holder)
+
+            def saved_spec(current: dict) -> None:
+                current.clear()
+                current.update(copy.deepcopy(spec))
+            self._update(holder, saved_spec, f"give service {name} its set-aside spec back")
         if _replicas(spec):
             self._wait_running(name, _replicas(spec), history)
         self._api_call(f"remove the set-aside spec {cfg['Spec']['Name']}", self._api.remove_config, cfg["ID"])

@@ -744,11 +744,19 @@ def test_swarm_set_aside_and_restore_interrupted_between_two_calls_are_finished_
 
     def killed(*args, **kw):
         raise RuntimeBackendError("killed here")
-    # set aside: the spec is saved, then the process dies before the service is removed
+    # set aside: the spec is saved and the service scaled to 0 (to be removed once its tasks are
+    # reaped), then the process dies before the service is removed
     monkeypatch.setattr(api, "remove_service", killed)
     with pytest.raises(RuntimeBackendError, match="killed here"):
         rt.set_aside(svc, "blue", "r2")
-    assert _aside_configs(svc) == [f"{name}.aside-r2"] and _spec(name) == before
+    assert _aside_configs(svc) == [f"{name}.aside-r2"]
+    assert _spec(name)["Mode"] == {"Replicated": {"Replicas": 0}}
+    # a rollback at that point gives the service its exact spec back
+    assert rt.restore_aside(svc, "blue", "r2") == [f"{name}-1"]
+    assert _aside_configs(svc) == [] and _spec(name) == before
+    with pytest.raises(RuntimeBackendError, match="killed here"):
+        rt.set_aside(svc, "blue", "r2")
+    assert _aside_configs(svc) == [f"{name}.aside-r2"]
     monkeypatch.setattr(api, "remove_service", real_remove_service)
     assert rt.set_aside(svc, "blue", "r2") == [f"{name}-1.aside-r2"]  # the next call finishes it
     # restore: the service is back, then the process dies before the saved spec is deleted

@@ -256,7 +256,11 @@ DESCRIPTOR = [
     # target
     D("target-string", "target", {"target": "docker"}),
     D("target-kind", "target.kind", {"target": {"kind": "kubernetes"}}),
-    D("target-kind-swarm", "target.kind", {"target": {"kind": "swarm"}}),
+    D("target-swarm-endpoint-mode", "target.swarm.endpoint_mode",
+      {"target": {"kind": "swarm", "swarm": {"endpoint_mode": "mesh"}}}),
+    D("target-swarm-on-docker", "target.swarm", {"target": {"kind": "docker", "swarm": {"endpoint_mode": "dnsrr"}}}),
+    D("target-swarm-constraint-newline", "target.swarm.constraints",
+      {"target": {"kind": "swarm", "swarm": {"constraints": ["node.role==manager\nx"]}}}),
     D("target-docker-host-garbage", "target.docker_host", {"target": {"docker_host": "garbage"}}),
     D("target-docker-host-fullwidth", "target.docker_host", {"target": {"docker_host": "tcp://１２７.0.0.1:2375"}}),
     D("target-bind-not-an-ip", "target.bind", {"target": {"bind": "999.999.999.999"}}),
