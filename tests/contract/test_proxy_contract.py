@@ -29,6 +29,7 @@ from cdlib.proxy.haproxy import HaproxyProxy
 from cdlib.proxy.managed import LOCK_FILE
 from cdlib.proxy.memory import MemoryProxy
 from cdlib.proxy.nginx import NginxProxy, children
+from tests.support.registry import free_port
 
 PRIVATE = {"nginx": NginxProxy, "haproxy": HaproxyProxy}
 
@@ -50,10 +51,6 @@ BROKEN = {
 BROKEN_WORD = {"nginx": "cdlibt_no_such_directive", "haproxy": "cdlibt_no_such_keyword"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- backends -------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from cdlib.testrun.base import TestRun, TestRunner
 from cdlib.testrun.command import CommandRunner
 from cdlib.testrun.container import LABEL, ContainerRunner
 from cdlib.testrun.memory import MemoryRunner
+from tests.support.registry import free_port
 
 BUSYBOX = "/bin/busybox"
 ENV_MARK = "cdlibt-env "
@@ -71,10 +72,6 @@ CMD ["/suite.sh"]
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the target the suites test ------------------------------------------------------------------

@@ -72,7 +72,9 @@ class SwarmService(Service):
                 if t["Status"]["State"] != "running":
                     continue
                 bound = api.inspect_container(t["Status"]["ContainerStatus"]["ContainerID"])["NetworkSettings"]["Ports"]
-                ports += [(t["Slot"], int(b["HostPort"])) for b in bound["8080/tcp"] if b["HostIp"] == "0.0.0.0"]
+                # a task Swarm is (re)starting may have no binding yet: it has no port to count
+                ports += [(t["Slot"], int(b["HostPort"])) for b in (bound or {}).get("8080/tcp") or []
+                          if b["HostIp"] == "0.0.0.0"]
             out.append((svc["Spec"]["Name"], svc["Spec"], sorted(ports)))
         return sorted(out, key=lambda s: s[0])
 

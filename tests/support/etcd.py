@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,14 +18,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.registry import free_port
+
 BINARY = "etcd"
 ETCDCTL = "etcdctl"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class EtcdServer:

@@ -8,6 +8,7 @@ Docker needs no --insecure-registry flag for 127.0.0.0/8.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -34,10 +35,25 @@ http:
 """
 
 
+# Ports for what the tests listen on: below the kernel's ephemeral range (32768-60999 on Linux), from
+# which every outgoing connection takes its source port, and below cdlib's default host_ports
+# (20000-29999). A port the kernel handed out by bind(0) is an ephemeral one: between the test's pick
+# and the proxy's bind, a client connection could take it as its source port ("address already in use").
+TEST_PORTS = (12000, 19999)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, on 127.0.0.1, from TEST_PORTS."""
+    pick = random.SystemRandom()
+    for _ in range(500):
+        port = pick.randint(*TEST_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {TEST_PORTS[0]}-{TEST_PORTS[1]}")
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
