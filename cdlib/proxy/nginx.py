@@ -27,7 +27,6 @@ reloads as before. :meth:`NginxProxy.plan_apply` says which and why.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import os
 import shutil
 import signal
@@ -40,6 +39,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from ..model import HOST_RE, Backend
+from ..netaddr import is_ip
 from ..netaddr import parse_listen as _client_address
 from .managed import HEALTH_PATH, ManagedProxy, alive, check_backends, children, first_error_line, hostport
 
@@ -83,7 +83,7 @@ def nginx_context(backends: Sequence[Backend], *, listen: str, worker_processes:
     from ..render import cfg_token
 
     check_backends(backends)
-    dynamic = dynamic and admin_socket is not None and all(_is_ip(a) for b in backends for a, _ in b.servers)
+    dynamic = dynamic and admin_socket is not None and all(is_ip(a) for b in backends for a, _ in b.servers)
     tls_port_suffix = ""
     if tls_listen is not None:
         port = _client_address(str(tls_listen))[1]
@@ -124,14 +124,6 @@ def nginx_context(backends: Sequence[Backend], *, listen: str, worker_processes:
         "tls_port_suffix": tls_port_suffix,
         "tls_path_backends": [b for b in out if b["tls"] and b["locations"]],
     }
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _lua_code() -> str:
