@@ -21,8 +21,8 @@ from . import keys
 from .context import Ctx
 from .errors import CdlibError, ConfigError, ProxyError
 from .locks import proxy_lock
-from .model import Backend, Instance, Routes, StepReport
-from .registry import backends
+from .model import Backend, Instance, StepReport
+from .registry import backends, registered_backend
 from .results import ProxyOutcome
 
 
@@ -70,12 +70,7 @@ def switch_plan(ctx: Ctx) -> dict[str, str]:
     override = None
     color = record.get("color")
     if color and record.get("phase") not in (jr.SWITCHING, jr.ROLLING_BACK):
-        regs = store.registrations(ctx.service, color)
-        if regs:
-            spec = store.get_json(keys.spec(ctx.service)) or {}
-            override = Backend(ctx.service, color, str(record.get("id", "")), Routes.from_dict(spec.get("routes", {})),
-                               tuple(sorted((r["address"], int(r["port"])) for r in regs)),
-                               spec.get("health_path", "/"))
+        override = registered_backend(store, ctx.service, color, str(record.get("id", "")))
     mode, why = proxy.plan_apply(proxy.render(backends(store, override)))
     return {"mode": mode, "why": why, "for": "the switch of the open release" if override else "an apply"}
 

@@ -28,15 +28,23 @@ def backends(store: Store, override: Backend | None = None) -> list[Backend]:
         if name is None:  # 'cdlib/services//live' names no service
             continue
         live = entry.json()
-        spec = store.get_json(keys.spec(name)) or {}
-        servers = tuple(sorted((i["address"], int(i["port"])) for i in store.registrations(name, live["color"])))
-        if not servers:
-            continue
-        out[name] = Backend(name, live["color"], live.get("release", ""), Routes.from_dict(spec.get("routes", {})),
-                            servers, spec.get("health_path", "/"))
+        found = registered_backend(store, name, live["color"], live.get("release", ""))
+        if found is not None:
+            out[name] = found
     if override is not None:
         out[override.service] = override
     return [out[k] for k in sorted(out)]
+
+
+def registered_backend(store: Store, service: str, color: str, release: str) -> Backend | None:
+    """The service's color as the registry has it: its registered servers, with the routes and health
+    path of the service's spec key. None when no instance of the color is registered."""
+    servers = tuple(sorted((i["address"], int(i["port"])) for i in store.registrations(service, color)))
+    if not servers:
+        return None
+    spec = store.get_json(keys.spec(service)) or {}
+    return Backend(service, color, release, Routes.from_dict(spec.get("routes", {})), servers,
+                   spec.get("health_path", "/"))
 
 
 def backend_for(ctx: Ctx, instances: list[Instance]) -> Backend:
