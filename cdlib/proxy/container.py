@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import netaddr
+from .. import netaddr, swarmremoval
 from ..errors import ConfigError, ProxyError
 from ..model import Backend
 from . import image as images
@@ -267,12 +267,9 @@ class DockerEngine:
             return str(svc.id)
 
     def remove_service(self, name: str) -> None:
+        """Stop its tasks, wait until they are at rest, then remove it (see cdlib.swarmremoval)."""
         with self._translated(f"removing the service {name}"):
-            try:
-                self.client.api.remove_service(name)
-            except Exception as exc:
-                if not self._not_found(exc):
-                    raise
+            swarmremoval.remove_service(self.client.api, name)
 
     def tasks(self, name: str) -> list[dict]:
         """The service's running tasks: {"container", "node", "slot", "state"}."""

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from .. import swarmremoval
 from ..clock import as_clock
 from ..errors import RuntimeBackendError
 from ..model import Instance, instance_name
@@ -53,10 +54,6 @@ LABEL_HEALTH = "cdlib.health-path"  # the descriptor's health path (what cdlib a
 ENDPOINT_MODES = ("dnsrr", "vip")
 MAX_CONFIG_NAME = 64  # Swarm's limit on a config's name
 POLL = 0.1  # seconds between two looks at the tasks while waiting
-# Docker 20.10's Swarm manager can crash (a nil task in SetServiceTasksRemove, fixed upstream later) when
-# a service is removed while its tasks are being reaped: a service is scaled to 0 and its tasks are left
-# to be reaped (at most this many seconds more than its stop grace period) before it is removed
-REAP_WAIT = 15.0
 RUNNING_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected", "orphaned")
 GONE = object()
@@ -524,14 +521,12 @@ class SwarmRuntime(DockerRuntime):
         return names
 
     def _remove_service(self, svc: dict, action: str) -> None:
-        """Scale to 0, wait until Swarm has reaped every task of the service (bounded), then remove
-        it: the removal then has no task to race with (see REAP_WAIT)."""
+        """Scale to 0, wait until the service's tasks are at rest (bounded), then remove it: the
+        removal then has no task to race with (see cdlib.swarmremoval)."""
         if _replicas(svc["Spec"]):
             svc = self._set_replicas(svc, 0)
-        clock = as_clock(self.clock)
-        deadline = clock.monotonic() + _stop_seconds(svc) + REAP_WAIT
-        while self._tasks(svc) and clock.monotonic() < deadline:
-            clock.sleep(POLL)
+        self._api_call(f"wait for the tasks of {svc['Spec']['Name']} to stop", swarmremoval.wait_at_rest,
+                       self._api, svc, self.clock)
         self._api_call(action, self._api.remove_service, svc["ID"])
 
     def _save(self, svc: dict, service: str, color: str, release: str, uid: str) -> None:
@@ -608,8 +603,7 @@ def _stopped(svc: dict) -> dict:
 
 
 def _stop_seconds(svc: dict) -> float:
-    grace = ((svc["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("StopGracePeriod") or 10 ** 10
-    return int(grace) / 1e9
+    return swarmremoval.stop_seconds(svc["Spec"])
 
 
 def _current_tasks(tasks: list[dict]) -> dict[int, dict]:

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import docker
 import pytest
 
+from cdlib import swarmremoval
 from cdlib.errors import ProxyError
 from cdlib.model import Backend, Routes
 from cdlib.proxy.container import ContainerProxy, DockerEngine, ServiceProxy
@@ -72,9 +73,7 @@ def remove_proxies(prefix: str) -> None:
             services = client.api.services()
         except docker.errors.APIError:  # the engine is in no swarm (any more): no service to remove
             services = []
-        for svc in services:
-            if svc["Spec"]["Name"].startswith(prefix):
-                client.api.remove_service(svc["ID"])
+        swarmremoval.remove_services(client.api, [s["ID"] for s in services if s["Spec"]["Name"].startswith(prefix)])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             left = [c for c in client.api.containers(all=True) if any(n.lstrip("/").startswith(prefix)

@@ -7,7 +7,8 @@ own (``cdlibsw…``) is left on it: an engine that was a swarm before stays one,
 else started meanwhile are never removed behind their back.
 
 ``remove_swarm_objects(prefix)`` removes the services and set-aside configs a test made, through the
-Docker SDK (not through the code under test).
+Docker SDK and cdlib.swarmremoval (the one safe way to remove a service on Docker 20.10), not through
+the runtime under test.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 
 import docker
 import pytest
+
+from cdlib import swarmremoval
 
 PREFIX = "cdlibsw"  # every service a Swarm test creates is named <PREFIX>...
 
@@ -57,14 +60,10 @@ def remove_swarm_objects(prefix: str, timeout: float = 30) -> None:
     wait until their containers are gone."""
     client = docker.from_env()
     try:
-        ids = []
-        for svc in client.api.services():
-            if svc["Spec"]["Name"].startswith(prefix):
-                ids.append(svc["ID"])
-                try:
-                    client.api.remove_service(svc["ID"])
-                except docker.errors.NotFound:
-                    pass
+        # stopped and left to come to rest before the removal: Docker 20.10's manager crashes when a
+        # service goes while Swarm deletes one of its tasks (see cdlib.swarmremoval)
+        ids = swarmremoval.remove_services(
+            client.api, [svc["ID"] for svc in client.api.services() if svc["Spec"]["Name"].startswith(prefix)])
         for cfg in client.api.configs():
             if cfg["Spec"]["Name"].startswith(prefix):
                 try:
