@@ -331,7 +331,8 @@ def test_probe_headers_only_when_the_request_asked():
 
 
 def test_drain_timeout_bounds_hard_stop_after():
-    assert "hard-stop-after 4s" in proxy(drain_timeout=5).render([])
+    assert "hard-stop-after 3s" in proxy(drain_timeout=5).render([])  # 2 s left to the worker to go
+    assert "hard-stop-after 8s" in proxy(drain_timeout=10).render([])  # 20 %
     assert "hard-stop-after 12s" in proxy().render([])
     assert "hard-stop-after 1s" in proxy(drain_timeout=0).render([])
 

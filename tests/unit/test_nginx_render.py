@@ -224,7 +224,7 @@ def test_probe_headers_only_through_maps(tmp_path):
 
 def test_drain_timeout_bounds_worker_shutdown(tmp_path):
     text = NginxProxy(tmp_path, listen=LISTEN, drain_timeout=5, dynamic=False).render([])
-    assert "worker_shutdown_timeout 4s;" in text
+    assert "worker_shutdown_timeout 3s;" in text
 
 
 # -- conflicts --------------------------------------------------------------------------------------
