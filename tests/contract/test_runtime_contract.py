@@ -32,7 +32,7 @@ from cdlib.runtime.docker import DockerRuntime, _auth_config, _SdkEngine, redact
 from cdlib.runtime.memory import MemoryRuntime
 from cdlib.runtime.swarm import SwarmRuntime
 from tests.support.churn import TEST_LABEL, Churn
-from tests.support.images import PORT, build_busybox_web_image, write_context
+from tests.support.images import PORT, SWARM_HEALTH, build_busybox_web_image, write_context
 from tests.support.registry import free_port, private_registry
 from tests.support.swarm import remove_swarm_objects, swarm_manager  # noqa: F401 - a fixture
 
@@ -78,7 +78,7 @@ def docker_web_image():
     """A busybox web image built once for the session through the adapter under test."""
     tag = f"cdlibt-web:{secrets.token_hex(4)}"
     runtime = DockerRuntime()
-    build_busybox_web_image(runtime, tag, "v1")
+    build_busybox_web_image(runtime, tag, "v1", health_interval=SWARM_HEALTH)
     runtime.close()
     yield tag
     client = _docker_client()

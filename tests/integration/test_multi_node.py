@@ -14,7 +14,7 @@ import pytest
 
 from cdlib.runtime.base import StartRequest
 from cdlib.runtime.swarm import SwarmRuntime
-from tests.support.images import PORT, build_busybox_web_image
+from tests.support.images import PORT, SWARM_HEALTH, build_busybox_web_image
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def test_a_color_runs_one_task_on_each_node_and_each_answers_at_its_node_address
     repository = f"cdlibml-web-{token}"
     image = f"{REGISTRY}/{repository}:v1"
     service = f"cdlibml-{token}"
-    build_busybox_web_image(runtime, image, "v1")  # on the manager; the worker pulls it from the registry
+    build_busybox_web_image(runtime, image, "v1", health_interval=SWARM_HEALTH)  # on the manager; the worker pulls it from the registry
     digest = runtime.push_image(image)
     req = StartRequest(service=service, color="blue", release="r1", image=image, port=PORT, replicas=2,
                        stop_timeout=2, health_path="/health")

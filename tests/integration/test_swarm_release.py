@@ -19,7 +19,7 @@ import pytest
 
 from cdlib.runtime.swarm import LABEL_ASIDE
 from tests.integration.conftest import Service
-from tests.support.images import build_busybox_web_image
+from tests.support.images import SWARM_HEALTH, build_busybox_web_image
 from tests.support.load import Load
 from tests.support.swarm import remove_swarm_objects, swarm_manager  # noqa: F401 - a fixture
 
@@ -34,7 +34,7 @@ IMAGE = f"cdlibsw-web-{secrets.token_hex(3)}"
 def swarm_images(docker_client):
     tags = {v: f"{IMAGE}:{v}" for v in ("v1", "v2", "v3", "sick")}
     for version, tag in tags.items():
-        build_busybox_web_image(docker_client, tag, version, health=version != "sick")
+        build_busybox_web_image(docker_client, tag, version, health=version != "sick", health_interval=SWARM_HEALTH)
     yield tags
     for tag in tags.values():
         try:
