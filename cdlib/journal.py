@@ -150,6 +150,11 @@ class Journal:
     def phase(self) -> str:
         return self.record.phase
 
+    @property
+    def what(self) -> str:
+        """What the record is of, for messages: "scale" for a record 'scale' opened, else "release"."""
+        return "scale" if self.record.extra.get("verb") == "scale" else "release"
+
     @phase.setter
     def phase(self, value: str) -> None:
         self.record.phase = value

@@ -64,7 +64,7 @@ def adopt(ctx: Ctx, j: Journal) -> None:
     store, key = ctx.ports.store, keys.lock(ctx.service)
     info = store.lock_info(key) or {}
     if info.get("state") == ALIVE and info.get("pid") != os.getpid():
-        raise LockHeld(f"release {j.id} of {ctx.service} is being driven by process {info.get('pid')} "
+        raise LockHeld(f"{j.what} {j.id} of {ctx.service} is being driven by process {info.get('pid')} "
                        f"({info.get('build') or info.get('who')}); wait for it to finish", holder=info)
     ttl = j.record.lock_ttl or DEFAULT_LOCK_TTL
     me = holder_for(ctx)

@@ -145,20 +145,20 @@ def rollback_open(ctx: Ctx, reason: str) -> ReleaseOutcome:
         failed = ["the rest (interrupted)"]
     if failed:
         _save_phase(j, jr.STUCK)
-        msg = (f"release {j.id} of {ctx.service} failed ({reason}) and the undo of {', '.join(failed)} failed "
+        msg = (f"{j.what} {j.id} of {ctx.service} failed ({reason}) and the undo of {', '.join(failed)} failed "
                "too: a person is needed; fix the cause and run 'cdlib rollback' again")
         return make_outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE, msg)
     try:
         j.close("rolled-back", reason)
     except StoreError as exc:  # undone, but still on record: exit 4, and 'rollback' closes it
         return make_outcome(ctx, "rollback", False, EXIT_UNDO_INCOMPLETE,
-                        f"release {j.id} of {ctx.service} failed ({reason}) and was undone, but its record could "
+                        f"{j.what} {j.id} of {ctx.service} failed ({reason}) and was undone, but its record could "
                         f"not be closed ({exc}); run 'cdlib rollback' again")
     ctx.closed = True
     release_locks(ctx, j)
     prev = j.record.previous
     where = f"{prev['color']} ({prev.get('image')}) is live" if prev else "nothing is live"
-    return make_outcome(ctx, "rollback", False, 1, f"release {j.id} of {ctx.service} failed: {reason}; rolled back, "
+    return make_outcome(ctx, "rollback", False, 1, f"{j.what} {j.id} of {ctx.service} failed: {reason}; rolled back, "
                     f"{where} as before")
 
 

@@ -195,7 +195,7 @@ def rollback(ctx: Ctx, *, to: str | None = None, previous: bool = False, lock_wa
                          f"{'--to' if to is not None else '--previous'} first")
     holder = store.lock_info(keys.lock(ctx.service)) or {}
     if holder.get("state") == ALIVE:
-        raise LockHeld(f"release {j.id} of {ctx.service} is still running in process {holder['pid']} "
+        raise LockHeld(f"{j.what} {j.id} of {ctx.service} is still running in process {holder['pid']} "
                        f"({holder.get('build') or holder.get('who')}); wait for it to finish or fail (it rolls "
                        "itself back), or stop it and run 'cdlib rollback'", holder=holder)
     with working(ctx):

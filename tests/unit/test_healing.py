@@ -6,6 +6,8 @@ every container's name, state, release and image, and the proxy's configuration 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cdlib import keys
@@ -347,7 +349,7 @@ def test_a_failed_scale_rolls_back_to_exactly_the_prior_state(world, where, dire
     SCALE_FAILURES[where, direction](world)
     out = rel.scale(world.ctx(), "4" if direction == "up" else "1")
     assert not out.ok and out.exit_code == 1, out.message
-    assert "rolled back" in out.message
+    assert re.match(r"scale of shop blue from \d+ to \d+ failed: .*; rolled back", out.message), out.message
     assert state(world) == before
     assert world.store.get(keys.lock("shop")) is None and world.store.get(keys.release("shop")) is None
     assert rel.history(world.ctx()).data["history"][0]["outcome"] == "rolled-back"
@@ -418,8 +420,10 @@ def test_a_scale_killed_at_any_point_is_undone_by_rollback(world, side, method, 
     assert world.store.lock_info(keys.lock("shop"))["state"] == "gone"
     heal = rel.heal(world.ctx())  # heal never fights the open record
     assert heal.result.skipped and "scale" in heal.result.skipped
+    scale_id = world.store.get(keys.release("shop")).json()["id"]
     out = rel.rollback(world.ctx())  # a new process
     assert out.ok and out.exit_code == 0, out.message
+    assert out.message.startswith(f"scale {scale_id} of shop rolled back"), out.message  # not "release"
     assert state(world) == before
     assert rel.scale(world.ctx(), "3").ok  # and the service scales again
 
