@@ -150,14 +150,14 @@ class Journal:
     def phase(self) -> str:
         return self.record.phase
 
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self.record.phase = value
+
     @property
     def what(self) -> str:
         """What the record is of, for messages: "scale" for a record 'scale' opened, else "release"."""
         return "scale" if self.record.extra.get("verb") == "scale" else "release"
-
-    @phase.setter
-    def phase(self, value: str) -> None:
-        self.record.phase = value
 
     @property
     def steps(self) -> list[StepRecord]:
