@@ -48,6 +48,12 @@ def quiet_spec(spec: dict) -> dict | None:
     return out
 
 
+def left_stopped(spec: dict) -> bool:
+    """Whether the spec runs no task: what a removal leaves when it is killed before the last call
+    (or a replicated service someone scaled to 0)."""
+    return quiet_spec(spec) is None
+
+
 def at_rest(tasks: list[dict]) -> bool:
     """Whether no task should run, none is still running, and none waits to be deleted."""
     for t in tasks:

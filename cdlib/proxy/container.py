@@ -253,7 +253,8 @@ class DockerEngine:
                 if self._not_found(exc):
                     return None
                 raise
-        return {"id": info["ID"], "labels": info["Spec"].get("Labels") or {}, "mode": info["Spec"].get("Mode") or {}}
+        return {"id": info["ID"], "labels": info["Spec"].get("Labels") or {}, "mode": info["Spec"].get("Mode") or {},
+                "stopped": swarmremoval.left_stopped(info["Spec"])}
 
     def create_service(self, name: str, image: str, labels: dict[str, str], replicas: int | None) -> str:
         with self._translated(f"creating the proxy service {name}"):
@@ -1141,6 +1142,14 @@ class ServiceProxy(_DockerProxy):
 
     def _exists(self) -> bool:
         return self.engine.service(self.name) is not None
+
+    def _ready(self) -> tuple[list[Replica], bool]:
+        found = self.engine.service(self.name)
+        if found is not None and found.get("stopped"):
+            # a removal killed between stopping the tasks and removing the service: finish it, then
+            # the service is created again as a service that was never there
+            self.engine.remove_service(self.name)
+        return super()._ready()
 
     def _engine_for(self, node: str | None, local: str | None) -> tuple[Any, str | None]:
         if node is None or node == local:

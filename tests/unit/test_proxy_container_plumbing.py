@@ -115,13 +115,19 @@ class FakeEngine:
         return node
 
     def service(self, name):
-        return {"id": name, "labels": {}, "mode": {}} if name in self.services else None
+        if name not in self.services:
+            return None
+        return {"id": name, "labels": {}, "mode": {}, "stopped": name in self.stopped}
+
+    stopped: set = set()  # services left with no task by a removal that was killed
 
     def create_service(self, name, image, labels, replicas):
         self.calls.append(("service", name, replicas))
         self.services[name] = [self._new(f"{name}.{slot}.task") for slot in range(1, (replicas or 1) + 1)]
 
     def remove_service(self, name):
+        self.calls.append(("remove-service", name))
+        self.stopped = self.stopped - {name}
         for cid in self.services.pop(name, []):
             self.containers.pop(cid, None)
 
@@ -545,6 +551,31 @@ def test_restore_none_removes_the_service():
     proxy.apply(proxy.render([]))
     proxy.restore(None)
     assert engine.services == {} and engine.containers == {}
+
+
+def test_a_service_a_killed_removal_left_without_tasks_is_removed_then_created_again_by_the_next_change():
+    proxy, engine = make(ServiceProxy, replicas=2)
+    proxy.apply(proxy.render([]))
+    for cid in engine.services[proxy.name]:  # the removal stopped its tasks, then the process was killed
+        engine.containers.pop(cid)
+    engine.services[proxy.name] = []
+    engine.stopped = {proxy.name}
+    engine.calls.clear()
+    text = proxy.render([backend("blue", 9001)])
+    proxy.apply(text)
+    assert [c for c in engine.calls if c[0] in ("remove-service", "service")] == [
+        ("remove-service", proxy.name), ("service", proxy.name, 2)]
+    assert proxy.read_config() == text.encode()
+    assert [r["listen"] for r in proxy.status()["replicas"]] == ["127.0.0.1:18880", "127.0.0.1:18881"]
+
+
+def test_status_leaves_a_stopped_service_alone():
+    proxy, engine = make(ServiceProxy, replicas=2)
+    proxy.apply(proxy.render([]))
+    engine.stopped = {proxy.name}
+    engine.calls.clear()
+    proxy.status()
+    assert not [c for c in engine.calls if c[0] == "remove-service"]
 
 
 # -- the image ------------------------------------------------------------------------------------------

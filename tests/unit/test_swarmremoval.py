@@ -166,3 +166,13 @@ def test_several_services_are_all_stopped_before_the_first_wait(swarm):
 ])
 def test_at_rest(tasks, expected):
     assert swarmremoval.at_rest(tasks) is expected
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"Mode": {"Replicated": {"Replicas": 2}}}, False),
+    ({"Mode": {"Replicated": {"Replicas": 0}}}, True),
+    ({"Mode": {"Global": {}}}, False),
+    ({"Mode": {"Global": {}}, "TaskTemplate": {"Placement": {"Constraints": [swarmremoval.NO_NODE]}}}, True),
+])
+def test_left_stopped(spec, expected):
+    assert swarmremoval.left_stopped(spec) is expected
