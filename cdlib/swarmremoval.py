@@ -103,7 +103,7 @@ def remove_services(api: Any, services: list[str], clock: Clock | None = None,
                     extra: float = SETTLE_WAIT) -> list[str]:
     """remove_service for several services: all are stopped first, then each is removed once its
     tasks are at rest. Returns the ids of the services removed (those not there are skipped)."""
-    quieted = [svc for svc in (_quiet(api, s) for s in services) if svc is not None]
+    quieted = [svc for svc in (stop_tasks(api, s) for s in services) if svc is not None]
     removed = []
     for svc in quieted:
         wait_at_rest(api, svc, clock, extra)
@@ -117,7 +117,7 @@ def remove_services(api: Any, services: list[str], clock: Clock | None = None,
     return removed
 
 
-def _quiet(api: Any, service: str) -> dict | None:
+def stop_tasks(api: Any, service: str) -> dict | None:
     """Change the service so that no task runs; the service as it is then, None when it is not
     there. A concurrent update (out of sequence) is met by reading the service again."""
     for _ in range(5):

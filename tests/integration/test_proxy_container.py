@@ -259,6 +259,16 @@ def test_service_with_two_replicas_switches_all_or_nothing(tmp_path, named, prox
         assert get(port) == "beta" and get(port + 1) == "beta"
         with socket.socket() as s:
             s.bind(("127.0.0.1", extra))  # released again by replica 1's restored configuration
+
+        # a removal killed after it stopped the tasks: the next change removes the service and creates it again
+        api = docker.from_env().api
+        try:
+            swarmremoval.wait_at_rest(api, swarmremoval.stop_tasks(api, name))
+        finally:
+            api.close()
+        proxy.apply(proxy.render([backend(alpha, "blue")]))
+        assert get(port) == "alpha" and get(port + 1) == "alpha"
+        assert [r["listen"] for r in proxy.status()["replicas"]] == [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]
     finally:
         proxy.stop()
         proxy.close()
