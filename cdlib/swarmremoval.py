@@ -74,8 +74,10 @@ def tasks_of(api: Any, service_id: str) -> list[dict]:
     return [t for t in found if t.get("ServiceID") == service_id]
 
 
-def update_spec(api: Any, svc: dict, spec: dict) -> None:
-    api.update_service(svc["ID"], svc["Version"]["Index"], task_template=spec["TaskTemplate"], name=spec["Name"],
+def update_spec(api: Any, svc: dict, spec: dict) -> Any:
+    """Write spec over the service as read (its version: a write that lost a race is refused as out
+    of sequence). Returns what the engine answered."""
+    return api.update_service(svc["ID"], svc["Version"]["Index"], task_template=spec["TaskTemplate"], name=spec["Name"],
                        labels=spec.get("Labels"), mode=spec.get("Mode"), endpoint_spec=spec.get("EndpointSpec"),
                        update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"))
 

@@ -354,10 +354,7 @@ class SwarmRuntime(DockerRuntime):
             if spec == svc["Spec"]:
                 return svc
             try:
-                got = self._api_call(action, self._api.update_service, svc["ID"], svc["Version"]["Index"],
-                                 task_template=spec["TaskTemplate"], name=spec["Name"], labels=spec.get("Labels"),
-                                 mode=spec.get("Mode"), endpoint_spec=spec.get("EndpointSpec"),
-                                 update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"))
+                got = self._api_call(action, swarmremoval.update_spec, self._api, svc, spec)
             except RuntimeBackendError as exc:
                 if "out of sequence" not in str(exc):
                     raise
