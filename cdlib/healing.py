@@ -8,8 +8,9 @@ by the release that made the color live and by ``scale``) with what runs and wit
 Dead instances (exited, or gone) are brought back with ``Runtime.scale(req, count)``: same names, same
 pinned host ports (a vanished container is created again on the port its registration names), so the
 registrations and the rendered proxy configuration stay byte for byte what they were. Registrations
-that are missing or name another port are written again; the proxy is applied only when the text
-rendered from the registry differs from what it runs (``proxyctl.apply``); stopped instances above
+that are missing or name another port are written again; the proxy is applied only when it does not
+run the text rendered from the registry (a changed text, a proxy that stopped, a proxy replica Swarm
+replaced: ``Proxy.plan_apply``, as ``proxyctl.apply`` asks it); stopped instances above
 the count (left by an interrupted ``scale`` down) are removed. A round first looks without a lock
 (the runtime, the registrations, the proxy text it would render): when nothing needs repair it takes
 no lock at all, so a periodic heal does not make a release that starts at that moment fail with exit
@@ -296,8 +297,9 @@ def _proxy_stale(ctx: Ctx) -> bool:
     found, _ = proxyctl.healthy_backends(ctx)
     if any(not b.servers for b in found):
         return any(b.service == ctx.service for b in found if not b.servers)  # another's: apply refuses anyway
-    current = ctx.ports.proxy.read_config()
-    return current is None or current != ctx.ports.proxy.render(found).encode("utf-8")
+    # the proxy's own answer, as 'proxy apply' asks it: a proxy that died, or a replica Swarm replaced
+    # (it starts without a configuration), needs the apply as much as a changed text does
+    return ctx.ports.proxy.plan_apply(ctx.ports.proxy.render(found))[0] != "none"
 
 
 def _repair(ctx: Ctx, live: dict[str, Any]) -> dict[str, Any]:

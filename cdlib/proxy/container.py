@@ -63,6 +63,8 @@ from . import image as images
 from .base import Proxy, http_get
 from .managed import HEALTH_PATH, LOADED_FILE, PREFLIGHT_BACKEND, ManagedProxy, parse_listen, refusal
 
+RESTART_DELAY_NS = 1_000_000_000  # Swarm waits 1 s before it replaces a proxy replica that died
+
 CONFIG_DIR = images.CONFIG_DIR
 NAME_PREFIX = "cdlibpx"
 LABEL = "cdlib.proxy"  # on every container and service this adapter creates: the proxy kind
@@ -264,7 +266,11 @@ class DockerEngine:
                 docker.types.ServiceMode("replicated", replicas=replicas)
             svc = self.client.services.create(image, COMMAND, name=name, labels=labels, container_labels=labels,
                                               mode=mode, networks=["host"], init=True,
-                                              restart_policy=docker.types.RestartPolicy(delay=0))
+                                              # a replica that dies is replaced (docker-py's default
+                                              # condition is "none": never); its new task starts without
+                                              # a configuration until heal or 'proxy apply' gives it one
+                                              restart_policy=docker.types.RestartPolicy(
+                                                  condition="any", delay=RESTART_DELAY_NS))
             return str(svc.id)
 
     def remove_service(self, name: str) -> None:
@@ -861,12 +867,14 @@ class _DockerProxy(Proxy):
 
     def plan_apply(self, text: str) -> tuple[str, str]:
         """("none", why) only when every replica runs its file of ``text`` already (a task Swarm
-        replaced starts without one); else ("reload", why): a proxy container reloads every change."""
+        replaced starts without one; a replica whose proxy died runs none); else ("reload", why): a
+        proxy container reloads every change."""
         replicas = self._replicas(wait=False)
         if not replicas:
             return "reload", f"the proxy {self.run} {self.name} does not run yet: the change creates it"
         data = text.encode("utf-8")
-        stale = [r.name for r in replicas if r.read() != self._text_for(r, data)]
+        # a replica whose proxy died (its container lives on: its main process is not the proxy) runs nothing
+        stale = [r.name for r in replicas if r.read() != self._text_for(r, data) or r.master_pid() is None]
         if not stale:
             return "none", "the configuration is unchanged on every replica"
         if len(stale) < len(replicas):

@@ -364,10 +364,10 @@ class ManagedProxy(Proxy):
     # -- changes without a reload (an adapter that can says so in _live_plan) -----------------------
     def plan_apply(self, text: str) -> tuple[str, str]:
         current, data = self.read_config(), text.encode("utf-8")
-        if current is not None and current == data:
-            return "none", "the configuration is unchanged"
-        if current is None or self.master_pid() is None:
+        if current is None or self.master_pid() is None:  # a proxy that died runs nothing, whatever its file
             return "reload", f"{self.kind} is not running: apply starts it"
+        if current == data:
+            return "none", "the configuration is unchanged"
         if not self._runs(current):
             return "reload", f"the running {self.kind} has not loaded {self.config_path} as it is now"
         ok, why = self._live_plan(current, data)

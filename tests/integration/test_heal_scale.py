@@ -127,6 +127,32 @@ def test_a_killed_instance_is_healed_on_its_port_with_the_proxy_config_identical
     assert code == 0 and again["replaced"] == [] and again["registered"] == []
 
 
+def test_heal_starts_a_proxy_that_stopped_again_on_the_same_configuration(any_hs):
+    """A proxy that is not running serves nothing, whatever its file says: heal (like 'proxy apply')
+    starts it again, with the same bytes, and the service answers through it."""
+    hs = any_hs
+    hs.cli("release", "--tag", "v1", check=True)
+    before = hs.snapshot()
+    if hs.proxy_kind == "nginx":
+        from cdlib.proxy.nginx import NginxProxy as proxy_class
+    else:
+        from cdlib.proxy.haproxy import HaproxyProxy as proxy_class
+    proxy = proxy_class(hs.proxy_dir, listen=f"127.0.0.1:{hs.port}")
+    assert proxy.stop() and proxy.master_pid() is None
+    with pytest.raises(OSError):  # nothing listens any more
+        hs.get(timeout=2)
+    code, status = hs.cli_json("status")
+    assert status["proxy"]["next_change"] == {"mode": "reload", "for": "an apply",
+                                              "why": f"{hs.proxy_kind} is not running: apply starts it"}
+    code, out = hs.cli_json("heal")
+    assert code == 0 and out["proxy_changed"] is True and out["replaced"] == [], out
+    assert proxy.master_pid() is not None
+    assert hs.snapshot() == before  # the same containers, store keys and configuration bytes
+    assert hs.get() == (200, "v1")
+    code, again = hs.cli_json("heal")  # nothing left to repair
+    assert code == 0 and again["proxy_changed"] is False, again
+
+
 def test_heal_brings_back_a_removed_instance_on_the_port_its_registration_names(hs):
     hs.cli("release", "--tag", "v1", check=True)
     hs.cli("scale", "2", check=True)

@@ -301,9 +301,33 @@ def test_release_under_load_through_a_two_replica_proxy_service_drops_nothing(tm
         replicas = out["proxy"]["replicas"]
         assert [r["listen"] for r in replicas] == [f"127.0.0.1:{svc.port}", f"127.0.0.1:{svc.port + 1}"]
         assert all(len(r["digest"]) == 64 for r in replicas) and replicas[0]["digest"] != replicas[1]["digest"]
+
+        # Swarm replaces a replica whose container died; the new task starts without a configuration,
+        # so it serves nothing until heal (like 'proxy apply') gives it its file
+        killed = _task_container(docker_client, name, slot=2)
+        docker_client.containers.get(killed).kill()
+        deadline = time.monotonic() + 60
+        while _task_container(docker_client, name, slot=2) in (None, killed):
+            assert time.monotonic() < deadline, "Swarm did not replace the killed proxy replica within 60 s"
+            time.sleep(0.2)
+        code, out = svc.cli_json("status")
+        assert out["proxy"]["next_change"]["mode"] == "reload", out["proxy"]
+        code, out = svc.cli_json("heal")
+        assert code == 0 and out["proxy_changed"] is True and out["replaced"] == [], out
+        code, out = svc.cli_json("status")
+        assert [r["digest"] for r in out["proxy"]["replicas"]] == [r["digest"] for r in replicas]
+        assert get(svc.port + 1, "/" + svc.name + "/version") == "v2\n"
     finally:
         svc.teardown()
         remove_proxies(name)
+
+
+def _task_container(docker_client, service: str, slot: int) -> str | None:
+    """The container of the service's running task in slot, None when there is none yet."""
+    for t in docker_client.api.tasks(filters={"service": service, "desired-state": "running"}):
+        if t.get("Slot") == slot and t["Status"]["State"] == "running":
+            return t["Status"].get("ContainerStatus", {}).get("ContainerID")
+    return None
 
 
 # -- HTTPS through a proxy container and a proxy service ---------------------------------------------------
