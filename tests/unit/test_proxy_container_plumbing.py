@@ -62,6 +62,7 @@ class FakeEngine:
         self.kind = kind
         self.images = {IMAGE[kind]}
         self.containers: dict[str, FakeContainer] = {}  # by id
+        self.stopped: set[str] = set()  # services left with no task by a removal that was killed
         self.services: dict[str, list[str]] = {}  # name -> container ids
         self.calls: list[tuple] = []
         self.archives: list[tuple[str, str, bytes, int]] = []
@@ -118,8 +119,6 @@ class FakeEngine:
         if name not in self.services:
             return None
         return {"id": name, "labels": {}, "mode": {}, "stopped": name in self.stopped}
-
-    stopped: set = set()  # services left with no task by a removal that was killed
 
     def create_service(self, name, image, labels, replicas):
         self.calls.append(("service", name, replicas))
