@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -408,7 +409,11 @@ def _held_message(key: str, holder: dict, state: str = UNKNOWN) -> str:
 
 def tls_failure(exc: BaseException) -> str | None:
     """The short reason when exc (or anything it wraps) is a TLS failure, e.g. 'certificate verify
-    failed', or 'unexpected EOF' when https meets a plain-http endpoint; None otherwise."""
+    failed', or 'unexpected EOF' when https meets a plain-http endpoint; None otherwise.
+
+    A plain-http endpoint that closes on the client's hello may also reset the connection (it closed
+    with the hello unread), which the client sees as ECONNRESET inside the handshake rather than an
+    SSLError; how often depends on timing, so that case is a TLS failure too."""
     import ssl
 
     wrapped = False
@@ -416,8 +421,18 @@ def tls_failure(exc: BaseException) -> str | None:
         if isinstance(cur, ssl.SSLError):
             reason = getattr(cur, "reason", None) or getattr(cur, "strerror", None) or type(cur).__name__
             return " ".join(str(reason).replace("_", " ").lower().split())[:120]
+        if isinstance(cur, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) and _in_handshake(cur):
+            return "connection reset during the handshake"
         wrapped = wrapped or type(cur).__name__ == "SSLError"
     return "TLS handshake failed" if wrapped else None
+
+
+def _in_handshake(exc: BaseException) -> bool:
+    """Whether exc was raised inside the standard library's TLS handshake (ssl.SSLSocket.do_handshake)."""
+    import ssl
+
+    return any(frame.f_code.co_name == "do_handshake" and frame.f_code.co_filename == ssl.__file__
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def wrap(kind: str, what: str, exc: Exception) -> StoreError:

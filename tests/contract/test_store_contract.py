@@ -1017,11 +1017,80 @@ def test_registration_with_ttl_expires(harness, health_server):
 @pytest.mark.integration
 def test_etcd_tls_failure_is_one_line_naming_the_tls_settings(etcd_server):
     # the TLS failure is the plain-HTTP server's first answer; the timeout only has to be long enough
-    # for a busy machine to give that answer (a timeout is reported as unreachable, not as TLS)
+    # for a busy machine to give that answer (a timeout is reported as unreachable, not as TLS). etcd
+    # closes on the hello, with a FIN or a reset depending on how much of it it had read: both are TLS
+    # failures (each close is pinned down by the plain-endpoint test below)
     with pytest.raises(StoreError) as err:
         EtcdStore(f"etcds://{etcd_server.endpoint}", timeout=30).get("cdlib/x")
     message = str(err.value)
     assert "TLS with" in message and "ETCDCTL_CACERT" in message and "\n" not in message
+
+
+class _PlainEndpoint:
+    """A TCP endpoint that reads the client's first bytes (a TLS hello) and closes, as a plain-http
+    server that does not understand them does: with a FIN, or with a reset (SO_LINGER 0), which is what
+    the kernel sends when such a server closes with bytes still unread. Each close is deterministic,
+    where a real server's depends on how much of the hello it had read when it closed."""
+
+    def __init__(self, reset: bool):
+        import socket
+
+        self.reset = reset
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                header = _recv_exactly(conn, 5)  # a TLS record header: type, version, length
+                if self.reset:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:  # the whole hello is read, so the close is a FIN
+                    _recv_exactly(conn, struct.unpack("!H", header[3:5])[0])
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+def _recv_exactly(conn, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+@pytest.mark.parametrize("kind", ["etcd", "consul"])
+def test_tls_refused_by_a_plain_endpoint_is_a_tls_failure_however_it_closes(kind, reset):
+    endpoint = _PlainEndpoint(reset)
+    try:
+        with pytest.raises(StoreError) as err:
+            if kind == "etcd":
+                EtcdStore(f"etcds://{endpoint.address}", timeout=5).get("cdlib/x")
+            else:
+                ConsulStore(f"consuls://{endpoint.address}", timeout=5).get("cdlib/x")
+    finally:
+        endpoint.close()
+    message = str(err.value)
+    expected = "connection reset during the handshake" if reset else "unexpected eof"
+    assert "TLS with" in message and f"failed ({expected}" in message and "\n" not in message
+    assert ("ETCDCTL_CACERT" if kind == "etcd" else "CONSUL_CACERT") in message
+    assert endpoint.accepted == 1  # a TLS failure is reported at once, not retried
 
 
 def test_consul_tls_failure_is_one_line_naming_the_tls_settings(consul_double):

@@ -50,6 +50,17 @@ def test_tls_failure_finds_a_wrapped_ssl_error():
     assert tls_failure(chain()[0]) is None
 
 
+def test_a_reset_is_a_tls_failure_only_when_it_broke_the_handshake():
+    # a reset of a connection whose TLS was already up (or that never used TLS) is a transport failure
+    def recv():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    try:
+        recv()
+    except ConnectionResetError as exc:
+        assert tls_failure(RuntimeError(Wrapper("aborted", reason=exc))) is None
+
+
 def test_the_transport_reason_of_a_docker_error_is_found_the_same_way():
     from cdlib.runtime.docker import _transport_reason
 
