@@ -1095,6 +1095,6 @@ def test_tls_refused_by_a_plain_endpoint_is_a_tls_failure_however_it_closes(kind
 
 def test_consul_tls_failure_is_one_line_naming_the_tls_settings(consul_double):
     with pytest.raises(StoreError) as err:
-        ConsulStore(f"consuls://{consul_double.address}", timeout=3).get("cdlib/x")
+        ConsulStore(f"consuls://{consul_double.address}", timeout=30).get("cdlib/x")  # as for etcd above
     message = str(err.value)
     assert "TLS with the agent failed" in message and "CONSUL_CACERT" in message and "\n" not in message
