@@ -18,7 +18,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -430,6 +429,7 @@ def tls_failure(exc: BaseException) -> str | None:
 def _in_handshake(exc: BaseException) -> bool:
     """Whether exc was raised inside the standard library's TLS handshake (ssl.SSLSocket.do_handshake)."""
     import ssl
+    import traceback  # only on this error path: a store is opened by every verb
 
     return any(frame.f_code.co_name == "do_handshake" and frame.f_code.co_filename == ssl.__file__
                for frame, _ in traceback.walk_tb(exc.__traceback__))
