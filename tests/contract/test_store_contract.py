@@ -677,15 +677,13 @@ def test_etcd_fails_over_to_a_live_endpoint(etcd_server):
     assert store.delete(key)
 
 
-class _AnswerDroppingProxy:
-    """A TCP endpoint in front of a store server: it forwards each HTTP request and relays the answer,
-    except for requests whose first line starts with one of ``drop``: those are applied by the server,
-    but the client's connection is closed without the answer (a connection lost after the write)."""
+class _LoopbackServer:
+    """A TCP endpoint on a free loopback port that serves one connection at a time with ``_one``
+    (closing it afterwards) until ``close``."""
 
-    def __init__(self, target_port: int, drop: tuple[bytes, ...] = (b"",)):
+    def __init__(self):
         import socket
 
-        self._target, self._drop = target_port, drop
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
         self._server.listen(16)
@@ -704,6 +702,29 @@ class _AnswerDroppingProxy:
                     self._one(conn)
                 except OSError:
                     pass
+
+    def _one(self, conn) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._server.close()
+        self._thread.join(timeout=5)
+
+
+class _AnswerDroppingProxy(_LoopbackServer):
+    """A TCP endpoint in front of a store server: it forwards each HTTP request and relays the answer,
+    except for requests whose first line starts with one of ``drop``: those are applied by the server,
+    but the client's connection is closed without the answer (a connection lost after the write)."""
+
+    def __init__(self, target_port: int, drop: tuple[bytes, ...] = (b"",)):
+        self._target, self._drop = target_port, drop
+        super().__init__()
 
     def _one(self, conn) -> None:
         import socket
@@ -727,16 +748,6 @@ class _AnswerDroppingProxy:
                 answer += chunk
         if not lines[0].startswith(self._drop):
             conn.sendall(answer)
-
-    def close(self) -> None:
-        import socket
-
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self._server.close()
-        self._thread.join(timeout=5)
 
 
 @pytest.mark.integration
@@ -1026,42 +1037,27 @@ def test_etcd_tls_failure_is_one_line_naming_the_tls_settings(etcd_server):
     assert "TLS with" in message and "ETCDCTL_CACERT" in message and "\n" not in message
 
 
-class _PlainEndpoint:
+class _PlainEndpoint(_LoopbackServer):
     """A TCP endpoint that reads the client's first bytes (a TLS hello) and closes, as a plain-http
     server that does not understand them does: with a FIN, or with a reset (SO_LINGER 0), which is what
     the kernel sends when such a server closes with bytes still unread. Each close is deterministic,
     where a real server's depends on how much of the hello it had read when it closed."""
 
     def __init__(self, reset: bool):
-        import socket
-
         self.reset = reset
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
+    def _one(self, conn) -> None:
         import socket
         import struct
 
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            with conn:
-                header = _recv_exactly(conn, 5)  # a TLS record header: type, version, length
-                if self.reset:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                else:  # the whole hello is read, so the close is a FIN
-                    _recv_exactly(conn, struct.unpack("!H", header[3:5])[0])
-
-    def close(self) -> None:
-        self.sock.close()
-        self._thread.join(5)
+        self.accepted += 1
+        header = _recv_exactly(conn, 5)  # a TLS record header: type, version, length
+        if self.reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:  # the whole hello is read, so the close is a FIN
+            _recv_exactly(conn, struct.unpack("!H", header[3:5])[0])
 
 
 def _recv_exactly(conn, size: int) -> bytes:
@@ -1081,9 +1077,9 @@ def test_tls_refused_by_a_plain_endpoint_is_a_tls_failure_however_it_closes(kind
     try:
         with pytest.raises(StoreError) as err:
             if kind == "etcd":
-                EtcdStore(f"etcds://{endpoint.address}", timeout=5).get("cdlib/x")
+                EtcdStore(f"etcds://{endpoint.endpoint}", timeout=5).get("cdlib/x")
             else:
-                ConsulStore(f"consuls://{endpoint.address}", timeout=5).get("cdlib/x")
+                ConsulStore(f"consuls://{endpoint.endpoint}", timeout=5).get("cdlib/x")
     finally:
         endpoint.close()
     message = str(err.value)
